@@ -763,10 +763,14 @@ impl Config {
         }
         match (&self.cloud.secret_id, &self.cloud.secret_key) {
             (Some(_), None) => {
-                return Err(self.invalid("cloud.secret_key", "missing: secret_id is set without it"));
+                return Err(
+                    self.invalid("cloud.secret_key", "missing: secret_id is set without it")
+                );
             }
             (None, Some(_)) => {
-                return Err(self.invalid("cloud.secret_id", "missing: secret_key is set without it"));
+                return Err(
+                    self.invalid("cloud.secret_id", "missing: secret_key is set without it")
+                );
             }
             (Some(id), Some(key)) if id.is_empty() || key.is_empty() => {
                 return Err(self.invalid(
