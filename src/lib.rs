@@ -3,15 +3,27 @@
 //! The library owns all logic; the binaries in `src/bin/` parse arguments, set up logging and map results to
 //! exit codes.
 
+pub mod alerts;
 pub mod check;
+pub mod claim;
 pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod credentials;
+pub mod daemon;
+pub mod demo;
 pub mod fake;
+pub mod fence;
+pub mod hooks;
+pub mod http;
 pub mod logging;
 pub mod metadata;
+pub mod metrics;
+pub mod migrate;
 pub mod net;
+pub mod reconcile;
 pub mod secret;
 pub mod sentinel;
+pub mod status;
 pub mod tc3;
+pub mod testbed;

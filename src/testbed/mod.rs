@@ -1,0 +1,4 @@
+//! Test and demo beds: real processes and namespaces, always cleaned up.
+
+pub mod netns;
+pub mod redis;
