@@ -258,9 +258,7 @@ mod tests {
     #[test]
     fn plan_table_covers_majority_epoch_holder_and_cloud() {
         use Action::*;
-        let claim_me_2 = Claim {
-            config: cfg(ME, 2),
-        };
+        let claim_me_2 = Claim { config: cfg(ME, 2) };
         let demoted = Release {
             reason: ReleaseReason::Demoted,
         };
@@ -277,38 +275,246 @@ mod tests {
         use CloudHolder::{Elsewhere as CE, ThisNode as CT};
         let rows: Vec<Row> = vec![
             // Majority, newer epoch names me.
-            (true, cfg(ME, 2), Some(cfg(OTHER, 1)), false, CE, None, vec![claim_me_2]),
-            (true, cfg(ME, 2), Some(cfg(OTHER, 1)), false, CT, None, vec![claim_me_2]),
-            (true, cfg(ME, 2), Some(cfg(OTHER, 1)), true, CE, Some(1), vec![claim_me_2]),
-            (true, cfg(ME, 2), Some(cfg(OTHER, 1)), true, CT, Some(1), vec![claim_me_2]),
+            (
+                true,
+                cfg(ME, 2),
+                Some(cfg(OTHER, 1)),
+                false,
+                CE,
+                None,
+                vec![claim_me_2],
+            ),
+            (
+                true,
+                cfg(ME, 2),
+                Some(cfg(OTHER, 1)),
+                false,
+                CT,
+                None,
+                vec![claim_me_2],
+            ),
+            (
+                true,
+                cfg(ME, 2),
+                Some(cfg(OTHER, 1)),
+                true,
+                CE,
+                Some(1),
+                vec![claim_me_2],
+            ),
+            (
+                true,
+                cfg(ME, 2),
+                Some(cfg(OTHER, 1)),
+                true,
+                CT,
+                Some(1),
+                vec![claim_me_2],
+            ),
             // Majority, already claimed this epoch: only a cloud disagreement needs a re-announce.
-            (true, cfg(ME, 2), Some(cfg(ME, 2)), true, CT, Some(2), vec![]),
-            (true, cfg(ME, 2), Some(cfg(ME, 2)), true, CE, Some(2), vec![Reannounce]),
+            (
+                true,
+                cfg(ME, 2),
+                Some(cfg(ME, 2)),
+                true,
+                CT,
+                Some(2),
+                vec![],
+            ),
+            (
+                true,
+                cfg(ME, 2),
+                Some(cfg(ME, 2)),
+                true,
+                CE,
+                Some(2),
+                vec![Reannounce],
+            ),
             // Majority, claimed but someone removed the VIP: bind again.
-            (true, cfg(ME, 2), Some(cfg(ME, 2)), false, CT, Some(2), vec![claim_me_2]),
-            (true, cfg(ME, 2), Some(cfg(ME, 2)), false, CE, Some(2), vec![claim_me_2]),
+            (
+                true,
+                cfg(ME, 2),
+                Some(cfg(ME, 2)),
+                false,
+                CT,
+                Some(2),
+                vec![claim_me_2],
+            ),
+            (
+                true,
+                cfg(ME, 2),
+                Some(cfg(ME, 2)),
+                false,
+                CE,
+                Some(2),
+                vec![claim_me_2],
+            ),
             // Majority, reported epoch older than remembered: the remembered (other) config wins.
-            (true, cfg(ME, 1), Some(cfg(OTHER, 2)), true, CT, Some(1), vec![demoted]),
-            (true, cfg(ME, 1), Some(cfg(OTHER, 2)), true, CE, Some(1), vec![demoted]),
-            (true, cfg(ME, 1), Some(cfg(OTHER, 2)), false, CT, None, vec![]),
-            (true, cfg(ME, 1), Some(cfg(OTHER, 2)), false, CE, None, vec![]),
+            (
+                true,
+                cfg(ME, 1),
+                Some(cfg(OTHER, 2)),
+                true,
+                CT,
+                Some(1),
+                vec![demoted],
+            ),
+            (
+                true,
+                cfg(ME, 1),
+                Some(cfg(OTHER, 2)),
+                true,
+                CE,
+                Some(1),
+                vec![demoted],
+            ),
+            (
+                true,
+                cfg(ME, 1),
+                Some(cfg(OTHER, 2)),
+                false,
+                CT,
+                None,
+                vec![],
+            ),
+            (
+                true,
+                cfg(ME, 1),
+                Some(cfg(OTHER, 2)),
+                false,
+                CE,
+                None,
+                vec![],
+            ),
             // Majority, newer epoch names another node.
-            (true, cfg(OTHER, 2), Some(cfg(ME, 1)), true, CT, Some(1), vec![demoted]),
-            (true, cfg(OTHER, 2), Some(cfg(ME, 1)), true, CE, Some(1), vec![demoted]),
-            (true, cfg(OTHER, 2), Some(cfg(ME, 1)), false, CT, None, vec![]),
-            (true, cfg(OTHER, 2), Some(cfg(ME, 1)), false, CE, None, vec![]),
+            (
+                true,
+                cfg(OTHER, 2),
+                Some(cfg(ME, 1)),
+                true,
+                CT,
+                Some(1),
+                vec![demoted],
+            ),
+            (
+                true,
+                cfg(OTHER, 2),
+                Some(cfg(ME, 1)),
+                true,
+                CE,
+                Some(1),
+                vec![demoted],
+            ),
+            (
+                true,
+                cfg(OTHER, 2),
+                Some(cfg(ME, 1)),
+                false,
+                CT,
+                None,
+                vec![],
+            ),
+            (
+                true,
+                cfg(OTHER, 2),
+                Some(cfg(ME, 1)),
+                false,
+                CE,
+                None,
+                vec![],
+            ),
             // Majority, older reported epoch but remembered names me: stay.
-            (true, cfg(OTHER, 1), Some(cfg(ME, 2)), true, CT, Some(2), vec![]),
-            (true, cfg(OTHER, 1), Some(cfg(ME, 2)), true, CE, Some(2), vec![Reannounce]),
+            (
+                true,
+                cfg(OTHER, 1),
+                Some(cfg(ME, 2)),
+                true,
+                CT,
+                Some(2),
+                vec![],
+            ),
+            (
+                true,
+                cfg(OTHER, 1),
+                Some(cfg(ME, 2)),
+                true,
+                CE,
+                Some(2),
+                vec![Reannounce],
+            ),
             // No majority (cut off, not yet for fence_after): never claim, never release.
-            (false, cfg(ME, 2), Some(cfg(OTHER, 1)), false, CE, None, vec![]),
-            (false, cfg(ME, 2), Some(cfg(OTHER, 1)), false, CT, None, vec![]),
-            (false, cfg(ME, 2), Some(cfg(OTHER, 1)), true, CE, Some(1), vec![]),
-            (false, cfg(ME, 2), Some(cfg(OTHER, 1)), true, CT, Some(2), vec![]),
-            (false, cfg(OTHER, 2), Some(cfg(ME, 1)), true, CT, Some(1), vec![]),
-            (false, cfg(OTHER, 2), Some(cfg(ME, 1)), true, CE, Some(1), vec![]),
-            (false, cfg(OTHER, 2), Some(cfg(ME, 1)), false, CT, None, vec![]),
-            (false, cfg(ME, 1), Some(cfg(OTHER, 2)), false, CE, None, vec![]),
+            (
+                false,
+                cfg(ME, 2),
+                Some(cfg(OTHER, 1)),
+                false,
+                CE,
+                None,
+                vec![],
+            ),
+            (
+                false,
+                cfg(ME, 2),
+                Some(cfg(OTHER, 1)),
+                false,
+                CT,
+                None,
+                vec![],
+            ),
+            (
+                false,
+                cfg(ME, 2),
+                Some(cfg(OTHER, 1)),
+                true,
+                CE,
+                Some(1),
+                vec![],
+            ),
+            (
+                false,
+                cfg(ME, 2),
+                Some(cfg(OTHER, 1)),
+                true,
+                CT,
+                Some(2),
+                vec![],
+            ),
+            (
+                false,
+                cfg(OTHER, 2),
+                Some(cfg(ME, 1)),
+                true,
+                CT,
+                Some(1),
+                vec![],
+            ),
+            (
+                false,
+                cfg(OTHER, 2),
+                Some(cfg(ME, 1)),
+                true,
+                CE,
+                Some(1),
+                vec![],
+            ),
+            (
+                false,
+                cfg(OTHER, 2),
+                Some(cfg(ME, 1)),
+                false,
+                CT,
+                None,
+                vec![],
+            ),
+            (
+                false,
+                cfg(ME, 1),
+                Some(cfg(OTHER, 2)),
+                false,
+                CE,
+                None,
+                vec![],
+            ),
         ];
         for (i, (majority, reported, remembered, bound, cloud, claimed, want)) in
             rows.into_iter().enumerate()
@@ -372,7 +578,10 @@ mod tests {
             paused: true,
             ..base()
         };
-        assert_eq!(plan(ME, &fenced).actions.to_vec(), vec![Action::PauseWrites]);
+        assert_eq!(
+            plan(ME, &fenced).actions.to_vec(),
+            vec![Action::PauseWrites]
+        );
         let back = Observation {
             majority: true,
             cut_off_for: Duration::ZERO,
@@ -380,12 +589,7 @@ mod tests {
         };
         assert_eq!(
             plan(ME, &back).actions.to_vec(),
-            vec![
-                Action::Unpause,
-                Action::Claim {
-                    config: cfg(ME, 1)
-                }
-            ]
+            vec![Action::Unpause, Action::Claim { config: cfg(ME, 1) }]
         );
     }
 
@@ -483,9 +687,7 @@ mod tests {
         };
         assert_eq!(
             plan(ME, &o).actions.to_vec(),
-            vec![Action::Claim {
-                config: cfg(ME, 4)
-            }]
+            vec![Action::Claim { config: cfg(ME, 4) }]
         );
     }
 }
