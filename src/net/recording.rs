@@ -2,7 +2,7 @@
 //!
 //! Owns a simulated interface (a set of addresses and a MAC) and a log of everything done to it, each entry
 //! stamped with a tokio [`Instant`] (so paused-time tests can assert exact schedules) and a wall-clock
-//! [`SystemTime`] from an injectable [`Clock`]. Tests can change the interface behind the agent's back (drift)
+//! [`SystemTime`] from an injectable [`Clock`](crate::clock::Clock). Tests can change the interface behind the agent's back (drift)
 //! and inject failures. Does not simulate the network: no frame leaves the process.
 
 use std::collections::HashMap;
