@@ -248,6 +248,7 @@ fn announce_round_sends_a_gratuitous_request_and_reply_from_the_interface_mac() 
         let raw = Raw(&f.raw);
         assert_eq!(raw.ethertype(), 0x0806, "ethertype ARP");
         assert_eq!(raw.eth_dst(), &[0xff; 6], "broadcast destination");
+        assert_eq!(&f.raw[6..12], &mac, "Ethernet source is eth0's MAC");
         assert_eq!(raw.sha(), &mac, "sender MAC is eth0's MAC");
         assert_eq!(raw.spa(), vip.addr, "sender IP is the VIP");
         assert_eq!(raw.tpa(), vip.addr, "target IP is the VIP");
@@ -408,4 +409,26 @@ fn kernel_net_drifted_address_is_seen_and_rebound() {
         assert_eq!(net.bind(vip).await.unwrap(), Change::Applied);
     });
     assert_eq!(ns.ipv4_addrs("eth0").unwrap(), vec![VIP.to_owned()]);
+}
+
+/// Three Sentinels may run migrate-havip at once: the add/remove races must end as no-ops, not errors.
+#[test]
+fn concurrent_binds_and_unbinds_apply_once_and_never_fail() {
+    let ns = nic_ns("race");
+    let vip = cidr(VIP);
+    let (binds, unbinds) = ns.block_on(|| async {
+        let mut nets = Vec::new();
+        for _ in 0..4 {
+            nets.push(KernelNet::open("eth0").await.expect("open eth0"));
+        }
+        let binds = futures::future::join_all(nets.iter().map(|n| n.bind(vip))).await;
+        let binds: Vec<Change> = binds.into_iter().map(|r| r.expect("bind")).collect();
+        let unbinds = futures::future::join_all(nets.iter().map(|n| n.unbind(vip))).await;
+        let unbinds: Vec<Change> = unbinds.into_iter().map(|r| r.expect("unbind")).collect();
+        (binds, unbinds)
+    });
+    let applied = |v: &[Change]| v.iter().filter(|c| **c == Change::Applied).count();
+    assert_eq!(applied(&binds), 1, "{binds:?}");
+    assert_eq!(applied(&unbinds), 1, "{unbinds:?}");
+    assert!(ns.ipv4_addrs("eth0").unwrap().is_empty());
 }

@@ -309,7 +309,15 @@ fn map_netlink_error(e: rtnetlink::Error, ifname: &str, doing: &str) -> NetError
             )),
         },
         Some(libc::ENODEV) => NetError::NoSuchInterface(ifname.to_owned()),
-        _ => NetError::Netlink(format!("{doing} interface {ifname:?}: {e}")),
+        // A kernel NACK reads best as its errno text ("File exists (os error 17)").
+        Some(_) => NetError::Netlink(format!(
+            "{doing} interface {ifname:?}: {}",
+            match &e {
+                rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+                other => other.to_string(),
+            }
+        )),
+        None => NetError::Netlink(format!("{doing} interface {ifname:?}: {e}")),
     }
 }
 
@@ -364,7 +372,10 @@ mod tests {
             "adding 198.18.0.1/24 to",
         )
         .to_string();
-        assert!(e.contains("eth0") && e.contains("198.18.0.1/24"), "{e}");
+        assert_eq!(
+            e,
+            "netlink: adding 198.18.0.1/24 to interface \"eth0\": Invalid argument (os error 22)"
+        );
     }
 
     #[test]
