@@ -1,0 +1,405 @@
+//! [`KernelNet`]: the real [`LocalNet`]. Adds and removes the VIP with rtnetlink (never by running `ip`) and
+//! sends gratuitous ARP through a packet socket (see [`super::garp`]).
+//!
+//! Owns one netlink connection per instance and the interface's identity (index, MAC). Does not own policy:
+//! it binds, unbinds and announces when told to.
+//!
+//! Privileges: reading needs none; `bind`/`unbind` need `CAP_NET_ADMIN`, `announce_round` needs
+//! `CAP_NET_RAW`. A kernel `EPERM` becomes [`NetError::MissingCapability`] with a hint how to grant it.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkLayerType, LinkMessage};
+use rtnetlink::{AddressMessageBuilder, Handle};
+
+use super::garp::{GarpSender, format_mac};
+use super::{CAP_NET_ADMIN, Change, LocalNet, NetError, grant_hint};
+use crate::config::VipCidr;
+
+/// The kernel's view of the interface, refreshed on every operation (see [`KernelNet::link`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Link {
+    index: u32,
+    mac: [u8; 6],
+}
+
+/// Binds the VIP on a real interface of the calling thread's network namespace and announces it.
+///
+/// `open` must run inside a tokio runtime: the netlink connection is a task spawned on it (and aborted when
+/// the `KernelNet` is dropped), and the packet socket registers with its reactor. Use it within that runtime.
+#[derive(Debug)]
+pub struct KernelNet {
+    ifname: String,
+    handle: Handle,
+    connection: tokio::task::JoinHandle<()>,
+    link: Mutex<Link>,
+    /// Opened on the first announcement, so that reading and binding work without `CAP_NET_RAW`; reopened
+    /// only if the interface was re-created under the same name (new index).
+    garp: Mutex<Option<Arc<GarpSender>>>,
+}
+
+impl KernelNet {
+    /// Opens a netlink connection and resolves `ifname` to its index and MAC address.
+    ///
+    /// Errors: [`NetError::NoSuchInterface`] naming `ifname` when it does not exist (or is not a valid
+    /// interface name); [`NetError::UnsupportedInterface`] when it has no Ethernet address (ARP impossible).
+    pub async fn open(ifname: &str) -> Result<Self, NetError> {
+        if !valid_ifname(ifname) {
+            return Err(NetError::NoSuchInterface(ifname.to_owned()));
+        }
+        let (connection, handle, _unsolicited) =
+            rtnetlink::new_connection().map_err(|source| NetError::Io {
+                context: "opening a netlink route socket".to_owned(),
+                source,
+            })?;
+        let connection = tokio::spawn(connection);
+        let link = resolve(&handle, ifname).await;
+        let link = match link {
+            Ok(link) => link,
+            Err(e) => {
+                connection.abort();
+                return Err(e);
+            }
+        };
+        tracing::debug!(interface = ifname, index = link.index, mac = %format_mac(&link.mac), "interface opened");
+        Ok(KernelNet {
+            ifname: ifname.to_owned(),
+            handle,
+            connection,
+            link: Mutex::new(link),
+            garp: Mutex::new(None),
+        })
+    }
+
+    /// The interface's MAC address (the sender MAC of every announcement), as last seen by the kernel.
+    pub fn mac(&self) -> [u8; 6] {
+        self.cached().mac
+    }
+
+    /// The interface index, as last seen by the kernel.
+    pub fn index(&self) -> u32 {
+        self.cached().index
+    }
+
+    /// Every IPv4 address on the interface, with its prefix length, in kernel order.
+    pub async fn addresses(&self) -> Result<Vec<VipCidr>, NetError> {
+        let link = self.link().await?;
+        Ok(self
+            .dump_v4(link.index)
+            .await?
+            .iter()
+            .filter_map(|m| {
+                Some(VipCidr {
+                    addr: local_v4(m)?,
+                    prefix: m.header.prefix_len,
+                })
+            })
+            .collect())
+    }
+
+    fn cached(&self) -> Link {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks the interface up by name again. One netlink round trip; it keeps the index and MAC right if the
+    /// interface was re-created (e.g. a NIC driver reload) while a long-running daemon holds this value.
+    async fn link(&self) -> Result<Link, NetError> {
+        let fresh = resolve(&self.handle, &self.ifname).await?;
+        let mut cached = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if *cached != fresh {
+            tracing::warn!(
+                interface = %self.ifname,
+                old_index = cached.index,
+                new_index = fresh.index,
+                mac = %format_mac(&fresh.mac),
+                "interface changed identity; following it by name"
+            );
+            *cached = fresh;
+        }
+        Ok(fresh)
+    }
+
+    /// The IPv4 address messages of interface `index`.
+    async fn dump_v4(&self, index: u32) -> Result<Vec<AddressMessage>, NetError> {
+        let mut req = self.handle.address().get().set_link_index_filter(index);
+        req.message_mut().header.family = AddressFamily::Inet;
+        req.execute()
+            .try_filter(|m| futures::future::ready(m.header.family == AddressFamily::Inet))
+            .try_collect()
+            .await
+            .map_err(|e| self.map_err(e, "listing the addresses of"))
+    }
+
+    /// The address messages on the interface whose local address is exactly `addr`.
+    async fn find(&self, index: u32, addr: Ipv4Addr) -> Result<Vec<AddressMessage>, NetError> {
+        Ok(self
+            .dump_v4(index)
+            .await?
+            .into_iter()
+            .filter(|m| local_v4(m) == Some(addr))
+            .collect())
+    }
+
+    fn map_err(&self, e: rtnetlink::Error, doing: &str) -> NetError {
+        map_netlink_error(e, &self.ifname, doing)
+    }
+
+    fn garp_sender(&self, link: Link) -> Result<Arc<GarpSender>, NetError> {
+        let mut slot = self.garp.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(s) if s.ifindex() == link.index => Ok(Arc::clone(s)),
+            _ => {
+                let s = Arc::new(GarpSender::open(&self.ifname, link.index)?);
+                *slot = Some(Arc::clone(&s));
+                Ok(s)
+            }
+        }
+    }
+}
+
+impl Drop for KernelNet {
+    fn drop(&mut self) {
+        // The connection task would end by itself once every handle is gone; aborting makes it immediate.
+        self.connection.abort();
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalNet for KernelNet {
+    fn interface(&self) -> &str {
+        &self.ifname
+    }
+
+    async fn is_bound(&self, vip: VipCidr) -> Result<bool, NetError> {
+        let link = self.link().await?;
+        Ok(!self.find(link.index, vip.addr).await?.is_empty())
+    }
+
+    async fn bind(&self, vip: VipCidr) -> Result<Change, NetError> {
+        let link = self.link().await?;
+        let existing = self.find(link.index, vip.addr).await?;
+        if let Some(m) = existing.first() {
+            if m.header.prefix_len != vip.prefix {
+                tracing::warn!(
+                    interface = %self.ifname, vip = %vip, bound_prefix = m.header.prefix_len,
+                    "vip already bound with a different prefix length; leaving it as it is"
+                );
+            }
+            return Ok(Change::AlreadyDone);
+        }
+        match self
+            .handle
+            .address()
+            .add(link.index, IpAddr::V4(vip.addr), vip.prefix)
+            .execute()
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(interface = %self.ifname, vip = %vip, "vip bound");
+                Ok(Change::Applied)
+            }
+            // Someone (another migrate-havip call, an operator) added it between our dump and our add.
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(Change::AlreadyDone),
+            Err(e) => Err(self.map_err(e, &format!("adding {vip} to"))),
+        }
+    }
+
+    async fn unbind(&self, vip: VipCidr) -> Result<Change, NetError> {
+        let link = self.link().await?;
+        let existing = self.find(link.index, vip.addr).await?;
+        let mut removed = false;
+        // Normally one entry; the same address can exist with two prefix lengths, and all of them go.
+        for m in existing {
+            let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(link.index)
+                .address(vip.addr, m.header.prefix_len)
+                .build();
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => removed = true,
+                // Already removed by someone else since our dump.
+                Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
+                Err(e) => return Err(self.map_err(e, &format!("removing {vip} from"))),
+            }
+        }
+        if removed {
+            tracing::info!(interface = %self.ifname, vip = %vip, "vip unbound");
+            Ok(Change::Applied)
+        } else {
+            Ok(Change::AlreadyDone)
+        }
+    }
+
+    async fn announce_round(&self, vip: Ipv4Addr) -> Result<u32, NetError> {
+        let link = self.link().await?;
+        let sender = self.garp_sender(link)?;
+        let frames = sender.announce_round(link.mac, vip).await?;
+        tracing::trace!(interface = %self.ifname, %vip, frames, "gratuitous arp round sent");
+        Ok(frames)
+    }
+}
+
+/// Index and MAC of `ifname`.
+async fn resolve(handle: &Handle, ifname: &str) -> Result<Link, NetError> {
+    let msg: Option<LinkMessage> = handle
+        .link()
+        .get()
+        .match_name(ifname)
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| map_netlink_error(e, ifname, "looking up"))?;
+    let msg = msg.ok_or_else(|| NetError::NoSuchInterface(ifname.to_owned()))?;
+    if msg.header.link_layer_type != LinkLayerType::Ether {
+        return Err(NetError::UnsupportedInterface {
+            interface: ifname.to_owned(),
+            reason: format!(
+                "link type {:?} is not Ethernet, so gratuitous ARP cannot announce a VIP on it",
+                msg.header.link_layer_type
+            ),
+        });
+    }
+    let mac = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+            _ => None,
+        })
+        .ok_or_else(|| NetError::UnsupportedInterface {
+            interface: ifname.to_owned(),
+            reason: "it has no 6-byte hardware address".to_owned(),
+        })?;
+    Ok(Link {
+        index: msg.header.index,
+        mac,
+    })
+}
+
+/// The local IPv4 address of an address message: `IFA_LOCAL`, or `IFA_ADDRESS` when there is no `IFA_LOCAL`
+/// (on point-to-point links `IFA_ADDRESS` is the peer, so `IFA_LOCAL` must win).
+fn local_v4(m: &AddressMessage) -> Option<Ipv4Addr> {
+    let pick = |want_local: bool| {
+        m.attributes.iter().find_map(|a| match (a, want_local) {
+            (AddressAttribute::Local(IpAddr::V4(ip)), true)
+            | (AddressAttribute::Address(IpAddr::V4(ip)), false) => Some(*ip),
+            _ => None,
+        })
+    };
+    pick(true).or_else(|| pick(false))
+}
+
+/// The errno of a kernel NACK (positive), if `e` is one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
+        _ => None,
+    }
+}
+
+fn map_netlink_error(e: rtnetlink::Error, ifname: &str, doing: &str) -> NetError {
+    match errno(&e) {
+        Some(libc::EPERM) => NetError::MissingCapability {
+            capability: CAP_NET_ADMIN.to_owned(),
+            hint: grant_hint(&format!(
+                "{doing} interface {ifname:?} over netlink needs it"
+            )),
+        },
+        Some(libc::ENODEV) => NetError::NoSuchInterface(ifname.to_owned()),
+        // A kernel NACK reads best as its errno text ("File exists (os error 17)").
+        Some(_) => NetError::Netlink(format!(
+            "{doing} interface {ifname:?}: {}",
+            match &e {
+                rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+                other => other.to_string(),
+            }
+        )),
+        None => NetError::Netlink(format!("{doing} interface {ifname:?}: {e}")),
+    }
+}
+
+/// Linux interface names: 1..=15 bytes, no `/`, no whitespace, no NUL, not `.` or `..`.
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NACK like the kernel's (netlink-packet-core is reachable through rtnetlink's re-export).
+    fn error_message(errno: i32) -> rtnetlink::Error {
+        let mut m = rtnetlink::packet_core::ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(-errno);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn eperm_is_a_missing_net_admin_capability() {
+        let e = map_netlink_error(
+            error_message(libc::EPERM),
+            "eth0",
+            "adding 198.18.0.1/24 to",
+        );
+        match e {
+            NetError::MissingCapability { capability, hint } => {
+                assert_eq!(capability, "CAP_NET_ADMIN");
+                assert!(hint.contains("\"eth0\""), "{hint}");
+            }
+            other => panic!("want MissingCapability, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn enodev_names_the_interface() {
+        let e = map_netlink_error(error_message(libc::ENODEV), "eth9", "looking up");
+        assert_eq!(e.to_string(), "no network interface named \"eth9\"");
+    }
+
+    #[test]
+    fn other_errors_keep_the_kernel_reason_and_the_interface() {
+        let e = map_netlink_error(
+            error_message(libc::EINVAL),
+            "eth0",
+            "adding 198.18.0.1/24 to",
+        )
+        .to_string();
+        assert_eq!(
+            e,
+            "netlink: adding 198.18.0.1/24 to interface \"eth0\": Invalid argument (os error 22)"
+        );
+    }
+
+    #[test]
+    fn interface_names_are_checked_before_asking_the_kernel() {
+        assert!(valid_ifname("eth0"));
+        assert!(valid_ifname("enp0s31f6"));
+        for bad in ["", "a/b", "with space", "sixteen-chars-xx", ".", ".."] {
+            assert!(!valid_ifname(bad), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn local_address_wins_over_peer_address() {
+        let mut m = AddressMessage::default();
+        m.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(Ipv4Addr::new(
+                198, 18, 0, 99,
+            ))));
+        m.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(Ipv4Addr::new(
+                198, 18, 0, 1,
+            ))));
+        assert_eq!(local_v4(&m), Some(Ipv4Addr::new(198, 18, 0, 1)));
+        m.attributes.remove(1);
+        assert_eq!(local_v4(&m), Some(Ipv4Addr::new(198, 18, 0, 99)));
+    }
+}
