@@ -305,7 +305,9 @@ pub enum ServerTime {
     Fixed(SystemTime),
     /// The system clock shifted by this many seconds (negative = behind).
     OffsetSeconds(i64),
-    /// Any clock (e.g. `crate::clock::TokioClock`).
+    /// Any clock. Note: the fake answers on wiremock's own thread and runtime, so a
+    /// `crate::clock::TokioClock` read there follows real time, not a paused test clock; with paused time,
+    /// move the fake's clock explicitly with [`ServerTime::Fixed`] instead.
     Clock(SharedClock),
 }
 
