@@ -185,6 +185,28 @@ async fn a_garp_from_an_out_of_range_instance_is_ignored_while_check_associate_i
 }
 
 #[tokio::test]
+async fn the_watcher_sees_a_garp_crossing_a_bridge() {
+    // The lab's shape: hosts on veth ports of one bridge, the watcher on the bridge device itself.
+    let ns = Netns::new();
+    ns.ip(&["link", "add", "gbr", "type", "bridge"]);
+    ns.ip(&["link", "set", "gb", "master", "gbr"]);
+    ns.ip(&["link", "set", "gbr", "up"]);
+    let fake = FakeCloud::start().await;
+    fake.add_instance("ins-aaaaaaaa", SENDER_MAC);
+    fake.add_havip(HavipSpec::new("havip-00000001", VIP).associate("ins-aaaaaaaa"));
+    let watch = ns.watch(&fake, "gbr");
+
+    ns.arping(VIP, true);
+    let seen = wait_for_seen(&watch, 1);
+
+    assert!(seen[0].moved, "{seen:?}");
+    assert_eq!(
+        fake.havip("havip-00000001").unwrap().instance_id.as_deref(),
+        Some("ins-aaaaaaaa")
+    );
+}
+
+#[tokio::test]
 async fn the_watcher_names_a_missing_interface() {
     let fake = FakeCloud::start().await;
 

@@ -199,6 +199,29 @@ pub fn watch_garp(fake: FakeCloud, ifname: &str) -> Result<GarpWatch, io::Error>
             "garp watcher: binding the ARP socket to {ifname}"
         )));
     }
+    // Promiscuous membership (dropped with the socket): on a bridge, frames addressed to another port's
+    // MAC (e.g. a unicast ARP reply) reach the bridge device only in promiscuous mode.
+    // SAFETY: packet_mreq is plain data; zeroed is a valid starting value.
+    let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    mreq.mr_ifindex = ifindex as i32;
+    mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+    // SAFETY: mreq is a valid packet_mreq and the length matches it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&mreq as *const libc::packet_mreq).cast(),
+            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(
+            interface = ifname,
+            error = %io::Error::last_os_error(),
+            "garp watcher could not enter promiscuous mode; unicast arp to other hosts will be missed"
+        );
+    }
     let mut fds = [0; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
