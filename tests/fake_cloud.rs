@@ -815,3 +815,52 @@ async fn vector_d_bytes_are_accepted_at_the_vector_time() {
             .in_range("ins-nkgrfbic")
     );
 }
+
+#[tokio::test]
+async fn vector_c_bytes_with_their_token_are_accepted_at_the_vector_time() {
+    // The reference's worked example C: temporary credentials, X-TC-Token sent but not signed.
+    let fake = FakeCloud::start().await;
+    fake.add_temporary_key("AKIDEXAMPLE", "secretkeyEXAMPLE", "tokenEXAMPLE");
+    fake.add_havip(HavipSpec::new("havip-9o233uri", VIP));
+    fake.set_server_time(ServerTime::Fixed(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_551_113_065),
+    ));
+    let send = |token: &'static str| {
+        client()
+            .post(fake.endpoint())
+            .header("Host", "vpc.tencentcloudapi.com")
+            .header("Content-Type", "application/json")
+            .header("X-TC-Action", "DescribeHaVips")
+            .header("X-TC-Timestamp", "1551113065")
+            .header("X-TC-Version", "2017-03-12")
+            .header("X-TC-Region", "ap-guangzhou")
+            .header("X-TC-Token", token)
+            .header(
+                "Authorization",
+                "TC3-HMAC-SHA256 Credential=AKIDEXAMPLE/2019-02-25/vpc/tc3_request, SignedHeaders=content-type;host, \
+                 Signature=42361b7fd71cbf19569c8e3b9850b044b5b9a4dab3895125d03528eba9cd301e",
+            )
+            .body(r#"{"HaVipIds": ["havip-9o233uri"]}"#)
+            .send()
+    };
+
+    let good: Value =
+        serde_json::from_str(&send("tokenEXAMPLE").await.unwrap().text().await.unwrap()).unwrap();
+    let bad: Value =
+        serde_json::from_str(&send("tokenOTHER").await.unwrap().text().await.unwrap()).unwrap();
+
+    assert_eq!(
+        good["Response"]["HaVipSet"][0]["HaVipId"], "havip-9o233uri",
+        "{good}"
+    );
+    assert_eq!(
+        bad["Response"]["Error"]["Code"], "AuthFailure.TokenFailure",
+        "{bad}"
+    );
+    let log = fake.requests();
+    assert!(log[0].signature_valid);
+    assert!(
+        !log[1].signature_valid,
+        "a wrong token makes the request invalid"
+    );
+}
