@@ -200,7 +200,7 @@ impl MetadataClient {
             .get(url)
             .send()
             .await
-            .map_err(|e| self.transport_error(&shown, &e))?;
+            .map_err(|e| self.transport_error(&shown, e))?;
         let status = response.status().as_u16();
         if status == 404 {
             return Ok(None);
@@ -211,11 +211,11 @@ impl MetadataClient {
         let text = response
             .text()
             .await
-            .map_err(|e| self.transport_error(&shown, &e))?;
+            .map_err(|e| self.transport_error(&shown, e))?;
         Ok(Some(text))
     }
 
-    fn transport_error(&self, url: &str, e: &reqwest::Error) -> MetadataError {
+    fn transport_error(&self, url: &str, e: reqwest::Error) -> MetadataError {
         if e.is_timeout() {
             MetadataError::Timeout {
                 url: url.to_owned(),
@@ -224,7 +224,8 @@ impl MetadataClient {
         } else {
             MetadataError::Unreachable {
                 url: url.to_owned(),
-                detail: error_chain(e),
+                // The URL is already in the message.
+                detail: error_chain(&e.without_url()),
             }
         }
     }

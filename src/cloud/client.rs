@@ -572,7 +572,7 @@ impl VpcClient {
                 CloudError::Transport {
                     action: action.into(),
                     endpoint: endpoint.into(),
-                    detail: error_chain(&e),
+                    detail: error_chain(&e.without_url()),
                 }
             }
         };
