@@ -241,7 +241,10 @@ pub(crate) async fn command(
                 peer: peer.to_owned(),
                 source: ReplyError::Server {
                     command: what,
-                    message: e.to_string(),
+                    message: match (e.code(), e.detail()) {
+                        (Some(code), Some(detail)) => format!("{code} {detail}"),
+                        _ => e.to_string(),
+                    },
                 },
             })
         }
@@ -254,7 +257,7 @@ pub(crate) async fn command(
             peer: peer.to_owned(),
             source: ReplyError::Server {
                 command: what,
-                message: e.to_string(),
+                message: parse::server_error_text(&e),
             },
         }),
         Ok(Ok(v)) => Ok(v),

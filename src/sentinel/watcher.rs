@@ -285,9 +285,11 @@ impl Shared {
             if !was_reachable {
                 tracing::info!(sentinel = %addr, "sentinel reachable");
             }
-            if error.is_some() && error != s.error {
+            if let Some(e) = &error
+                && error != s.error
+            {
                 // Logged once per distinct problem, not once per poll.
-                tracing::warn!(sentinel = %addr, error = error.as_deref().unwrap_or(""), "ignoring bad sentinel answer");
+                tracing::warn!(sentinel = %addr, error = %e, "ignoring bad sentinel answer");
             }
             for (name, info) in &masters {
                 let same = s.masters.get(name).is_some_and(|old| {
