@@ -403,13 +403,15 @@ impl VpcClient {
         })?;
         let mut retries = 0u32;
         let mut skew_corrected = false;
+        let mut last_error: Option<CloudError> = None;
         loop {
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
-                return Err(CloudError::DeadlineExceeded {
+                // A backoff sleep can end a hair past the deadline: the last real error says more.
+                return Err(last_error.unwrap_or_else(|| CloudError::DeadlineExceeded {
                     action: action.into(),
-                });
+                }));
             }
             let timeout = left.min(self.inner.timeout);
             let failure = match self.attempt(action, &body, timeout).await {
@@ -452,6 +454,7 @@ impl VpcClient {
                 "retrying vpc api call"
             );
             tokio::time::sleep(delay).await;
+            last_error = Some(error);
         }
     }
 
