@@ -160,6 +160,8 @@ impl MetadataClient {
             .connect_timeout(timeout)
             // The metadata service is only reachable directly from the CVM: a proxy would break it.
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("havip-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(format!("cannot build an HTTP client: {}", error_chain(&e))))?;
         Ok(Self {

@@ -171,6 +171,11 @@ impl VpcClient {
         super::install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
+            // HTTP/1.1 like the official SDKs: the signed `host` is then literally the Host header sent.
+            .http1_only()
+            // A redirect would re-send (or turn into a GET) a request signed for another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("havip-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
                 invalid(
