@@ -268,29 +268,30 @@ impl VpcClient {
         if ids.is_empty() {
             let mut offset = 0usize;
             loop {
-                let (page, total) = self.describe_page(&[], offset, deadline).await?;
-                let got = page.len();
+                let (page, got, total) = self.describe_page(&[], offset, deadline).await?;
                 out.extend(page);
                 offset += got;
-                if got == 0 || total.is_none_or(|t| offset as u64 >= t) {
+                // A short page is the last one, whatever TotalCount says.
+                if got < PAGE_LIMIT || total.is_none_or(|t| offset as u64 >= t) {
                     break;
                 }
             }
         } else {
             for chunk in ids.chunks(PAGE_LIMIT) {
-                let (page, _) = self.describe_page(chunk, 0, deadline).await?;
+                let (page, _, _) = self.describe_page(chunk, 0, deadline).await?;
                 out.extend(page);
             }
         }
         Ok(out)
     }
 
+    /// One `DescribeHaVips` request: the HAVIPs, how many items the page had, and `TotalCount`.
     async fn describe_page(
         &self,
         ids: &[String],
         offset: usize,
         deadline: Instant,
-    ) -> Result<(Vec<HaVip>, Option<u64>), CloudError> {
+    ) -> Result<(Vec<HaVip>, usize, Option<u64>), CloudError> {
         let action = "DescribeHaVips";
         let request = DescribeHaVipsRequest {
             ha_vip_ids: ids,
@@ -308,7 +309,7 @@ impl VpcClient {
                 "ignoring havip items without a HaVipId"
             );
         }
-        Ok((havips, response.total_count))
+        Ok((havips, count, response.total_count))
     }
 
     /// `AssociateHaVipInstance`: adds the instance to the HAVIP's drift range. Already being there
