@@ -24,6 +24,26 @@ pub struct DemoArgs {
     /// How long to wait for each step before saying it failed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub step_timeout: Duration,
+    /// Keep a sandbox running instead of the failover story: three Redis + Sentinels, the fake cloud, and a
+    /// config for a real `havip-agent run` as node 1 (binding on a veth pair the sandbox creates). Needs
+    /// root. Runs until Ctrl-C or SIGTERM, then removes everything.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// Sandbox: where to write node 1's config (readable by the havip-agent group if it exists).
+    #[arg(long, value_name = "PATH", default_value = "havip-sandbox.toml")]
+    pub config_out: std::path::PathBuf,
+    /// Sandbox: where to write the fake cloud's credentials as an environment file (mode 0600).
+    #[arg(long, value_name = "PATH", default_value = "havip-sandbox.env")]
+    pub env_out: std::path::PathBuf,
+    /// Sandbox: the veth the real agent binds on (its peer is `<name>p`, watched by the fake cloud).
+    #[arg(long, value_name = "NAME", default_value = "havip-sbx0")]
+    pub interface: String,
+    /// Sandbox: `claim.lock_dir` in the written config.
+    #[arg(long, value_name = "DIR", default_value = "/run/havip-agent")]
+    pub lock_dir: std::path::PathBuf,
+    /// Sandbox: `[metrics] listen` in the written config.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9847")]
+    pub metrics_listen: std::net::SocketAddr,
 }
 
 /// A demo step that did not happen.
@@ -53,6 +73,9 @@ pub async fn run(args: DemoArgs) -> u8 {
             );
             return 2;
         }
+    }
+    if args.sandbox {
+        return sandbox::run(args).await;
     }
     println!(
         "havip-agent demo: a real Redis Sentinel failover moving a HAVIP (fake Tencent Cloud, in process)"
@@ -318,4 +341,167 @@ fn timeline(
         let _ = writeln!(out, "{t:>10.1}  {what}");
     }
     out
+}
+
+mod sandbox {
+    //! `havip-agent demo --sandbox`: the fake cloud and a Sentinel lab kept running for a real agent.
+
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use super::{DemoArgs, which};
+    use crate::fake::watch_garp;
+    use crate::testbed::agents::{Fleet, FleetSpec, SECRET_ID, SECRET_KEY};
+
+    /// Removes the veth pair on drop.
+    struct Veth(String);
+
+    impl Veth {
+        fn create(name: &str) -> anyhow::Result<(Veth, [u8; 6])> {
+            anyhow::ensure!(
+                name.len() <= 14,
+                "--interface {name:?}: at most 14 characters (the peer adds \"p\")"
+            );
+            let ip = |args: &[&str]| -> anyhow::Result<()> {
+                let out = Command::new("ip").args(args).output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Ok(())
+            };
+            let peer = format!("{name}p");
+            ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])?;
+            let veth = Veth(name.to_owned());
+            ip(&["link", "set", name, "up"])?;
+            ip(&["link", "set", &peer, "up"])?;
+            let mac = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
+            let mac = crate::metadata::parse_mac(mac.trim())
+                .ok_or_else(|| anyhow::anyhow!("cannot read the MAC of {name}"))?;
+            Ok((veth, mac))
+        }
+    }
+
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+
+    fn write_file(
+        path: &std::path::Path,
+        text: &str,
+        mode: u32,
+        group: Option<&str>,
+    ) -> anyhow::Result<()> {
+        std::fs::write(path, text)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        if let Some(g) = group.and_then(gid_of) {
+            std::os::unix::fs::chown(path, None, Some(g))?;
+        }
+        Ok(())
+    }
+
+    fn gid_of(group: &str) -> Option<u32> {
+        let c = std::ffi::CString::new(group).ok()?;
+        // SAFETY: getgrnam returns a pointer into static storage or null; read once, immediately.
+        let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+        (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
+    }
+
+    pub(super) async fn run(args: DemoArgs) -> u8 {
+        match sandbox(&args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("havip-agent demo --sandbox: {e:#}");
+                2
+            }
+        }
+    }
+
+    async fn sandbox(args: &DemoArgs) -> anyhow::Result<()> {
+        // SAFETY: geteuid has no preconditions.
+        anyhow::ensure!(
+            unsafe { libc::geteuid() } == 0,
+            "the sandbox creates a veth pair for the agent to bind on: run it as root"
+        );
+        anyhow::ensure!(
+            which("ip").is_some(),
+            "`ip` is not installed: apt-get install -y iproute2"
+        );
+        let (veth, mac) = Veth::create(&args.interface)?;
+        let spec = FleetSpec {
+            external: Some((0, mac)),
+            external_interface: Some(args.interface.clone()),
+            metrics_listen: Some(args.metrics_listen),
+            ..FleetSpec::default()
+        };
+        let fleet = Fleet::start(spec).await?;
+        // The fake VPC sees the real agent's GARPs on the peer of its veth.
+        let watch = watch_garp(fleet.cloud.clone(), &format!("{}p", args.interface))?;
+        let config = fleet.nodes[0].config_text.replace(
+            &format!(
+                "lock_dir = \"{}\"",
+                lock_dir_of(&fleet.nodes[0].config_text)
+            ),
+            &format!("lock_dir = \"{}\"", args.lock_dir.display()),
+        );
+        write_file(&args.config_out, &config, 0o640, Some("havip-agent"))?;
+        write_file(
+            &args.env_out,
+            &format!("TENCENTCLOUD_SECRET_ID={SECRET_ID}\nTENCENTCLOUD_SECRET_KEY={SECRET_KEY}\n"),
+            0o600,
+            None,
+        )?;
+        println!(
+            "sandbox ready: 3 redis + 3 sentinels, the fake tencent cloud at {}",
+            fleet.cloud.endpoint()
+        );
+        println!(
+            "node 1 is for a real agent: config {} (credentials of the fake cloud in {})",
+            args.config_out.display(),
+            args.env_out.display()
+        );
+        println!(
+            "nodes 2 and 3 run simulated agents in this process; the vip is bound on {} by node 1's agent",
+            args.interface
+        );
+        println!(
+            "redis master: {} (to watch a failover: redis-cli -h {} -p {} shutdown nosave)",
+            fleet.lab.redis_addr(0),
+            fleet.lab.redis_addr(0).ip(),
+            fleet.lab.redis_addr(0).port()
+        );
+        println!(
+            "run the agent:  env $(cat {}) havip-agent run --config {}",
+            args.env_out.display(),
+            args.config_out.display()
+        );
+        println!("stop the sandbox with Ctrl-C (or SIGTERM); it removes everything it created");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        drop(watch);
+        fleet.shutdown().await;
+        drop(veth);
+        let _ = std::fs::remove_file(&args.env_out);
+        println!("sandbox removed");
+        Ok(())
+    }
+
+    fn lock_dir_of(config: &str) -> String {
+        config
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("lock_dir = \"")
+                    .and_then(|r| r.strip_suffix('"'))
+            })
+            .unwrap_or_default()
+            .to_owned()
+    }
 }

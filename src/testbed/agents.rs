@@ -32,8 +32,10 @@ use crate::testbed::redis::{LabSpec, RedisLab};
 pub const HAVIP_ID: &str = "havip-fleet001";
 /// Its VIP (simulated: never bound in the kernel).
 pub const VIP: &str = "198.18.0.100/24";
-const SECRET_ID: &str = "AKIDfleetEXAMPLE";
-const SECRET_KEY: &str = "fleetSecretKeyEXAMPLE";
+/// The fake cloud's SecretId (a fake key, accepted only by the fake).
+pub const SECRET_ID: &str = "AKIDfleetEXAMPLE";
+/// The fake cloud's SecretKey.
+pub const SECRET_KEY: &str = "fleetSecretKeyEXAMPLE";
 
 /// How to build a fleet.
 #[derive(Debug, Clone)]
@@ -53,6 +55,13 @@ pub struct FleetSpec {
     pub redis_fence: bool,
     /// Watcher knobs.
     pub watch: WatchOptions,
+    /// A host whose agent runs outside this process (the demo sandbox's real `havip-agent run`): no
+    /// in-process agent is started for it, and the fake cloud knows it by this MAC (its real interface).
+    pub external: Option<(usize, [u8; 6])>,
+    /// The interface name in the external host's config.
+    pub external_interface: Option<String>,
+    /// `[metrics] listen` for every agent's config (the external agent serves `/status` there).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for FleetSpec {
@@ -65,6 +74,9 @@ impl Default for FleetSpec {
             sentinel_toml: String::new(),
             redis_fence: true,
             watch: WatchOptions::default(),
+            external: None,
+            external_interface: None,
+            metrics_listen: None,
         }
     }
 }
@@ -89,6 +101,10 @@ pub struct FleetNode {
     pub health: Health,
     /// Where its agent publishes (kept across restarts, so subscribers see every incarnation).
     pub events: broadcast::Sender<AgentEvent>,
+    /// Its config as TOML (what an external agent is given).
+    pub config_text: String,
+    /// Its agent runs outside this process.
+    pub external: bool,
     agent: Option<Agent>,
 }
 
@@ -162,7 +178,11 @@ impl Fleet {
         let mut nodes = Vec::new();
         for i in 0..lab.nodes() {
             let instance_id = format!("ins-fleet-{}", i + 1);
-            cloud.add_instance(&instance_id, mac_of(i));
+            let external = spec.external.filter(|(e, _)| *e == i);
+            cloud.add_instance(
+                &instance_id,
+                external.map(|(_, mac)| mac).unwrap_or(mac_of(i)),
+            );
             let address = lab.host(i).ip;
             let lock_dir = dir.path().join(format!("node{}", i + 1));
             let redis = if spec.redis_fence {
@@ -186,7 +206,7 @@ timeout = "1s"
 [node]
 instance_id = "{instance_id}"
 address = "{address}"
-interface = "fleet{n}"
+interface = "{interface}"
 
 [sentinel]
 addresses = [{sentinels}]
@@ -201,10 +221,18 @@ vip = "{VIP}"
 [claim]
 lock_dir = "{lock_dir}"
 
+{metrics}
 {extra}
 "#,
                 endpoint = cloud.endpoint(),
-                n = i + 1,
+                interface = match (&external, &spec.external_interface) {
+                    (Some(_), Some(ifname)) => ifname.clone(),
+                    _ => format!("fleet{}", i + 1),
+                },
+                metrics = spec
+                    .metrics_listen
+                    .map(|a| format!("[metrics]\nlisten = \"{a}\"\n"))
+                    .unwrap_or_default(),
                 sentinels = sentinels.join(", "),
                 sentinel_toml = spec.sentinel_toml,
                 master = lab.master_name(),
@@ -229,6 +257,8 @@ lock_dir = "{lock_dir}"
                 status: StatusHandle::new(StatusReport::default()),
                 health: Health::new(Duration::from_secs(10)),
                 events,
+                config_text: text,
+                external: external.is_some(),
                 agent: None,
             });
         }
@@ -240,7 +270,9 @@ lock_dir = "{lock_dir}"
             _dir: dir,
         };
         for i in 0..fleet.nodes.len() {
-            fleet.start_agent(i)?;
+            if !fleet.nodes[i].external {
+                fleet.start_agent(i)?;
+            }
         }
         Ok(fleet)
     }
