@@ -1205,6 +1205,12 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
         ),
         None => None,
     };
+    // READY=1 once the Sentinel watch is up: the first Sentinel answered (or a bounded wait passed, so a
+    // deployment whose Sentinels are all down still starts and reports it in /status and /healthz).
+    {
+        let mut snaps = agent.watcher().snapshots();
+        let _ = tokio::time::timeout(Duration::from_secs(10), snaps.wait_for(|s| s.reachable() > 0)).await;
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
