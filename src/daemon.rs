@@ -1151,6 +1151,18 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
                     .with_observer(Arc::new(metrics.clone())),
             )
         }
+        Err(e) if e.is_retryable() => {
+            // The metadata service is down right now: start anyway (local bind and announce work) and
+            // look the role up again on each API call.
+            warn!(error = %e, "cloud credentials not available yet; the cam role will be looked up on first use");
+            let creds =
+                crate::credentials::CredentialProvider::deferred_role(&metadata, clock.clone());
+            Some(
+                crate::cloud::VpcClient::new(&cfg.cloud, creds, clock)
+                    .map_err(|e| perm(e.into()))?
+                    .with_observer(Arc::new(metrics.clone())),
+            )
+        }
         Err(e) => {
             error!(error = %e, "no cloud credentials: running local-only (bind and announce); the drift range and moves cannot be confirmed");
             None
@@ -1209,7 +1221,11 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
     // deployment whose Sentinels are all down still starts and reports it in /status and /healthz).
     {
         let mut snaps = agent.watcher().snapshots();
-        let _ = tokio::time::timeout(Duration::from_secs(10), snaps.wait_for(|s| s.reachable() > 0)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            snaps.wait_for(|s| s.reachable() > 0),
+        )
+        .await;
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 

@@ -469,3 +469,30 @@ async fn failed_refresh_keeps_current_credentials_until_they_expire() {
     );
     assert!(err.to_string().contains("HTTP 500"), "{err}");
 }
+
+/// Regression: a daemon started while the metadata service was down must pick up the CAM role once it is
+/// back, instead of running without the cloud until restarted.
+#[tokio::test]
+async fn a_deferred_role_is_looked_up_on_first_use_once_metadata_answers() {
+    use havip_agent::credentials::CredentialSource;
+    use havip_agent::fake::{FakeMetadata, MetadataSpec, RoleCredentials};
+    let expires = havip_agent::clock::unix_seconds(SystemTime::now()) + 3600;
+    let fake = FakeMetadata::start(
+        MetadataSpec::new("ins-1", "198.18.0.11".parse().unwrap(), [2, 0, 0, 0, 0, 1]).with_role(
+            RoleCredentials::new("r1", "AKIDtmp", "tmpkey", "tok", expires),
+        ),
+    )
+    .await;
+    let client = MetadataClient::new(&fake.endpoint(), Duration::from_millis(200)).unwrap();
+    fake.set_delay(Some(Duration::from_secs(5)));
+    let provider = CredentialProvider::deferred_role(&client, havip_agent::clock::system());
+    assert_eq!(provider.source(), &CredentialSource::CvmRolePending);
+
+    let e = provider.get().await.expect_err("metadata is down");
+    assert!(e.is_retryable(), "{e}");
+
+    fake.set_delay(None);
+    let c = provider.get().await.expect("metadata is back");
+    assert_eq!(c.secret_id.expose(), "AKIDtmp");
+    assert_eq!(c.token.as_ref().map(|t| t.expose()), Some("tok"));
+}
