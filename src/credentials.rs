@@ -168,11 +168,14 @@ enum Kind {
     Static(Credential),
     Role(Box<RoleState>),
     /// A role not looked up yet: the first `get` that reaches the metadata service fixes it.
-    PendingRole {
-        metadata: MetadataClient,
-        clock: SharedClock,
-        resolved: tokio::sync::OnceCell<RoleState>,
-    },
+    PendingRole(Box<PendingRole>),
+}
+
+#[derive(Debug)]
+struct PendingRole {
+    metadata: MetadataClient,
+    clock: SharedClock,
+    resolved: tokio::sync::OnceCell<RoleState>,
 }
 
 #[derive(Debug)]
@@ -258,11 +261,11 @@ impl CredentialProvider {
         Self {
             inner: Arc::new(Inner {
                 source: CredentialSource::CvmRolePending,
-                kind: Kind::PendingRole {
+                kind: Kind::PendingRole(Box::new(PendingRole {
                     metadata: metadata.clone(),
                     clock,
                     resolved: tokio::sync::OnceCell::new(),
-                },
+                })),
             }),
         }
     }
@@ -294,11 +297,12 @@ impl CredentialProvider {
         let state = match &self.inner.kind {
             Kind::Static(credential) => return Ok(credential.clone()),
             Kind::Role(state) => state.as_ref(),
-            Kind::PendingRole {
-                metadata,
-                clock,
-                resolved,
-            } => {
+            Kind::PendingRole(pending) => {
+                let PendingRole {
+                    metadata,
+                    clock,
+                    resolved,
+                } = pending.as_ref();
                 resolved
                     .get_or_try_init(|| async {
                         let role = match metadata.role_name().await {
