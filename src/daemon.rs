@@ -552,7 +552,9 @@ impl HavipTask {
             bound: self.bound,
             cloud: self.cloud,
             claimed_epoch: self.claimed_epoch,
-            claiming: self.claim.is_some(),
+            // A claim that failed waits for its retry time as if it were still running.
+            claiming: self.claim.is_some()
+                || self.next_claim_at.is_some_and(|t| Instant::now() < t),
             paused: self.paused,
             redis_fence: self.fence_opts.is_some(),
         };
@@ -574,26 +576,13 @@ impl HavipTask {
 
     async fn step(&mut self, snap: &Snapshot) {
         let obs = self.observe(snap);
-        let mut decision = plan(self.me, &obs);
+        let decision = plan(self.me, &obs);
         if decision.fence && self.last_decision.is_none_or(|d| !d.fence) {
             self.failover_id = Some(format!(
                 "{}-fence-{}",
                 self.h.master,
                 crate::clock::unix_seconds(SystemTime::now())
             ));
-        }
-        // A claim that failed waits for its retry time.
-        if let Some(at) = self.next_claim_at
-            && Instant::now() < at
-        {
-            let filtered: Vec<Action> = decision
-                .actions
-                .iter()
-                .filter(|a| !matches!(a, Action::Claim { .. } | Action::Reannounce))
-                .collect();
-            if filtered.len() != decision.actions.iter().count() {
-                decision.actions = crate::reconcile::ActionList::from_slice(&filtered);
-            }
         }
         if self.last_decision != Some(decision) {
             let actions = decision.actions.to_vec();
@@ -625,7 +614,7 @@ impl HavipTask {
         for action in decision.actions.iter() {
             self.act(action).await;
         }
-        self.publish(snap, &decision);
+        self.publish(&decision);
     }
 
     async fn act(&mut self, action: Action) {
@@ -1040,7 +1029,7 @@ impl HavipTask {
         });
     }
 
-    fn publish(&self, snap: &Snapshot, d: &Decision) {
+    fn publish(&self, d: &Decision) {
         let id = &self.h.havip_id;
         self.metrics.set_desired(id, d.desired);
         self.metrics.set_local_holder(id, self.bound);
@@ -1053,7 +1042,6 @@ impl HavipTask {
         let majority_master = d
             .config
             .map(|c| std::net::SocketAddr::new(c.ip, c.port).to_string());
-        let _ = snap;
         self.status.update_havip(id, |s| {
             s.majority_master = majority_master;
             s.epoch = d.config.map(|c| c.epoch);
