@@ -429,3 +429,62 @@ async fn every_decision_carries_the_failover_id_of_its_epoch() {
         && e.failover_id == Some(format!("mymaster-{epoch}"))));
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_hook_and_a_hanging_webhook_never_delay_a_claim() {
+    use std::os::unix::fs::PermissionsExt;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    // Arrange: a webhook that answers only after a minute, and hooks that hang for a minute after noting
+    // that they started.
+    let hook_dir = tempfile::tempdir().unwrap();
+    let hook = hook_dir.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1 $2 $$\" >> {}/started\nsleep 60\necho done >> {}/finished\n",
+            hook_dir.path().display(),
+            hook_dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let webhook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
+        .mount(&webhook)
+        .await;
+    let spec = FleetSpec {
+        extra_toml: format!(
+            "[hooks]\non_acquire = \"{h}\"\non_release = \"{h}\"\ntimeout = \"90s\"\n\n[[alert]]\nurl = \"{}/hook\"\ntimeout = \"90s\"\n",
+            webhook.uri(),
+            h = hook.display()
+        ),
+        ..FleetSpec::default()
+    };
+    let (fleet, old) = settled_fleet(spec).await;
+
+    // Act: a failover while the first acquire's hook and alert still hang.
+    fleet.lab.kill_redis(old);
+    let new = wait_new_holder(&fleet, old).await;
+
+    // Assert: the claim completed although every hook and webhook call is still hanging.
+    let started = std::fs::read_to_string(hook_dir.path().join("started")).unwrap_or_default();
+    assert!(started.contains("acquired"), "no hook started: {started:?}");
+    assert!(
+        !hook_dir.path().join("finished").exists(),
+        "a hook finished: the test did not prove anything"
+    );
+    let pending = webhook.received_requests().await.unwrap_or_default();
+    assert!(!pending.is_empty(), "no webhook was called");
+    assert!(claim_done(&fleet, new));
+    fleet.shutdown().await;
+    // Clean up the hanging hooks (each leads its own process group).
+    for pid in started
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<i32>().ok())
+    {
+        // SAFETY: kill(2) on a process group this test's hooks created.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+}
