@@ -285,6 +285,11 @@ impl Claimer {
                 break;
             }
             tokio::time::sleep(backoff.min(opts.deadline - now)).await;
+            if Instant::now() >= opts.deadline {
+                // No time left for a request: asking now would only replace the last real cloud error
+                // (the one the operator needs) with "deadline passed".
+                break;
+            }
             backoff = (backoff * 2).min(MAX_CONFIRM_BACKOFF);
             match cloud
                 .describe_havip(id, self.step_deadline(opts.deadline))
@@ -418,7 +423,10 @@ impl Claimer {
                 error: e.to_string(),
             },
         );
-        out.cloud_error = Some(e);
+        // Keep the cause: a request that never left because time ran out says less than the error before it.
+        if !(matches!(e, CloudError::DeadlineExceeded { .. }) && out.cloud_error.is_some()) {
+            out.cloud_error = Some(e);
+        }
     }
 
     async fn narrow_if_exclusive(
