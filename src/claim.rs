@@ -111,7 +111,7 @@ pub enum ClaimError {
         #[source]
         source: NetError,
     },
-    /// The per-HAVIP lock could not be taken.
+    /// The per-HAVIP lock could not be taken (in time). Retrying later may work.
     #[error("{havip}: {message}")]
     Lock {
         /// The HAVIP.
@@ -119,6 +119,26 @@ pub enum ClaimError {
         /// What went wrong.
         message: String,
     },
+    /// The lock directory or file cannot be created or opened (`claim.lock_dir` missing, not writable):
+    /// a deployment problem that retrying does not fix.
+    #[error("{havip}: {message}")]
+    LockSetup {
+        /// The HAVIP.
+        havip: String,
+        /// What went wrong, naming the path and `claim.lock_dir`.
+        message: String,
+    },
+}
+
+impl ClaimError {
+    /// True when retrying cannot help: a missing capability or interface, or an unusable lock directory.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClaimError::Net { source, .. } => source.is_permanent(),
+            ClaimError::Lock { .. } => false,
+            ClaimError::LockSetup { .. } => true,
+        }
+    }
 }
 
 /// Options of one claim.
@@ -519,19 +539,41 @@ impl HavipLock {
             havip: havip_id.to_owned(),
             message,
         };
-        std::fs::create_dir_all(dir).map_err(|e| {
-            lock_err(format!(
-                "cannot create lock directory {} ({e}): set claim.lock_dir to a writable directory",
-                dir.display()
-            ))
-        })?;
+        let setup_err = |message: String| ClaimError::LockSetup {
+            havip: havip_id.to_owned(),
+            message,
+        };
         let path = dir.join(format!("{havip_id}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| lock_err(format!("cannot open lock file {}: {e}", path.display())))?;
+        // flock works on a read-only descriptor: open an existing lock file read-only, so that a file the
+        // daemon (root, mode 0644) created also works for migrate-havip run as Sentinel's user.
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    setup_err(format!(
+                        "cannot create lock directory {} ({e}): set claim.lock_dir to a writable directory",
+                        dir.display()
+                    ))
+                })?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        setup_err(format!(
+                            "cannot create lock file {}: {e} (claim.lock_dir must be writable)",
+                            path.display()
+                        ))
+                    })?
+            }
+            Err(e) => {
+                return Err(setup_err(format!(
+                    "cannot open lock file {}: {e} (claim.lock_dir)",
+                    path.display()
+                )));
+            }
+        };
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is involved.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

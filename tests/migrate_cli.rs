@@ -575,3 +575,60 @@ fn three_simultaneous_calls_all_exit_0_bind_once_and_associate_at_most_once() {
         Some("ins-a")
     );
 }
+
+#[test]
+fn an_unprivileged_user_with_ambient_capabilities_can_claim_with_a_lock_file_root_created() {
+    // As Sentinel's `redis` user with `AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW`, after the daemon
+    // (root) has created the lock file with the usual 0644.
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::standard("mig-user");
+    let lock_dir = site.dir.path().join("lock");
+    std::fs::create_dir(&lock_dir).unwrap();
+    let lock_file = lock_dir.join(format!("{HAVIP_ID}.lock"));
+    std::fs::write(&lock_file, "").unwrap();
+    std::fs::set_permissions(&lock_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for p in [site.dir.path(), lock_dir.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // No secret in it (the keys come from the environment), so it may be world-readable.
+    std::fs::set_permissions(&site.cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let env = site.cfg_env();
+    let mut cmd = site.ns.command("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+net_admin,+net_raw",
+        "--ambient-caps=+net_admin,+net_raw",
+        migrate_bin(),
+    ]);
+    cmd.args(sentinel_args("leader", ME));
+    clean_env(&mut cmd);
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    cmd.stdin(Stdio::null());
+
+    let r = run(cmd);
+
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert!(r.stdout.contains("claimed by ins-a"), "{}", r.show());
+    assert!(site.vip_bound());
+}
+
+#[test]
+fn a_lock_dir_that_cannot_be_created_is_a_permanent_error_naming_the_key() {
+    // Retrying cannot fix it, so Sentinel must not retry it (exit 2), and the message says what to change.
+    let site = Site::new(
+        "mig-lockdir",
+        HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+        |node, _| node.lock_dir = "/proc/havip-agent-lock".into(),
+    );
+
+    let r = site.run(&sentinel_args("leader", ME));
+
+    assert_eq!(r.code, Some(2), "{}", r.show());
+    let last = final_error(&r);
+    assert!(
+        last.contains("/proc/havip-agent-lock") && last.contains("claim.lock_dir"),
+        "{last}"
+    );
+}
