@@ -7,10 +7,11 @@
 //!
 //! Exit codes (`reference/sentinel.md`: exit 1 is retried after 30 s, exit >= 2 is not):
 //! - 0: done, or nothing was needed;
-//! - 1: a transient cloud failure that persisted through this command's own retries (the VIP is bound and
-//!   announced locally anyway);
-//! - 2: a permanent error: bad arguments, bad config, an unknown master name, `AuthFailure`, missing
-//!   privileges, a missing interface.
+//! - 1: a transient cloud failure (the API, or the metadata service for role credentials, not answering)
+//!   that persisted through this command's own retries (the VIP is bound and announced locally anyway), or
+//!   the lock still held by another claim at the deadline;
+//! - 2: a permanent error: bad arguments, bad config, an unknown master name, `AuthFailure`, no credentials,
+//!   missing privileges, a missing interface, a lock directory that cannot be created or opened.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -343,7 +344,8 @@ async fn claim(
 ) -> Result<(), Failure> {
     let clock = crate::clock::system();
     // Credentials that cannot be found are a configuration problem, but the local part must still happen.
-    let (cloud, cred_error) = match CredentialProvider::resolve(
+    // A metadata service that does not answer (the CVM role lookup) is the exception: a retry may work.
+    let (cloud, cred_error, cred_retryable) = match CredentialProvider::resolve(
         &|k: &str| std::env::var(k).ok(),
         &cfg.cloud,
         metadata,
@@ -352,10 +354,13 @@ async fn claim(
     .await
     {
         Ok(creds) => match VpcClient::new(&cfg.cloud, creds, clock) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(anyhow::Error::from(e))),
+            Ok(c) => (Some(c), None, false),
+            Err(e) => (None, Some(anyhow::Error::from(e)), false),
         },
-        Err(e) => (None, Some(anyhow::Error::from(e))),
+        Err(e) => {
+            let retryable = e.is_retryable();
+            (None, Some(anyhow::Error::from(e)), retryable)
+        }
     };
     let claimer = Claimer::new(
         cloud,
@@ -378,10 +383,15 @@ async fn claim(
         .map_err(claim_failure)?;
     if let Some(e) = cred_error {
         warn!(havip = %havip.havip_id, "vip bound and announced locally, but no cloud credentials: the drift range and the move could not be confirmed");
-        return Err(permanent(e.context(format!(
+        let e = e.context(format!(
             "{}: vip {} bound and announced locally, but the cloud could not be used",
             havip.havip_id, havip.vip
-        ))));
+        ));
+        return Err(if cred_retryable {
+            transient(e)
+        } else {
+            permanent(e)
+        });
     }
     if out.already_held {
         println!(

@@ -9,7 +9,10 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use havip_agent::fake::{FakeCloud, Fault, FaultKind, GarpSeen, GarpWatch, HavipSpec};
+use havip_agent::fake::{
+    FakeCloud, FakeMetadata, Fault, FaultKind, GarpSeen, GarpWatch, HavipSpec, MetadataSpec,
+    RoleCredentials,
+};
 use havip_agent::net::{KernelNet, LocalNet};
 use havip_agent::testbed::netns::Netns;
 use migrate_support::*;
@@ -631,4 +634,149 @@ fn a_lock_dir_that_cannot_be_created_is_a_permanent_error_naming_the_key() {
         last.contains("/proc/havip-agent-lock") && last.contains("claim.lock_dir"),
         "{last}"
     );
+}
+
+/// A fake metadata service for node `ins-a` (198.18.0.2, eth0's MAC) listening inside the site's namespace.
+fn metadata_in(site: &Site, role: Option<RoleCredentials>) -> FakeMetadata {
+    let listener = site
+        .ns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let mut spec = MetadataSpec::new(
+        "ins-a",
+        Ipv4Addr::new(198, 18, 0, 2),
+        site.ns.mac("eth0").unwrap(),
+    );
+    if let Some(role) = role {
+        spec = spec.with_role(role);
+    }
+    site._rt.block_on(FakeMetadata::start_on(listener, spec))
+}
+
+/// Rewrites the site's config with `edit` applied.
+fn rewrite(site: &Site, edit: impl FnOnce(&mut NodeFile)) {
+    let mut node = NodeFile::new(&site.fake.endpoint(), &site.dir.path().join("lock"));
+    edit(&mut node);
+    node.write(site.dir.path(), "config.toml");
+}
+
+#[test]
+fn identity_and_role_credentials_from_the_metadata_service_claim_with_a_token() {
+    // A CVM without keys on disk: instance id and address "auto", a CAM role's temporary credentials.
+    let site = Site::standard("mig-role");
+    let expires = havip_agent::clock::unix_seconds(std::time::SystemTime::now()) + 3600;
+    site.fake
+        .add_temporary_key("AKIDroletmp01", "role-tmp-key-01", "role-token-01");
+    let md = metadata_in(
+        &site,
+        Some(RoleCredentials::new(
+            "havip-role",
+            "AKIDroletmp01",
+            "role-tmp-key-01",
+            "role-token-01",
+            expires,
+        )),
+    );
+    rewrite(&site, |node| {
+        node.metadata = md.endpoint();
+        node.instance_id = "auto".into();
+        node.address = "auto".into();
+    });
+    let env = vec![("HAVIP_AGENT_CONFIG", site.cfg.display().to_string())];
+
+    let r = site.run_env(&sentinel_args("leader", ME), &env);
+
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert!(r.stdout.contains("claimed by ins-a"), "{}", r.show());
+    let writes = site.fake.write_requests();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert!(writes[0].signature_valid, "{:?}", writes[0].signature_error);
+    assert_eq!(writes[0].secret_id.as_deref(), Some("AKIDroletmp01"));
+    assert_eq!(writes[0].header("x-tc-token"), Some("role-token-01"));
+    assert!(site.vip_bound());
+    assert!(!r.stderr.contains("role-tmp-key-01") && !r.stderr.contains("role-token-01"));
+}
+
+#[test]
+fn without_credentials_the_vip_is_still_bound_and_the_exit_code_says_whether_a_retry_can_help() {
+    // No keys anywhere and no role bound: an operator must act (exit 2).
+    let site = Site::standard("mig-nocreds");
+    let md = metadata_in(&site, None);
+    rewrite(&site, |node| node.metadata = md.endpoint());
+    let env = vec![("HAVIP_AGENT_CONFIG", site.cfg.display().to_string())];
+
+    let r = site.run_env(&sentinel_args("leader", ME), &env);
+
+    assert_eq!(r.code, Some(2), "{}", r.show());
+    let last = final_error(&r);
+    assert!(
+        last.contains("bound and announced locally")
+            && last.contains("no Tencent Cloud credentials"),
+        "{last}"
+    );
+    assert!(site.vip_bound());
+    assert!(!site.garps().is_empty());
+    assert!(site.fake.requests().is_empty());
+
+    // The metadata service does not answer (a blip on a CVM): Sentinel should try again later (exit 1).
+    site.ns.del_addr("eth0", VIP).unwrap();
+    rewrite(&site, |node| {
+        node.metadata = "http://127.0.0.1:9/latest/meta-data/".into()
+    });
+
+    let r = site.run_env(&sentinel_args("leader", ME), &env);
+
+    assert_eq!(r.code, Some(1), "{}", r.show());
+    assert!(
+        final_error(&r).contains("bound and announced locally"),
+        "{}",
+        r.show()
+    );
+    assert!(site.vip_bound());
+    assert!(site.fake.requests().is_empty());
+}
+
+#[test]
+fn claims_with_an_empty_path_because_it_never_runs_ip() {
+    let site = Site::standard("mig-nopath");
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("iproute2's ip");
+    let mut cmd = std::process::Command::new(ip);
+    cmd.args(["netns", "exec", site.ns.name(), migrate_bin()]);
+    cmd.args(sentinel_args("leader", ME));
+    clean_env(&mut cmd);
+    cmd.envs(site.cfg_env().iter().map(|(k, v)| (*k, v.clone())));
+    cmd.env("PATH", "/nonexistent");
+    cmd.stdin(Stdio::null());
+
+    let r = run(cmd);
+
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert!(site.vip_bound());
+}
+
+#[test]
+fn without_config_flag_or_environment_the_default_path_is_read() {
+    let default = std::path::Path::new("/etc/havip-agent/config.toml");
+    assert!(
+        !default.exists(),
+        "this test expects no {} on the test machine",
+        default.display()
+    );
+    let site = Site::standard("mig-default");
+    let env: Vec<(&str, String)> = cred_env()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+
+    let r = site.run_env(&sentinel_args("leader", ME), &env);
+
+    assert_eq!(r.code, Some(2), "{}", r.show());
+    assert!(
+        final_error(&r).contains("cannot read config file /etc/havip-agent/config.toml"),
+        "{}",
+        r.show()
+    );
+    assert!(!site.vip_bound());
 }

@@ -187,6 +187,8 @@ pub struct NodeFile {
     pub interface: String,
     /// `cloud.endpoint`.
     pub endpoint: String,
+    /// `cloud.metadata_endpoint` (default: a closed port).
+    pub metadata: String,
     /// `cloud.timeout`.
     pub cloud_timeout: String,
     /// `claim.deadline`.
@@ -207,6 +209,7 @@ impl NodeFile {
             address: "198.18.0.2".into(),
             interface: "eth0".into(),
             endpoint: endpoint.to_owned(),
+            metadata: "http://127.0.0.1:9/latest/meta-data/".into(),
             cloud_timeout: "1s".into(),
             deadline: "10s".into(),
             lock_dir: lock_dir.to_owned(),
@@ -222,7 +225,7 @@ impl NodeFile {
             r#"[cloud]
 region = "ap-guangzhou"
 endpoint = "{endpoint}"
-metadata_endpoint = "http://127.0.0.1:9/latest/meta-data/"
+metadata_endpoint = "{metadata}"
 timeout = "{timeout}"
 
 [node]
@@ -248,6 +251,7 @@ burst = 4
 spread = "300ms"
 "#,
             endpoint = self.endpoint,
+            metadata = self.metadata,
             timeout = self.cloud_timeout,
             instance = self.instance_id,
             address = self.address,
