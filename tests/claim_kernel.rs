@@ -286,6 +286,32 @@ fn claim_with_the_instance_already_in_range_makes_no_write_call() {
 }
 
 #[test]
+fn claim_with_drift_range_limiting_off_makes_no_write_call() {
+    let ns = ns_with_nics("clm-nocheck", &[("eth0", "peer0")]);
+    ns.block_on(|| async {
+        let h = Here::new(true).await;
+        h.fake.add_havip(
+            HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(false)
+                .holder("ins-b"),
+        );
+        let out = h
+            .claim(&havip_config(Scope::Inclusive), &Steps::default())
+            .await;
+        assert!(out.confirmed && !out.associated, "{out:?}");
+        assert!(
+            h.fake.write_requests().is_empty(),
+            "{:?}",
+            h.fake.write_requests()
+        );
+        assert_eq!(
+            h.fake.havip(HAVIP_ID).unwrap().instance_id.as_deref(),
+            Some("ins-a")
+        );
+    });
+}
+
+#[test]
 fn repeated_claim_is_a_no_op_without_a_write_call_a_second_address_or_a_garp() {
     let ns = ns_with_nics("clm-repeat", &[("eth0", "peer0")]);
     ns.block_on(|| async {

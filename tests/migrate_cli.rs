@@ -463,6 +463,22 @@ fn bad_arguments_exit_2_name_the_argument_make_no_api_call_and_touch_no_interfac
     ]);
     assert_eq!(r.code, Some(2), "{}", r.show());
     assert!(r.stderr.contains("hosting_type"), "{}", r.show());
+    // So is a node.interface that does not exist.
+    let node = NodeFile {
+        interface: "nosuch0".into(),
+        ..NodeFile::new(&site.fake.endpoint(), &site.dir.path().join("lock"))
+    };
+    let cfg = node.write(site.dir.path(), "nosuch.toml");
+    let r = site.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--master",
+        MASTER,
+        "--to",
+        ME,
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.show());
+    assert!(final_error(&r).contains("\"nosuch0\""), "{}", r.show());
 
     assert!(
         site.fake.requests().is_empty(),
@@ -519,6 +535,23 @@ fn missing_capabilities_exit_2_naming_the_capability_and_how_to_grant_it() {
         site.fake.requests()
     );
     assert!(!site.vip_bound());
+    // The plan needs no privileges: an operator can look before acting.
+    let mut cmd = site.ns.command("setpriv");
+    cmd.args([
+        "--inh-caps=-all",
+        "--bounding-set=-net_admin,-net_raw",
+        migrate_bin(),
+        "--dry-run",
+        "--master",
+        MASTER,
+        "--to",
+        ME,
+    ]);
+    clean_env(&mut cmd);
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let plan = run(cmd);
+    assert_eq!(plan.code, Some(0), "{}", plan.show());
+    assert!(plan.stdout.contains("dry run"), "{}", plan.show());
     assert!(site.monitor.settled(&site.ns).is_empty());
 }
 
