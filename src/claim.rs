@@ -9,7 +9,7 @@
 //! 1. bind the VIP on the interface (netlink) — local, instant, and harmless before the cloud agrees;
 //! 2. make sure this instance is in the drift range (`DescribeHaVips`, then `AssociateHaVipInstance` only if
 //!    it is missing) — skipped when the caller already knows it is in range, so the first GARP is not delayed
-//!    by an API round trip;
+//!    by an API round trip, and given at most a second otherwise (an API outage must not hold the GARP back);
 //! 3. announce with gratuitous ARP, first round at once, the rest spread over `announce.spread`;
 //! 4. confirm with `DescribeHaVips` that `InstanceId` is this instance, re-announcing with backoff until the
 //!    deadline;
@@ -175,6 +175,11 @@ impl std::fmt::Debug for Claimer {
 
 /// The first confirm check comes this long after the first GARP: the VPC needs a moment to see it.
 const FIRST_CONFIRM_AFTER: Duration = Duration::from_millis(100);
+/// The drift-range check before the first GARP may take at most this long (never more than
+/// `cloud.timeout`). When the API is slow or unreachable the claim announces anyway rather than hold the
+/// GARP back for the whole timeout: a GARP from an instance outside the range is ignored by the VPC, and the
+/// confirm loop then associates and announces again.
+const PRE_ANNOUNCE_CHECK: Duration = Duration::from_secs(1);
 /// The confirm backoff doubles up to this.
 const MAX_CONFIRM_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -262,10 +267,10 @@ impl Claimer {
         if let Some(cloud) = &self.cloud
             && (!opts.known_in_range || out.already_bound)
         {
-            match cloud
-                .describe_havip(id, self.step_deadline(opts.deadline))
-                .await
-            {
+            let check_deadline = self
+                .step_deadline(opts.deadline)
+                .min(Instant::now() + PRE_ANNOUNCE_CHECK);
+            match cloud.describe_havip(id, check_deadline).await {
                 Ok(h) => {
                     let may_move = self.may_move(&h);
                     let holder_is_me = h.instance_id.as_deref() == Some(&self.instance_id);

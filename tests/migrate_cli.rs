@@ -813,3 +813,59 @@ fn without_config_flag_or_environment_the_default_path_is_read() {
     );
     assert!(!site.vip_bound());
 }
+
+#[test]
+fn a_hanging_api_does_not_hold_the_first_garp_back_for_the_whole_cloud_timeout() {
+    // The API accepts the connection and never answers in time; cloud.timeout is long. The local part
+    // (bind + GARP) is what clients on the segment need, so it must not wait the full 20 s.
+    let site = Site::new(
+        "mig-hang",
+        HavipSpec::new(HAVIP_ID, vip_addr())
+            .associate("ins-a")
+            .holder("ins-b"),
+        |node, fake| {
+            node.cloud_timeout = "20s".into();
+            node.deadline = "30s".into();
+            fake.inject(Fault::on(
+                "DescribeHaVips",
+                FaultKind::Delay(std::time::Duration::from_secs(25)),
+            ));
+        },
+    );
+    let env = site.cfg_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut child = migrate_cmd(&site.ns, &sentinel_args("leader", ME), &env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn migrate-havip");
+
+    // Poll (generously, but well under cloud.timeout) for the first GARP.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    let announced = loop {
+        let seen = site.watch.as_ref().unwrap().seen();
+        if seen.iter().any(|g| g.ip == vip_addr()) {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(
+        announced,
+        "no GARP while the first DescribeHaVips hung: the claim waits for the whole cloud.timeout"
+    );
+    assert!(site.vip_bound());
+    assert!(
+        site.fake
+            .requests()
+            .iter()
+            .all(|r| r.action == "DescribeHaVips"),
+        "{:?}",
+        site.fake.requests()
+    );
+}
