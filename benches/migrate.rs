@@ -13,7 +13,8 @@
 //! And, for comparison, `Claimer::claim` in-process (client, netlink socket and packet socket already
 //! open): call -> bound, call -> first GARP round sent, call -> confirmed. Each case runs with this instance
 //! already in the drift range (no write call) and with an empty range (one `AssociateHaVipInstance` before
-//! the first GARP). The fake's GARP watcher moves the holder, so every claim is confirmed.
+//! the first GARP). The fake's GARP watcher moves the holder, so every claim is confirmed. Last, the
+//! fallback: the binary with the API refusing connections (bound and first GARP; it exits 1 at the deadline).
 //!
 //! Prints a table and appends it, with the machine and the command, to `BENCHMARKS.md` under
 //! "## migrate-havip latency".
@@ -86,6 +87,22 @@ fn main() {
             samples.iter().map(|s| s.confirmed).collect(),
         ));
     }
+    // The fallback: the API refuses connections. The VIP is still bound and announced; the command exits 1
+    // at `claim.deadline` (2s here, to keep the benchmark short).
+    let label = "migrate-havip (API unreachable)";
+    let samples: Vec<BinarySample> = (0..runs)
+        .map(|_| bench.run_binary(&bench.cfg_down, true, 1))
+        .collect();
+    rows.push(Row::new(
+        label.into(),
+        "start -> VIP bound",
+        samples.iter().map(|s| s.bound).collect(),
+    ));
+    rows.push(Row::new(
+        label.into(),
+        "start -> first GARP",
+        samples.iter().map(|s| s.first_garp).collect(),
+    ));
     let report = report(runs, &rows);
     println!("{report}");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
@@ -114,6 +131,7 @@ struct Bench {
     monitor: AddrMonitor,
     fake: FakeCloud,
     cfg: std::path::PathBuf,
+    cfg_down: std::path::PathBuf,
     _dir: tempfile::TempDir,
     _rt: tokio::runtime::Runtime,
     ns: Netns,
@@ -149,11 +167,15 @@ impl Bench {
         node.cloud_timeout = "3s".into();
         node.deadline = "15s".into();
         let cfg = node.write(dir.path(), "config.toml");
+        node.endpoint = "http://127.0.0.1:1".into();
+        node.deadline = "2s".into();
+        let cfg_down = node.write(dir.path(), "config-down.toml");
         Bench {
             monitor: AddrMonitor::start(&ns),
             watch,
             fake,
             cfg,
+            cfg_down,
             _dir: dir,
             _rt: rt,
             ns,
@@ -179,9 +201,13 @@ impl Bench {
     }
 
     fn binary_run(&self, in_range: bool) -> BinarySample {
+        self.run_binary(&self.cfg, in_range, 0)
+    }
+
+    fn run_binary(&self, cfg: &std::path::Path, in_range: bool, want_code: i32) -> BinarySample {
         self.reset(in_range);
         let garps_from = self.watch.seen().len();
-        let cfg = self.cfg.clone();
+        let cfg = cfg.to_owned();
         let (child, t0, w0) = self.ns.run(move || {
             let mut cmd = Command::new(migrate_bin());
             cmd.args([
@@ -208,8 +234,8 @@ impl Bench {
         let out = child.wait_with_output().expect("waiting for migrate-havip");
         let exit = t0.elapsed();
         assert!(
-            out.status.success(),
-            "migrate-havip failed ({}): {}",
+            out.status.code() == Some(want_code),
+            "migrate-havip: {} (wanted exit {want_code}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -347,7 +373,8 @@ fn report(runs: usize, rows: &[Row]) -> String {
         s,
         "- set-up: one network namespace, veth `eth0`/`peer0`, fake cloud on 127.0.0.1 in it, GARP watcher on \
          `peer0`; `cloud.timeout` 3s and `claim.deadline` 15s (the defaults), `announce` 4 rounds over 300ms; \
-         the binary is spawned directly inside the namespace (fork + exec, as Sentinel runs its script)"
+         the binary is spawned directly inside the namespace (fork + exec, as Sentinel runs its script); \
+         the API-unreachable rows point `cloud.endpoint` at a closed port, with `claim.deadline` 2s"
     );
     let _ = writeln!(
         s,
