@@ -557,7 +557,18 @@ fn missing_capabilities_exit_2_naming_the_capability_and_how_to_grant_it() {
 
 #[test]
 fn three_simultaneous_calls_all_exit_0_bind_once_and_associate_at_most_once() {
-    let site = Site::standard("mig-three");
+    // A slow DescribeHaVips makes the three calls overlap inside the claim: without the lock each would
+    // find this instance out of range and associate it.
+    let site = Site::new(
+        "mig-three",
+        HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+        |_, fake| {
+            fake.inject(Fault::on(
+                "DescribeHaVips",
+                FaultKind::Delay(std::time::Duration::from_millis(300)),
+            ))
+        },
+    );
     let env = site.cfg_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
