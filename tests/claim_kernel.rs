@@ -157,6 +157,11 @@ fn claim_binds_the_vip_once_and_sends_request_and_reply_garps_from_the_nic_mac()
         )
     });
     assert!(!out.already_bound && !out.already_held, "{out:?}");
+    assert_eq!(
+        mac,
+        ns.mac("eth0").unwrap(),
+        "eth0's MAC as `ip` reports it"
+    );
     assert!(
         out.confirmed,
         "the fake saw the GARP and moved the holder: {out:?}"
