@@ -220,7 +220,7 @@ impl Claimer {
 
     /// Whether this instance may move the HAVIP by GARP (in range, or drift-range limiting off).
     pub fn may_move(&self, h: &HaVip) -> bool {
-        !h.check_associate || h.in_range(&self.instance_id)
+        h.accepts_garp_from(&self.instance_id)
     }
 
     /// A short deadline for one API step that must not hold up the local part for long.
