@@ -179,7 +179,7 @@ const FIRST_CONFIRM_AFTER: Duration = Duration::from_millis(100);
 /// `cloud.timeout`). When the API is slow or unreachable the claim announces anyway rather than hold the
 /// GARP back for the whole timeout: a GARP from an instance outside the range is ignored by the VPC, and the
 /// confirm loop then associates and announces again.
-const PRE_ANNOUNCE_CHECK: Duration = Duration::from_secs(1);
+const PRE_ANNOUNCE_CHECK: Duration = Duration::from_millis(300);
 /// The confirm backoff doubles up to this.
 const MAX_CONFIRM_BACKOFF: Duration = Duration::from_secs(2);
 
