@@ -93,7 +93,23 @@ async fn wait_new_holder(fleet: &Fleet, old: usize) -> usize {
     fleet.holders()[0]
 }
 
+/// One fleet at a time: each is nine processes and three agents, and this machine may have two cores.
+/// Parallel fleets starve each other's Sentinels long enough to look like lost sight of the majority.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The default spec for tests that are not about fencing: a fence after 2 s, so a Sentinel that stalls
+/// (config rewrite with fsync on a busy disk) does not make an unrelated test fence.
+fn spec() -> FleetSpec {
+    FleetSpec {
+        sentinel_toml: "fence_after = \"2s\"".into(),
+        ..FleetSpec::default()
+    }
+}
+
 async fn settled_fleet(spec: FleetSpec) -> (Fleet, usize) {
+    if std::env::var("HAVIP_LOG").is_ok() {
+        havip_agent::logging::init(havip_agent::logging::LogFormat::Human);
+    }
     let fleet = Fleet::start(spec).await.expect("fleet starts");
     let m = master_index(&fleet).await;
     wait_for(
@@ -108,7 +124,8 @@ async fn settled_fleet(spec: FleetSpec) -> (Fleet, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_new_masters_agent_claims_and_the_old_one_releases_when_the_master_dies() {
-    let (fleet, old) = settled_fleet(FleetSpec::default()).await;
+    let _serial = SERIAL.lock().await;
+    let (fleet, old) = settled_fleet(spec()).await;
     // Arrange: the drift range started empty; the first claim added the initial master.
     let h = fleet.cloud.havip(HAVIP_ID).unwrap();
     assert!(h.in_range(&fleet.nodes[old].instance_id), "{h:?}");
@@ -125,7 +142,16 @@ async fn only_the_new_masters_agent_claims_and_the_old_one_releases_when_the_mas
     );
 
     // Assert: only the new master claimed; the drift range gained it; every request was signed.
-    let events = drain(&mut rxs);
+    let mut events = drain(&mut rxs);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events.iter().any(|(_, e)| {
+        matches!(&e.kind, AgentEventKind::Sentinel(o) if matches!(o.event, Event::SwitchMaster { .. }))
+    }) && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        events.extend(drain(&mut rxs));
+    }
+    events.sort_by_key(|(_, e)| e.at);
     assert_eq!(
         claims(&events),
         vec![new],
@@ -189,12 +215,13 @@ async fn only_the_new_masters_agent_claims_and_the_old_one_releases_when_the_mas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_poll_catches_a_switch_whose_events_were_missed() {
+    let _serial = SERIAL.lock().await;
     let spec = FleetSpec {
         watch: WatchOptions {
             resubscribe_delay: Duration::from_secs(120),
             ..WatchOptions::default()
         },
-        ..FleetSpec::default()
+        ..spec()
     };
     let (fleet, old) = settled_fleet(spec).await;
     // Arrange: cut every agent's Pub/Sub connection, and keep it cut.
@@ -226,6 +253,7 @@ async fn the_poll_catches_a_switch_whose_events_were_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_loses_the_sentinel_majority_releases_and_pauses_writes_and_recovers() {
+    let _serial = SERIAL.lock().await;
     let spec = FleetSpec {
         sentinel_toml: "fence_after = \"300ms\"".into(),
         ..FleetSpec::default()
@@ -316,7 +344,8 @@ async fn a_holder_that_loses_the_sentinel_majority_releases_and_pauses_writes_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_sentinel_down_nothing_flaps_and_a_switch_still_works() {
-    let (fleet, old) = settled_fleet(FleetSpec::default()).await;
+    let _serial = SERIAL.lock().await;
+    let (fleet, old) = settled_fleet(spec()).await;
     let down = (0..3).find(|i| *i != old).unwrap();
     let mut rxs = subscribe_all(&fleet);
     fleet.lab.kill_sentinel(down);
@@ -343,10 +372,11 @@ async fn with_one_sentinel_down_nothing_flaps_and_a_switch_still_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_drift_is_repaired_and_a_cloud_mismatch_is_announced_away() {
+    let _serial = SERIAL.lock().await;
     let spec = FleetSpec {
         extra_toml: "[agent]\nverify_interval = \"1s\"\n".into(),
         initial_range: vec![0, 1, 2],
-        ..FleetSpec::default()
+        ..spec()
     };
     let (fleet, m) = settled_fleet(spec).await;
     // Someone removes the VIP behind the agent's back: it binds it again.
@@ -382,11 +412,12 @@ async fn local_drift_is_repaired_and_a_cloud_mismatch_is_announced_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_keeps_or_releases_the_vip_as_configured() {
-    let spec = FleetSpec {
+    let _serial = SERIAL.lock().await;
+    let release = FleetSpec {
         extra_toml: "[agent]\non_shutdown = \"release\"\n".into(),
-        ..FleetSpec::default()
+        ..spec()
     };
-    let (mut fleet, m) = settled_fleet(spec).await;
+    let (mut fleet, m) = settled_fleet(release).await;
     fleet.stop_agent(m).await;
     assert!(
         !fleet.nodes[m].holds_vip(),
@@ -394,7 +425,7 @@ async fn shutdown_keeps_or_releases_the_vip_as_configured() {
     );
     fleet.shutdown().await;
 
-    let (mut fleet, m) = settled_fleet(FleetSpec::default()).await;
+    let (mut fleet, m) = settled_fleet(spec()).await;
     fleet.stop_agent(m).await;
     assert!(
         fleet.nodes[m].holds_vip(),
@@ -405,7 +436,8 @@ async fn shutdown_keeps_or_releases_the_vip_as_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_carries_the_failover_id_of_its_epoch() {
-    let (fleet, old) = settled_fleet(FleetSpec::default()).await;
+    let _serial = SERIAL.lock().await;
+    let (fleet, old) = settled_fleet(spec()).await;
     let mut rxs = subscribe_all(&fleet);
     fleet.lab.kill_redis(old);
     wait_new_holder(&fleet, old).await;
@@ -432,6 +464,7 @@ async fn every_decision_carries_the_failover_id_of_its_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_hook_and_a_hanging_webhook_never_delay_a_claim() {
+    let _serial = SERIAL.lock().await;
     use std::os::unix::fs::PermissionsExt;
     use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -460,7 +493,7 @@ async fn a_hanging_hook_and_a_hanging_webhook_never_delay_a_claim() {
             webhook.uri(),
             h = hook.display()
         ),
-        ..FleetSpec::default()
+        ..spec()
     };
     let (fleet, old) = settled_fleet(spec).await;
 

@@ -378,8 +378,11 @@ impl From<SentinelError> for End {
 
 async fn run(shared: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) {
     let mut failures: u32 = 0;
+    // `resubscribe_delay` holds across sessions: a reconnect of the command connection must not bring
+    // back a subscription the options say to keep away.
+    let mut sub_hold: Option<tokio::time::Instant> = None;
     loop {
-        match session(&shared, idx, &mut stop, &mut failures).await {
+        match session(&shared, idx, &mut stop, &mut failures, &mut sub_hold).await {
             End::Stop => return,
             End::Failed(e) => {
                 shared.mark_unreachable(idx, &e);
@@ -418,6 +421,7 @@ async fn session(
     idx: usize,
     stop: &mut watch::Receiver<bool>,
     failures: &mut u32,
+    sub_hold: &mut Option<tokio::time::Instant>,
 ) -> End {
     let addr = shared.addrs[idx].clone();
     let peer = sentinel_peer(&addr);
@@ -441,8 +445,10 @@ async fn session(
 
     let mut sub: Option<PubSubStream> = None;
     let mut sub_failures: u32 = 0;
-    let mut sub_retry: Option<tokio::time::Instant> =
-        shared.opts.subscribe.then(tokio::time::Instant::now);
+    let mut sub_retry: Option<tokio::time::Instant> = shared.opts.subscribe.then(|| {
+        let now = tokio::time::Instant::now();
+        sub_hold.map_or(now, |h| h.max(now))
+    });
 
     let start = tokio::time::Instant::now();
     let mut heartbeat = tokio::time::interval_at(start + timing.heartbeat, timing.heartbeat);
@@ -466,6 +472,9 @@ async fn session(
                         sub_failures = sub_failures.saturating_add(1);
                         tracing::warn!(sentinel = %addr, retry_in = ?delay, "sentinel pub/sub connection lost");
                         sub_retry = Some(tokio::time::Instant::now() + delay);
+                        if !shared.opts.resubscribe_delay.is_zero() {
+                            *sub_hold = sub_retry;
+                        }
                         query(shared, idx, &mut conn).await?;
                     }
                 },
