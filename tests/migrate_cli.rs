@@ -565,7 +565,7 @@ fn three_simultaneous_calls_all_exit_0_bind_once_and_associate_at_most_once() {
         |_, fake| {
             fake.inject(Fault::on(
                 "DescribeHaVips",
-                FaultKind::Delay(std::time::Duration::from_millis(300)),
+                FaultKind::Delay(std::time::Duration::from_millis(150)),
             ))
         },
     );
