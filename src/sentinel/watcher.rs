@@ -1,0 +1,525 @@
+//! The watcher: one task per configured Sentinel, publishing a [`Snapshot`] the moment any answer changes.
+//!
+//! Owns the connections and their life cycle. Each task keeps a command connection (heartbeat `PING` every
+//! `heartbeat`, queries) and a Pub/Sub connection (wake-up events). Any timeout or error on the command
+//! connection marks the Sentinel unreachable, drops both connections and reconnects with exponential backoff
+//! and full jitter, capped at `reconnect_max`. Events from any Sentinel make every task re-query at once;
+//! each task publishes its own answer immediately, without waiting for the others, so the first Sentinel to
+//! show a new epoch is seen within a millisecond or so. It does not interpret the view (see
+//! [`Snapshot::newest`]) or act on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use redis::aio::PubSubStream;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use super::conn::{self, ConnectOptions, sentinel_peer};
+use super::snapshot::{SentinelState, Snapshot};
+use super::{Event, MasterInfo, SentinelError, WATCHED_CHANNELS, parse_event};
+use crate::config::SentinelConfig;
+
+/// Knobs beyond the config, mostly for tests and the demo.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Subscribe to events. Off: the watcher relies on polls alone.
+    pub subscribe: bool,
+    /// After a Pub/Sub connection is lost while the command connection stays up, wait at least this long
+    /// before subscribing again (on top of the backoff). Tests raise it to prove that polls alone catch a
+    /// switch whose events were missed.
+    pub resubscribe_delay: Duration,
+    /// How many [`ObservedEvent`]s a slow [`Watcher::events`] receiver may lag behind before it loses some.
+    pub event_capacity: usize,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            subscribe: true,
+            resubscribe_delay: Duration::ZERO,
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// One event as received, for logs, metrics and timelines.
+#[derive(Debug, Clone)]
+pub struct ObservedEvent {
+    /// When this watcher received it.
+    pub at: Instant,
+    /// The same moment on the wall clock.
+    pub wall: SystemTime,
+    /// The Sentinel that published it (configured `host:port`).
+    pub sentinel: String,
+    /// The channel (event name).
+    pub channel: String,
+    /// The raw payload.
+    pub payload: String,
+    /// The parsed event.
+    pub event: Event,
+}
+
+/// Handle to the running watch tasks. Dropping it (or [`Watcher::shutdown`]) stops them.
+pub struct Watcher {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("sentinels", &self.shared.addrs)
+            .field("masters", &self.shared.masters)
+            .finish()
+    }
+}
+
+struct Timing {
+    timeout: Duration,
+    heartbeat: Duration,
+    poll: Duration,
+    reconnect_max: Duration,
+}
+
+struct Shared {
+    addrs: Vec<String>,
+    masters: Vec<String>,
+    connect: ConnectOptions,
+    timing: Timing,
+    opts: WatchOptions,
+    state: Mutex<Inner>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    events: broadcast::Sender<ObservedEvent>,
+    /// Bumped on every event; every task re-queries when it changes.
+    wake: watch::Sender<u64>,
+}
+
+struct Inner {
+    sentinels: Vec<SentinelState>,
+    seq: u64,
+}
+
+impl Watcher {
+    /// Starts one task per `cfg.addresses` entry, watching `masters`. Must be called inside a tokio runtime.
+    /// The receiver starts with an empty snapshot (nobody reachable, `seq` 0).
+    pub fn spawn(
+        cfg: &SentinelConfig,
+        masters: Vec<String>,
+    ) -> (Watcher, watch::Receiver<Arc<Snapshot>>) {
+        Self::spawn_with(cfg, masters, WatchOptions::default())
+    }
+
+    /// [`Watcher::spawn`] with extra options.
+    pub fn spawn_with(
+        cfg: &SentinelConfig,
+        masters: Vec<String>,
+        opts: WatchOptions,
+    ) -> (Watcher, watch::Receiver<Arc<Snapshot>>) {
+        let addrs = cfg.addresses.clone();
+        let (snapshots, rx) = watch::channel(Arc::new(Snapshot::empty(&addrs)));
+        let (events, _) = broadcast::channel(opts.event_capacity.max(1));
+        let (wake, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Inner {
+                sentinels: addrs.iter().map(SentinelState::new).collect(),
+                seq: 0,
+            }),
+            addrs,
+            masters,
+            connect: ConnectOptions::sentinel(cfg),
+            timing: Timing {
+                timeout: cfg.timeout.get(),
+                heartbeat: cfg.heartbeat.get().max(Duration::from_millis(1)),
+                poll: cfg.poll_interval.get().max(Duration::from_millis(1)),
+                reconnect_max: cfg.reconnect_max.get(),
+            },
+            opts,
+            snapshots,
+            events,
+            wake,
+        });
+        let (stop, _) = watch::channel(false);
+        let tasks = (0..shared.addrs.len())
+            .map(|idx| {
+                let shared = shared.clone();
+                let stop = stop.subscribe();
+                tokio::spawn(run(shared, idx, stop))
+            })
+            .collect();
+        tracing::info!(
+            sentinels = ?shared.addrs,
+            masters = ?shared.masters,
+            "watching sentinels"
+        );
+        (
+            Watcher {
+                shared,
+                stop,
+                tasks,
+            },
+            rx,
+        )
+    }
+
+    /// Every event any Sentinel publishes, as it arrives. Only events sent after this call are received.
+    pub fn events(&self) -> broadcast::Receiver<ObservedEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Another receiver of the snapshots.
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.shared.snapshots.subscribe()
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshots.borrow().clone()
+    }
+
+    /// Makes every Sentinel task query now, as an event would.
+    pub fn refresh(&self) {
+        self.shared.wake_all();
+    }
+
+    /// Stops every task and closes every connection.
+    pub fn shutdown(self) {
+        // Drop does the work.
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep going with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_all(&self) {
+        self.wake.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Applies `f` to Sentinel `idx`'s state; publishes a new snapshot if `f` says something changed.
+    fn update(&self, idx: usize, f: impl FnOnce(&mut SentinelState) -> bool) {
+        let mut inner = self.lock();
+        if !f(&mut inner.sentinels[idx]) {
+            return;
+        }
+        inner.seq += 1;
+        let snap = Snapshot {
+            total: inner.sentinels.len(),
+            sentinels: inner.sentinels.clone(),
+            seq: inner.seq,
+            at: Instant::now(),
+        };
+        // Sent under the lock so snapshots leave in `seq` order.
+        self.snapshots.send_replace(Arc::new(snap));
+    }
+
+    /// Records a successful command without publishing.
+    fn touch(&self, idx: usize) {
+        self.lock().sentinels[idx].last_ok = Some(Instant::now());
+    }
+
+    fn set_subscribed(&self, idx: usize, subscribed: bool) {
+        self.update(idx, |s| {
+            let changed = s.subscribed != subscribed;
+            s.subscribed = subscribed;
+            changed
+        });
+    }
+
+    fn mark_unreachable(&self, idx: usize, err: &SentinelError) {
+        let addr = &self.addrs[idx];
+        let text = err.to_string();
+        self.update(idx, |s| {
+            let changed = s.reachable || s.subscribed || !s.masters.is_empty();
+            if s.reachable {
+                tracing::warn!(sentinel = %addr, error = %text, "sentinel unreachable");
+            } else if s.error.as_deref() != Some(text.as_str()) {
+                tracing::warn!(sentinel = %addr, error = %text, "cannot reach sentinel");
+            } else {
+                tracing::debug!(sentinel = %addr, error = %text, "still cannot reach sentinel");
+            }
+            s.reachable = false;
+            s.subscribed = false;
+            s.masters.clear();
+            s.master_since.clear();
+            s.error = Some(text);
+            changed
+        });
+    }
+
+    /// Records one answer of Sentinel `idx` and publishes it if anything changed.
+    fn record_answer(
+        &self,
+        idx: usize,
+        answers: Vec<(String, Result<MasterInfo, super::ReplyError>)>,
+    ) {
+        let addr = &self.addrs[idx];
+        let now = Instant::now();
+        let mut masters = HashMap::new();
+        let mut errors = Vec::new();
+        for (name, answer) in answers {
+            match answer {
+                Ok(info) => {
+                    masters.insert(name, info);
+                }
+                Err(e) => errors.push(format!("{name}: {e}")),
+            }
+        }
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        self.update(idx, |s| {
+            let was_reachable = s.reachable;
+            if !was_reachable {
+                tracing::info!(sentinel = %addr, "sentinel reachable");
+            }
+            if error.is_some() && error != s.error {
+                // Logged once per distinct problem, not once per poll.
+                tracing::warn!(sentinel = %addr, error = error.as_deref().unwrap_or(""), "ignoring bad sentinel answer");
+            }
+            for (name, info) in &masters {
+                let same = s.masters.get(name).is_some_and(|old| {
+                    (old.config_epoch, old.ip, old.port) == (info.config_epoch, info.ip, info.port)
+                });
+                if !same {
+                    s.master_since.insert(name.clone(), now);
+                    tracing::info!(
+                        sentinel = %addr,
+                        master = %name,
+                        epoch = info.config_epoch,
+                        addr = %info.addr(),
+                        flags = %info.flags.join(","),
+                        "sentinel reports master"
+                    );
+                }
+            }
+            s.master_since.retain(|name, _| masters.contains_key(name));
+            let changed = !was_reachable || s.masters != masters;
+            s.reachable = true;
+            s.last_ok = Some(now);
+            s.masters = masters;
+            s.error = error;
+            changed
+        });
+    }
+
+    fn on_message(&self, idx: usize, msg: redis::Msg) {
+        let addr = &self.addrs[idx];
+        let channel = msg.get_channel_name().to_owned();
+        let payload = msg.get_payload_bytes();
+        match parse_event(&channel, payload) {
+            Ok(event) => {
+                let payload = String::from_utf8_lossy(payload).into_owned();
+                tracing::info!(
+                    sentinel = %addr,
+                    channel = %channel,
+                    master = event.master().unwrap_or(""),
+                    payload = %payload,
+                    "sentinel event"
+                );
+                // Wake first: the queries matter more than the timeline.
+                self.wake_all();
+                let _ = self.events.send(ObservedEvent {
+                    at: Instant::now(),
+                    wall: SystemTime::now(),
+                    sentinel: addr.clone(),
+                    channel,
+                    payload,
+                    event,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(sentinel = %addr, error = %e, "ignoring malformed sentinel event")
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay in `[0, min(cap, base * 2^attempt)]`.
+fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(50).min(cap);
+    let ceiling = base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(cap)
+        .as_millis() as u64;
+    Duration::from_millis(rand::random_range(0..=ceiling))
+}
+
+/// Why a session ended.
+enum End {
+    Stop,
+    Failed(SentinelError),
+}
+
+impl From<SentinelError> for End {
+    fn from(e: SentinelError) -> Self {
+        End::Failed(e)
+    }
+}
+
+async fn run(shared: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) {
+    let mut failures: u32 = 0;
+    loop {
+        match session(&shared, idx, &mut stop, &mut failures).await {
+            End::Stop => return,
+            End::Failed(e) => {
+                shared.mark_unreachable(idx, &e);
+                let delay = backoff(failures, shared.timing.reconnect_max);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn next_message(sub: &mut Option<PubSubStream>) -> Option<redis::Msg> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn query(
+    shared: &Shared,
+    idx: usize,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<(), SentinelError> {
+    let addr = &shared.addrs[idx];
+    let answers = conn::query_masters(conn, addr, &shared.masters, shared.timing.timeout).await?;
+    shared.record_answer(idx, shared.masters.iter().cloned().zip(answers).collect());
+    Ok(())
+}
+
+/// One connection's life: connect, query, then heartbeat/poll/events until something fails.
+async fn session(
+    shared: &Shared,
+    idx: usize,
+    stop: &mut watch::Receiver<bool>,
+    failures: &mut u32,
+) -> End {
+    let addr = shared.addrs[idx].clone();
+    let peer = sentinel_peer(&addr);
+    let timing = &shared.timing;
+    let mut wake = shared.wake.subscribe();
+    wake.mark_unchanged();
+
+    let mut conn = tokio::select! {
+        _ = stop.changed() => return End::Stop,
+        c = conn::connect(&addr, &shared.connect) => match c {
+            Ok(c) => c,
+            Err(e) => return End::Failed(e),
+        },
+    };
+    // Reachable only once it has answered, not when TCP connects: a frozen process still completes the
+    // handshake (the kernel does), and counting that would make reachability flap.
+    if let Err(e) = query(shared, idx, &mut conn).await {
+        return End::Failed(e);
+    }
+    *failures = 0;
+
+    let mut sub: Option<PubSubStream> = None;
+    let mut sub_failures: u32 = 0;
+    let mut sub_retry: Option<tokio::time::Instant> =
+        shared.opts.subscribe.then(tokio::time::Instant::now);
+
+    let start = tokio::time::Instant::now();
+    let mut heartbeat = tokio::time::interval_at(start + timing.heartbeat, timing.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval_at(start + timing.poll, timing.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let result: Result<(), SentinelError> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                msg = next_message(&mut sub), if sub.is_some() => match msg {
+                    Some(msg) => shared.on_message(idx, msg),
+                    None => {
+                        // The Sentinel closed our Pub/Sub connection (CLIENT KILL, output buffer limit, restart).
+                        // Events may have been missed: re-query now, subscribe again later.
+                        sub = None;
+                        shared.set_subscribed(idx, false);
+                        let delay = backoff(sub_failures, timing.reconnect_max).max(shared.opts.resubscribe_delay);
+                        sub_failures = sub_failures.saturating_add(1);
+                        tracing::warn!(sentinel = %addr, retry_in = ?delay, "sentinel pub/sub connection lost");
+                        sub_retry = Some(tokio::time::Instant::now() + delay);
+                        query(shared, idx, &mut conn).await?;
+                    }
+                },
+                _ = wake.changed() => query(shared, idx, &mut conn).await?,
+                _ = poll.tick() => query(shared, idx, &mut conn).await?,
+                _ = heartbeat.tick() => {
+                    conn::ping_conn(&mut conn, &peer, timing.timeout).await?;
+                    shared.touch(idx);
+                }
+                _ = tokio::time::sleep_until(sub_retry.unwrap_or_else(tokio::time::Instant::now)),
+                    if sub.is_none() && sub_retry.is_some() =>
+                {
+                    match conn::subscribe(&addr, &shared.connect, WATCHED_CHANNELS).await {
+                        Ok(pubsub) => {
+                            let (_sink, stream) = pubsub.split();
+                            sub = Some(stream);
+                            sub_retry = None;
+                            sub_failures = 0;
+                            shared.set_subscribed(idx, true);
+                            tracing::debug!(sentinel = %addr, "subscribed to sentinel events");
+                            // Anything published before the subscription took effect was missed.
+                            query(shared, idx, &mut conn).await?;
+                        }
+                        Err(e) => {
+                            let delay = backoff(sub_failures, timing.reconnect_max);
+                            sub_failures = sub_failures.saturating_add(1);
+                            if sub_failures == 1 {
+                                tracing::warn!(sentinel = %addr, error = %e, "cannot subscribe to sentinel events");
+                            } else {
+                                tracing::debug!(sentinel = %addr, error = %e, "cannot subscribe to sentinel events");
+                            }
+                            sub_retry = Some(tokio::time::Instant::now() + delay);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => End::Stop,
+        Err(e) => End::Failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_and_stays_under_the_cap() {
+        let cap = Duration::from_millis(1000);
+        for attempt in 0..40 {
+            let ceiling = Duration::from_millis(50)
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(cap);
+            for _ in 0..50 {
+                let d = backoff(attempt, cap);
+                assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+            }
+        }
+        assert_eq!(backoff(5, Duration::ZERO), Duration::ZERO);
+    }
+}
