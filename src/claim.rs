@@ -1,1 +1,551 @@
-//! (to be written)
+//! Claim and release: the one step that moves a HAVIP to this node or away from it.
+//!
+//! Shared by `migrate-havip` (one shot) and the daemon (on every decision), so both behave the same. Owns the
+//! order of the claim steps, the confirm loop, the cloud fallback, the exclusive-scope narrowing and the
+//! per-HAVIP lock. It does not decide *whether* to claim (see `reconcile`), nor how bytes reach the cloud
+//! (`cloud`) or the kernel (`net`).
+//!
+//! Claim, per `reference/tencentcloud.md` ("a HAVIP moves by GARP; the API sets where it may go"):
+//! 1. bind the VIP on the interface (netlink) — local, instant, and harmless before the cloud agrees;
+//! 2. make sure this instance is in the drift range (`DescribeHaVips`, then `AssociateHaVipInstance` only if
+//!    it is missing) — skipped when the caller already knows it is in range, so the first GARP is not delayed
+//!    by an API round trip;
+//! 3. announce with gratuitous ARP, first round at once, the rest spread over `announce.spread`;
+//! 4. confirm with `DescribeHaVips` that `InstanceId` is this instance, re-announcing with backoff until the
+//!    deadline;
+//! 5. with `scope = "exclusive"`, remove the other instances from the drift range once confirmed.
+//!
+//! If the cloud cannot be reached or refuses, steps 1 and 3 still happen (the local bind is what clients on
+//! the same L2 segment need), and the outcome says the move was not confirmed.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::cloud::{CloudError, HaVip, VpcClient};
+use crate::config::{AnnounceConfig, HavipConfig, InstanceType, Scope};
+use crate::net::{Change, LocalNet, NetError, announce_burst_with};
+
+/// One step of a claim, reported as it happens (for logs, metrics and the demo's timeline).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// The VIP is bound on the interface (`already` if it was bound before).
+    Bound {
+        /// It was bound before this claim.
+        already: bool,
+    },
+    /// This instance was already in the drift range (or drift-range limiting is off).
+    InRange,
+    /// `AssociateHaVipInstance` added this instance to the drift range.
+    Associated,
+    /// A round of gratuitous ARP went out.
+    Announced {
+        /// Frames sent by this claim so far.
+        frames: u32,
+    },
+    /// `DescribeHaVips` shows this instance as the holder.
+    Confirmed,
+    /// The cloud could not be used; the local bind and announce still happened.
+    CloudFailed {
+        /// The error, as text.
+        error: String,
+    },
+    /// Exclusive scope: these instances were removed from the drift range.
+    Narrowed {
+        /// The removed instance ids.
+        removed: Vec<String>,
+    },
+}
+
+/// A step with the time it happened.
+#[derive(Debug, Clone)]
+pub struct StepEvent {
+    /// The HAVIP.
+    pub havip_id: String,
+    /// Monotonic time.
+    pub at: Instant,
+    /// Wall-clock time.
+    pub wall: SystemTime,
+    /// What happened.
+    pub step: Step,
+}
+
+/// Receives claim steps. Must not block.
+pub type Progress = Arc<dyn Fn(&StepEvent) + Send + Sync>;
+
+/// How a claim ended. Local failures are errors ([`ClaimError`]); cloud failures are reported here because
+/// the local part still succeeded.
+#[derive(Debug, Default)]
+pub struct ClaimOutcome {
+    /// The VIP was already bound before the claim.
+    pub already_bound: bool,
+    /// Nothing had to change: bound, in range and the cloud already named this instance.
+    pub already_held: bool,
+    /// `AssociateHaVipInstance` was called and succeeded.
+    pub associated: bool,
+    /// Gratuitous ARP frames sent.
+    pub frames: u32,
+    /// The cloud confirmed this instance as the holder.
+    pub confirmed: bool,
+    /// Instances removed from the drift range (exclusive scope).
+    pub narrowed: Vec<String>,
+    /// The last cloud error, if the cloud part did not fully succeed.
+    pub cloud_error: Option<CloudError>,
+}
+
+/// A claim that could not do its local part.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// Binding or announcing failed.
+    #[error("{havip}: {source}")]
+    Net {
+        /// The HAVIP.
+        havip: String,
+        /// The netlink or packet-socket error.
+        #[source]
+        source: NetError,
+    },
+    /// The per-HAVIP lock could not be taken.
+    #[error("{havip}: {message}")]
+    Lock {
+        /// The HAVIP.
+        havip: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Options of one claim.
+#[derive(Clone)]
+pub struct ClaimOptions {
+    /// Stop confirming at this time.
+    pub deadline: Instant,
+    /// The caller knows this instance is in the drift range (skip the check before the first GARP).
+    pub known_in_range: bool,
+    /// Where steps are reported.
+    pub progress: Option<Progress>,
+}
+
+/// Carries out claims and releases for this node.
+#[derive(Clone)]
+pub struct Claimer {
+    cloud: Option<VpcClient>,
+    net: Arc<dyn LocalNet>,
+    instance_id: String,
+    instance_type: InstanceType,
+    announce: AnnounceConfig,
+    cloud_timeout: Duration,
+}
+
+impl std::fmt::Debug for Claimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimer")
+            .field("net", &self.net)
+            .field("instance_id", &self.instance_id)
+            .field("cloud", &self.cloud.is_some())
+            .finish()
+    }
+}
+
+/// The first confirm check comes this long after the first GARP: the VPC needs a moment to see it.
+const FIRST_CONFIRM_AFTER: Duration = Duration::from_millis(100);
+/// The confirm backoff doubles up to this.
+const MAX_CONFIRM_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Claimer {
+    /// A claimer for this node. `cloud` is None when no API is to be used at all.
+    pub fn new(
+        cloud: Option<VpcClient>,
+        net: Arc<dyn LocalNet>,
+        instance_id: impl Into<String>,
+        instance_type: InstanceType,
+        announce: AnnounceConfig,
+        cloud_timeout: Duration,
+    ) -> Self {
+        Self {
+            cloud,
+            net,
+            instance_id: instance_id.into(),
+            instance_type,
+            announce,
+            cloud_timeout,
+        }
+    }
+
+    /// The local network this claimer binds on.
+    pub fn net(&self) -> &Arc<dyn LocalNet> {
+        &self.net
+    }
+
+    /// The cloud client, if any.
+    pub fn cloud(&self) -> Option<&VpcClient> {
+        self.cloud.as_ref()
+    }
+
+    /// This node's instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Whether this instance may move the HAVIP by GARP (in range, or drift-range limiting off).
+    pub fn may_move(&self, h: &HaVip) -> bool {
+        !h.check_associate || h.in_range(&self.instance_id)
+    }
+
+    /// A short deadline for one API step that must not hold up the local part for long.
+    fn step_deadline(&self, overall: Instant) -> Instant {
+        overall.min(Instant::now() + self.cloud_timeout)
+    }
+
+    fn emit(&self, opts: &ClaimOptions, havip: &HavipConfig, step: Step) {
+        if let Some(p) = &opts.progress {
+            p(&StepEvent {
+                havip_id: havip.havip_id.clone(),
+                at: Instant::now(),
+                wall: SystemTime::now(),
+                step,
+            });
+        }
+    }
+
+    /// Makes this node the holder of `havip`. See the module docs for the steps.
+    pub async fn claim(
+        &self,
+        havip: &HavipConfig,
+        opts: ClaimOptions,
+    ) -> Result<ClaimOutcome, ClaimError> {
+        let id = havip.havip_id.as_str();
+        let net_err = |source| ClaimError::Net {
+            havip: id.to_owned(),
+            source,
+        };
+        let mut out = ClaimOutcome::default();
+
+        // Step 1: bind. Local and instant; the address does nothing on the VPC until the GARP counts.
+        let change = self.net.bind(havip.vip).await.map_err(net_err)?;
+        out.already_bound = change == Change::AlreadyDone;
+        self.emit(
+            &opts,
+            havip,
+            Step::Bound {
+                already: out.already_bound,
+            },
+        );
+
+        // Step 2: the drift range. A repeated claim (already bound) asks first, so it can be a true no-op.
+        if let Some(cloud) = &self.cloud
+            && (!opts.known_in_range || out.already_bound)
+        {
+            match cloud
+                .describe_havip(id, self.step_deadline(opts.deadline))
+                .await
+            {
+                Ok(h) => {
+                    let may_move = self.may_move(&h);
+                    let holder_is_me = h.instance_id.as_deref() == Some(&self.instance_id);
+                    if may_move && out.already_bound && holder_is_me {
+                        self.emit(&opts, havip, Step::InRange);
+                        out.already_held = true;
+                        out.confirmed = true;
+                        self.narrow_if_exclusive(havip, &h, &opts, &mut out).await;
+                        return Ok(out);
+                    }
+                    if may_move {
+                        self.emit(&opts, havip, Step::InRange);
+                    } else {
+                        self.associate(havip, &opts, &mut out).await;
+                    }
+                }
+                Err(e) => self.cloud_failed(havip, &opts, &mut out, e),
+            }
+        }
+
+        // Step 3: announce. The burst runs beside the confirm loop; the first round goes out now.
+        let sent = Arc::new(AtomicU32::new(0));
+        let mut burst = Some(self.spawn_burst(havip, &opts, sent.clone()));
+
+        let Some(cloud) = &self.cloud else {
+            join_burst(burst.take()).await.map_err(net_err)?;
+            out.frames = sent.load(Ordering::Relaxed);
+            return Ok(out);
+        };
+
+        // Step 4: confirm, re-announcing with backoff until the cloud names this instance.
+        let mut backoff = FIRST_CONFIRM_AFTER;
+        let mut last_view: Option<HaVip> = None;
+        loop {
+            let now = Instant::now();
+            if now >= opts.deadline {
+                break;
+            }
+            tokio::time::sleep(backoff.min(opts.deadline - now)).await;
+            backoff = (backoff * 2).min(MAX_CONFIRM_BACKOFF);
+            match cloud
+                .describe_havip(id, self.step_deadline(opts.deadline))
+                .await
+            {
+                Ok(h) => {
+                    out.cloud_error = None;
+                    if h.instance_id.as_deref() == Some(&self.instance_id) {
+                        out.confirmed = true;
+                        self.emit(&opts, havip, Step::Confirmed);
+                        last_view = Some(h);
+                        break;
+                    }
+                    if !self.may_move(&h) {
+                        // Someone narrowed the range, or the first attempt failed: add this instance (again).
+                        self.associate(havip, &opts, &mut out).await;
+                    }
+                    last_view = Some(h);
+                }
+                Err(e) => {
+                    let permanent = !e.is_retryable();
+                    self.cloud_failed(havip, &opts, &mut out, e);
+                    if permanent {
+                        break;
+                    }
+                }
+            }
+            // Not confirmed yet: once the initial burst is over, announce again.
+            if burst.as_ref().is_none_or(|b| b.is_finished()) {
+                join_burst(burst.take()).await.map_err(net_err)?;
+                let frames = self
+                    .net
+                    .announce_round(havip.vip.addr)
+                    .await
+                    .map_err(net_err)?;
+                let total = sent.fetch_add(frames, Ordering::Relaxed) + frames;
+                self.emit(&opts, havip, Step::Announced { frames: total });
+            }
+        }
+        if let Some(b) = burst.take() {
+            if out.confirmed {
+                // The remaining rounds of the burst are not needed any more.
+                b.abort();
+            } else {
+                join_burst(Some(b)).await.map_err(net_err)?;
+            }
+        }
+        out.frames = sent.load(Ordering::Relaxed);
+        if out.confirmed
+            && let Some(h) = &last_view
+        {
+            self.narrow_if_exclusive(havip, h, &opts, &mut out).await;
+        }
+        Ok(out)
+    }
+
+    /// Starts the GARP burst in the background, counting frames into `sent` and reporting each round.
+    fn spawn_burst(
+        &self,
+        havip: &HavipConfig,
+        opts: &ClaimOptions,
+        sent: Arc<AtomicU32>,
+    ) -> tokio::task::JoinHandle<Result<u32, NetError>> {
+        let net = self.net.clone();
+        let (vip, n, spread) = (
+            havip.vip.addr,
+            self.announce.burst,
+            self.announce.spread.get(),
+        );
+        let this = self.clone();
+        let (havip, opts) = (havip.clone(), opts.clone());
+        tokio::spawn(async move {
+            let in_burst = AtomicU32::new(0);
+            let report = move |burst_total: u32| {
+                let delta = burst_total - in_burst.swap(burst_total, Ordering::Relaxed);
+                let total = sent.fetch_add(delta, Ordering::Relaxed) + delta;
+                this.emit(&opts, &havip, Step::Announced { frames: total });
+            };
+            announce_burst_with(net.as_ref(), vip, n, spread, &report).await
+        })
+    }
+
+    async fn associate(
+        &self,
+        havip: &HavipConfig,
+        opts: &ClaimOptions,
+        out: &mut ClaimOutcome,
+    ) -> bool {
+        let Some(cloud) = &self.cloud else {
+            return false;
+        };
+        let deadline = self.step_deadline(opts.deadline);
+        match cloud
+            .associate(
+                &havip.havip_id,
+                &self.instance_id,
+                self.instance_type,
+                deadline,
+            )
+            .await
+        {
+            Ok(()) => {
+                info!(havip = %havip.havip_id, instance = %self.instance_id, "added this instance to the drift range");
+                out.associated = true;
+                self.emit(opts, havip, Step::Associated);
+                true
+            }
+            Err(e) => {
+                self.cloud_failed(havip, opts, out, e);
+                false
+            }
+        }
+    }
+
+    fn cloud_failed(
+        &self,
+        havip: &HavipConfig,
+        opts: &ClaimOptions,
+        out: &mut ClaimOutcome,
+        e: CloudError,
+    ) {
+        warn!(
+            havip = %havip.havip_id,
+            error = %e,
+            "cloud api failed: the vip is bound and announced locally, but the drift range and the move are not confirmed"
+        );
+        self.emit(
+            opts,
+            havip,
+            Step::CloudFailed {
+                error: e.to_string(),
+            },
+        );
+        out.cloud_error = Some(e);
+    }
+
+    async fn narrow_if_exclusive(
+        &self,
+        havip: &HavipConfig,
+        h: &HaVip,
+        opts: &ClaimOptions,
+        out: &mut ClaimOutcome,
+    ) {
+        if havip.scope != Scope::Exclusive {
+            return;
+        }
+        let Some(cloud) = &self.cloud else { return };
+        let others: Vec<_> = h
+            .associations
+            .iter()
+            .filter(|a| a.instance_id != self.instance_id)
+            .collect();
+        for a in others {
+            let ty = if a.instance_type.eq_ignore_ascii_case("ENI") {
+                InstanceType::Eni
+            } else {
+                InstanceType::Cvm
+            };
+            let deadline = self.step_deadline(opts.deadline);
+            match cloud
+                .disassociate(&havip.havip_id, &a.instance_id, ty, deadline)
+                .await
+            {
+                Ok(()) => out.narrowed.push(a.instance_id.clone()),
+                Err(e) => {
+                    warn!(havip = %havip.havip_id, instance = %a.instance_id, error = %e, "could not remove an instance from the drift range");
+                    out.cloud_error = Some(e);
+                }
+            }
+        }
+        if !out.narrowed.is_empty() {
+            info!(havip = %havip.havip_id, removed = ?out.narrowed, "exclusive scope: drift range narrowed to this instance");
+            self.emit(
+                opts,
+                havip,
+                Step::Narrowed {
+                    removed: out.narrowed.clone(),
+                },
+            );
+        }
+    }
+
+    /// Removes the VIP from the interface if it is there. Needs no API call.
+    pub async fn release(&self, havip: &HavipConfig) -> Result<Change, ClaimError> {
+        self.net
+            .unbind(havip.vip)
+            .await
+            .map_err(|source| ClaimError::Net {
+                havip: havip.havip_id.clone(),
+                source,
+            })
+    }
+}
+
+async fn join_burst(
+    burst: Option<tokio::task::JoinHandle<Result<u32, NetError>>>,
+) -> Result<u32, NetError> {
+    match burst {
+        None => Ok(0),
+        Some(b) => match b.await {
+            Ok(r) => r,
+            // Aborted after a confirm: the rounds it sent were counted as they went out.
+            Err(_) => Ok(0),
+        },
+    }
+}
+
+/// An exclusive lock on one HAVIP, held while a claim or release runs, so that concurrent `migrate-havip`
+/// calls (three Sentinels call at once) and the daemon do not interleave. Released on drop.
+#[derive(Debug)]
+pub struct HavipLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl HavipLock {
+    /// Takes the lock `dir/<havip_id>.lock`, waiting until `deadline`.
+    pub async fn acquire(
+        dir: &Path,
+        havip_id: &str,
+        deadline: Instant,
+    ) -> Result<HavipLock, ClaimError> {
+        let lock_err = |message: String| ClaimError::Lock {
+            havip: havip_id.to_owned(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| {
+            lock_err(format!(
+                "cannot create lock directory {} ({e}): set claim.lock_dir to a writable directory",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(format!("{havip_id}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| lock_err(format!("cannot open lock file {}: {e}", path.display())))?;
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory is involved.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(HavipLock { _file: file, path });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(lock_err(format!("cannot lock {}: {err}", path.display())));
+            }
+            if Instant::now() >= deadline {
+                return Err(lock_err(format!(
+                    "timed out waiting for the lock {} (another claim or release is running)",
+                    path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,8 +1,8 @@
 //! The Redis-level fence: pause writes on the local Redis while this node is cut off from the Sentinel majority.
 //!
-//! Owns the two commands (`CLIENT PAUSE <ms> WRITE`, `CLIENT UNPAUSE`) and their timeouts. It does not decide
-//! *when* to fence (see `reconcile`) and does not build connection settings (the daemon passes a ready
-//! `redis::Client`, with the same ACL/TLS handling as the Sentinel connections).
+//! Owns the two commands (`CLIENT PAUSE <ms> WRITE`, `CLIENT UNPAUSE`). It does not decide *when* to fence
+//! (see `reconcile`) and connects with the same ACL/TLS/timeout handling as the Sentinel connections
+//! (`sentinel::conn`).
 //!
 //! Why: after losing the majority, an isolated master still accepts writes from clients that reach it over
 //! existing connections; Sentinel is about to promote another replica and turn this one into a replica, which
@@ -11,40 +11,48 @@
 
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
+use crate::sentinel::SentinelError;
+use crate::sentinel::conn::{ConnectOptions, connect};
 
 /// Why a fence command failed.
 #[derive(Debug, thiserror::Error)]
-#[error("local redis at {addr}: {what}: {source}")]
-pub struct FenceError {
-    addr: String,
-    what: &'static str,
-    source: redis::RedisError,
+pub enum FenceError {
+    /// No connection.
+    #[error("local redis at {addr}: connect: {source}")]
+    Connect {
+        /// The Redis.
+        addr: String,
+        /// Why.
+        source: SentinelError,
+    },
+    /// The command failed.
+    #[error("local redis at {addr}: {command}: {source}")]
+    Command {
+        /// The Redis.
+        addr: String,
+        /// The command.
+        command: &'static str,
+        /// Why.
+        source: redis::RedisError,
+    },
 }
 
 /// Pauses and unpauses writes on one Redis.
 #[derive(Debug, Clone)]
 pub struct RedisFence {
-    client: redis::Client,
+    opts: ConnectOptions,
     addr: String,
     pause: Duration,
-    timeout: Duration,
 }
 
 impl RedisFence {
-    /// A fence for the Redis behind `client` (`addr` is for messages). Each pause lasts `pause`; callers renew
-    /// it at about half that while still cut off. `timeout` bounds connecting and each command.
-    pub fn new(
-        client: redis::Client,
-        addr: impl Into<String>,
-        pause: Duration,
-        timeout: Duration,
-    ) -> Self {
+    /// A fence for the Redis at `addr` (`host:port`). Each pause lasts `pause`; callers renew it at about half
+    /// that while still cut off. `opts.timeout` bounds connecting and each command.
+    pub fn new(opts: ConnectOptions, addr: impl Into<String>, pause: Duration) -> Self {
         Self {
-            client,
+            opts,
             addr: addr.into(),
             pause,
-            timeout,
         }
     }
 
@@ -58,48 +66,37 @@ impl RedisFence {
         &self.addr
     }
 
-    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, FenceError> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        self.client
-            .get_multiplexed_async_connection_with_config(&cfg)
+    async fn run(&self, command: &'static str, args: &[String]) -> Result<(), FenceError> {
+        let mut c =
+            connect(&self.addr, &self.opts)
+                .await
+                .map_err(|source| FenceError::Connect {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+        let mut cmd = redis::cmd("CLIENT");
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd.query_async::<()>(&mut c)
             .await
-            .map_err(|source| FenceError {
+            .map_err(|source| FenceError::Command {
                 addr: self.addr.clone(),
-                what: "connect",
+                command,
                 source,
             })
     }
 
-    /// `CLIENT PAUSE <pause-ms> WRITE`: writes (and scripts that may write) block until the pause ends; reads go on.
+    /// `CLIENT PAUSE <pause-ms> WRITE`: writes (and scripts that may write) block until the pause ends; reads
+    /// go on.
     pub async fn pause_writes(&self) -> Result<(), FenceError> {
-        let mut c = self.conn().await?;
-        let ms = self.pause.as_millis().max(1) as u64;
-        redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(ms)
-            .arg("WRITE")
-            .query_async::<()>(&mut c)
+        let ms = self.pause.as_millis().max(1).to_string();
+        self.run("CLIENT PAUSE WRITE", &["PAUSE".into(), ms, "WRITE".into()])
             .await
-            .map_err(|source| FenceError {
-                addr: self.addr.clone(),
-                what: "CLIENT PAUSE WRITE",
-                source,
-            })
     }
 
     /// `CLIENT UNPAUSE`.
     pub async fn unpause(&self) -> Result<(), FenceError> {
-        let mut c = self.conn().await?;
-        redis::cmd("CLIENT")
-            .arg("UNPAUSE")
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(|source| FenceError {
-                addr: self.addr.clone(),
-                what: "CLIENT UNPAUSE",
-                source,
-            })
+        self.run("CLIENT UNPAUSE", &["UNPAUSE".into()]).await
     }
 }

@@ -5,41 +5,56 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use havip_agent::fence::RedisFence;
+use havip_agent::sentinel::conn::ConnectOptions;
 use redis::AsyncConnectionConfig;
 
-/// A `redis-server` on a unix socket in a temp dir, killed on drop.
+/// A `redis-server` on 127.0.0.1 and a free port, killed on drop.
 struct Redis {
     child: Child,
     _dir: tempfile::TempDir,
-    url: String,
+    addr: String,
 }
 
 impl Redis {
     fn start() -> Redis {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("redis.sock");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(&sock)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--port")
+            .arg(port.to_string())
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: apt-get install redis-server");
+        let addr = format!("127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
+        while std::net::TcpStream::connect(&addr).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "redis-server did not create its socket"
+                "redis-server did not start listening on {addr}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
         Redis {
             child,
-            url: format!("redis+unix://{}", sock.display()),
+            addr,
             _dir: dir,
         }
+    }
+
+    async fn conn(&self, timeout: Duration) -> redis::aio::MultiplexedConnection {
+        let cfg = AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
+        redis::Client::open(format!("redis://{}", self.addr))
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .unwrap()
     }
 }
 
@@ -50,25 +65,24 @@ impl Drop for Redis {
     }
 }
 
-async fn conn(url: &str, timeout: Duration) -> redis::aio::MultiplexedConnection {
-    let cfg = AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .unwrap()
+fn opts(timeout: Duration) -> ConnectOptions {
+    ConnectOptions {
+        username: None,
+        password: None,
+        tls: None,
+        timeout,
+    }
 }
 
 #[tokio::test]
 async fn pause_blocks_writes_but_not_reads_and_unpause_lifts_it() {
     let redis = Redis::start();
     let fence = RedisFence::new(
-        redis::Client::open(redis.url.as_str()).unwrap(),
-        "test",
+        opts(Duration::from_secs(2)),
+        redis.addr.clone(),
         Duration::from_secs(30),
-        Duration::from_secs(2),
     );
-    let mut c = conn(&redis.url, Duration::from_millis(300)).await;
+    let mut c = redis.conn(Duration::from_millis(300)).await;
     let _: () = redis::cmd("SET")
         .arg("k")
         .arg("before")
@@ -84,7 +98,7 @@ async fn pause_blocks_writes_but_not_reads_and_unpause_lifts_it() {
         .query_async(&mut c)
         .await;
     assert!(write.is_err(), "a write was acknowledged during the pause");
-    let mut reader = conn(&redis.url, Duration::from_secs(2)).await;
+    let mut reader = redis.conn(Duration::from_secs(2)).await;
     let v: String = redis::cmd("GET")
         .arg("k")
         .query_async(&mut reader)
@@ -93,7 +107,7 @@ async fn pause_blocks_writes_but_not_reads_and_unpause_lifts_it() {
     assert_eq!(v, "before", "reads go on during the pause");
 
     fence.unpause().await.unwrap();
-    let mut writer = conn(&redis.url, Duration::from_secs(2)).await;
+    let mut writer = redis.conn(Duration::from_secs(2)).await;
     let _: () = redis::cmd("SET")
         .arg("k")
         .arg("after")
@@ -111,10 +125,9 @@ async fn pause_blocks_writes_but_not_reads_and_unpause_lifts_it() {
 #[tokio::test]
 async fn unreachable_redis_gives_an_error_naming_it() {
     let fence = RedisFence::new(
-        redis::Client::open("redis://127.0.0.1:1").unwrap(),
+        opts(Duration::from_millis(200)),
         "127.0.0.1:1",
         Duration::from_secs(1),
-        Duration::from_millis(200),
     );
     let e = fence.pause_writes().await.unwrap_err().to_string();
     assert!(e.contains("127.0.0.1:1") && e.contains("connect"), "{e}");

@@ -1,6 +1,7 @@
 //! The Redis lab (`testbed::redis`) itself: real `redis-server` + `redis-sentinel` processes that actually fail
 //! over, freeze and thaw, and run inside a network namespace.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -20,9 +21,14 @@ fn role(v: &redis::Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_fails_over_when_the_master_is_killed_and_the_old_master_rejoins_as_replica() {
     // Arrange
+    let started = Instant::now();
     let lab = RedisLab::start(LabSpec::default())
         .await
         .expect("lab starts");
+    println!(
+        "lab of 3 redis + 3 sentinels ready in {:?}",
+        started.elapsed()
+    );
     let old = lab.redis_addr(0);
     assert_eq!(
         lab.master_per_sentinel().await,
@@ -156,4 +162,73 @@ async fn lab_runs_and_fails_over_inside_a_network_namespace() {
     assert!(lab.node_of(new).is_some_and(|n| n != 0));
     drop(lab);
     drop(ns);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfig_script_runs_on_every_sentinel_with_its_own_environment() {
+    // Arrange: a script that appends its arguments and one environment variable to a per-sentinel file.
+    let scratch = tempfile::tempdir().unwrap();
+    let script = scratch.path().join("reconfig.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"$* env=$HAVIP_LAB_MARK\" >> \"$HAVIP_LAB_OUT\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let outs: Vec<_> = (0..3)
+        .map(|i| scratch.path().join(format!("calls-{i}.txt")))
+        .collect();
+    let lab = RedisLab::start(LabSpec {
+        reconfig_script: Some(script),
+        sentinel_env: (0..3)
+            .map(|i| {
+                vec![
+                    ("HAVIP_LAB_OUT".to_owned(), outs[i].display().to_string()),
+                    ("HAVIP_LAB_MARK".to_owned(), format!("node-{i}")),
+                ]
+            })
+            .collect(),
+        ..LabSpec::default()
+    })
+    .await
+    .expect("lab starts");
+    let old = lab.redis_addr(0);
+
+    // Act
+    lab.kill_redis(0);
+    let new = lab
+        .wait_master(|a| a != old, Duration::from_secs(30))
+        .await
+        .expect("sentinels fail over");
+
+    // Assert: every sentinel called the script once, with Sentinel's 7 arguments and its own environment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let calls: Vec<String> = loop {
+        let calls: Vec<String> = outs
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect();
+        if calls.iter().all(|c| !c.is_empty()) {
+            break calls;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "script calls so far: {calls:?}\n{}",
+            lab.logs_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut leaders = 0;
+    for (i, c) in calls.iter().enumerate() {
+        let f: Vec<&str> = c.trim().split(' ').collect();
+        assert_eq!(f.len(), 8, "sentinel {i}: {c:?}");
+        assert_eq!(f[0], "mymaster");
+        assert!(f[1] == "leader" || f[1] == "observer", "{c:?}");
+        leaders += usize::from(f[1] == "leader");
+        assert_eq!(f[2], "start");
+        assert_eq!(format!("{}:{}", f[3], f[4]), old.to_string());
+        assert_eq!(format!("{}:{}", f[5], f[6]), new.to_string());
+        assert_eq!(f[7], format!("env=node-{i}"));
+    }
+    assert_eq!(leaders, 1, "{calls:?}");
 }

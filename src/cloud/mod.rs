@@ -1,1 +1,36 @@
-//! (to be written)
+//! The Tencent Cloud VPC API client: signed requests for the HAVIP actions, typed answers, typed errors and
+//! retries bounded by the caller's deadline.
+//!
+//! Owns the request envelope (`X-TC-*` headers, TC3 signature over the exact bytes sent), the response
+//! envelope (`Response.Error` means failure), the retry classes, the clock-skew correction, and the typed
+//! `HaVip`. It does not compute signatures itself (see `tc3`), find credentials (see `credentials`), or
+//! decide what to associate when (the claim and reconcile logic does).
+
+mod client;
+mod error;
+mod types;
+
+use std::time::Duration;
+
+pub use client::{API_VERSION, RetryPolicy, SERVICE, VpcClient};
+pub use error::{CloudError, is_retryable_code};
+pub use types::{HaVip, HaVipAssociation, HaVipState, InstanceType, TaskStatus};
+
+/// Told about every HTTP attempt the client makes (for metrics). Called once per attempt, retries included,
+/// after the answer (or the failure) is in.
+pub trait ApiObserver: Send + Sync {
+    /// `action` is the API action; `elapsed` the time from sending to having the whole answer; `error_code`
+    /// is `None` on success, the API's `Code` for an API error, or `"http_<status>"`, `"transport"`,
+    /// `"timeout"` or `"decode"` for failures without one.
+    fn observe(&self, action: &str, elapsed: Duration, error_code: Option<&str>);
+}
+
+/// Installs rustls' `ring` crypto provider as the process default, once. reqwest is built without a
+/// default provider and refuses to build a client before one is installed; a provider installed earlier
+/// by someone else is kept.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -9,6 +9,7 @@ pub mod garp_watch;
 pub mod metadata;
 pub mod verify;
 pub mod vpc;
+pub mod vpc_net;
 
 pub use garp_watch::{GarpSeen, GarpWatch, watch_garp};
 pub use metadata::{FakeMetadata, MetadataSpec, RoleCredentials};
@@ -16,3 +17,4 @@ pub use vpc::{
     Association, FakeCloud, Fault, FaultKind, GarpOutcome, HavipSnapshot, HavipSpec, HolderMove,
     InstanceType, RecordedRequest, ServerTime, eni_id_for,
 };
+pub use vpc_net::FakeVpcNet;

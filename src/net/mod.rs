@@ -136,6 +136,18 @@ pub async fn announce_burst(
     burst: u32,
     spread: Duration,
 ) -> Result<u32, NetError> {
+    announce_burst_with(net, vip, burst, spread, &|_| {}).await
+}
+
+/// [`announce_burst`], calling `after_round` with the frames sent so far after every round (a claim reports
+/// its first GARP the moment it leaves, and counts frames of a burst it stops early).
+pub async fn announce_burst_with(
+    net: &dyn LocalNet,
+    vip: Ipv4Addr,
+    burst: u32,
+    spread: Duration,
+    after_round: &(dyn Fn(u32) + Send + Sync),
+) -> Result<u32, NetError> {
     let start = tokio::time::Instant::now();
     let mut frames = 0;
     for round in 0..burst {
@@ -143,6 +155,7 @@ pub async fn announce_burst(
             tokio::time::sleep_until(start + round_offset(round, burst, spread)).await;
         }
         frames += net.announce_round(vip).await?;
+        after_round(frames);
     }
     tracing::debug!(interface = net.interface(), %vip, burst, frames, "gratuitous arp burst sent");
     Ok(frames)

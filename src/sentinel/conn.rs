@@ -16,7 +16,7 @@ use redis::{
 
 use super::parse::{self, ReplyError};
 use super::{MasterInfo, SentinelError};
-use crate::config::{SentinelConfig, TlsConfig, parse_host_port};
+use crate::config::{RedisConfig, SentinelConfig, TlsConfig, parse_host_port};
 use crate::secret::Secret;
 
 /// How to reach a Sentinel or a Redis: credentials, TLS and the timeout of one request.
@@ -40,6 +40,23 @@ impl ConnectOptions {
             password: cfg.password.clone(),
             tls: cfg.tls.clone(),
             timeout: cfg.timeout.get(),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// The options for the local Redis from `[redis]`: its credentials, TLS (with the `[sentinel.tls]`
+    /// files) when `redis.tls` is set, and the Sentinel timeout.
+    pub fn redis(redis: &RedisConfig, sentinel: &SentinelConfig) -> Self {
+        Self {
+            username: redis.username.clone(),
+            password: redis.password.clone(),
+            tls: if redis.tls {
+                sentinel.tls.clone()
+            } else {
+                None
+            },
+            timeout: sentinel.timeout.get(),
         }
     }
 }
@@ -173,6 +190,15 @@ pub async fn connect(
     connect_peer(&sentinel_peer(addr), addr, opts).await
 }
 
+/// Opens a command connection to the Redis at `addr` (errors name it `redis <addr>`), e.g. for
+/// `CLIENT PAUSE` when fencing. Every command on it must still be bounded by the caller.
+pub async fn connect_redis(
+    addr: &str,
+    opts: &ConnectOptions,
+) -> Result<MultiplexedConnection, SentinelError> {
+    connect_peer(&format!("redis {addr}"), addr, opts).await
+}
+
 /// Opens a Pub/Sub connection to the Sentinel at `addr` and subscribes to `channels`, all within
 /// `opts.timeout`.
 pub(crate) async fn subscribe(
@@ -241,7 +267,10 @@ pub(crate) async fn command(
                 peer: peer.to_owned(),
                 source: ReplyError::Server {
                     command: what,
-                    message: e.to_string(),
+                    message: match (e.code(), e.detail()) {
+                        (Some(code), Some(detail)) => format!("{code} {detail}"),
+                        _ => e.to_string(),
+                    },
                 },
             })
         }
@@ -254,7 +283,7 @@ pub(crate) async fn command(
             peer: peer.to_owned(),
             source: ReplyError::Server {
                 command: what,
-                message: e.to_string(),
+                message: parse::server_error_text(&e),
             },
         }),
         Ok(Ok(v)) => Ok(v),
@@ -408,4 +437,49 @@ pub async fn confirm_role(
     let role =
         parse::parse_role_reply(&reply).map_err(|source| SentinelError::Reply { peer, source })?;
     Ok(role == "master")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_options_never_show_the_password() {
+        let opts = ConnectOptions {
+            username: Some("havip".into()),
+            password: Some(Secret::new("hunter2-xyz")),
+            tls: None,
+            timeout: Duration::from_millis(250),
+        };
+        let shown = format!("{opts:?}");
+        assert!(!shown.contains("hunter2-xyz"), "{shown}");
+        assert!(shown.contains("havip"));
+    }
+
+    #[test]
+    fn bad_addresses_and_half_tls_configs_are_rejected_by_name() {
+        let opts = |tls| ConnectOptions {
+            username: None,
+            password: None,
+            tls,
+            timeout: Duration::from_millis(250),
+        };
+        let err = client("sentinel x", "no-port", &opts(None))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sentinel x: bad address"), "{err}");
+        let half = TlsConfig {
+            ca_file: None,
+            cert_file: Some("/etc/client.pem".into()),
+            key_file: None,
+            insecure: false,
+        };
+        let err = client("sentinel x", "127.0.0.1:26379", &opts(Some(half)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/etc/client.pem") && err.contains("together"),
+            "{err}"
+        );
+    }
 }

@@ -20,7 +20,9 @@ pub mod parse;
 pub mod snapshot;
 pub mod watcher;
 
-pub use conn::{ConnectOptions, confirm_role, connect, ping, query, query_master, query_masters};
+pub use conn::{
+    ConnectOptions, confirm_role, connect, connect_redis, ping, query, query_master, query_masters,
+};
 pub use parse::{EventError, ReplyError, parse_event};
 pub use snapshot::{Newest, SentinelState, Snapshot};
 pub use watcher::{ObservedEvent, WatchOptions, Watcher};

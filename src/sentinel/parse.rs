@@ -123,7 +123,7 @@ fn describe(v: &Value) -> String {
         Value::VerbatimString { text, .. } => format!("verbatim string {:?}", quote(text)),
         Value::BigNumber(_) => "big number".into(),
         Value::Push { .. } => "push".into(),
-        Value::ServerError(e) => format!("error {:?}", quote(&e.to_string())),
+        Value::ServerError(e) => format!("error {:?}", server_error_text(e)),
         #[allow(unreachable_patterns)]
         _ => "unknown value".into(),
     }
@@ -142,12 +142,20 @@ fn text(v: &Value) -> Option<Cow<'_, str>> {
     }
 }
 
+/// A server error as Redis wrote it: `ERR No such master with that name`.
+pub(crate) fn server_error_text(e: &redis::ServerError) -> String {
+    match e.details() {
+        Some(d) => quote(&format!("{} {d}", e.code())),
+        None => quote(e.code()),
+    }
+}
+
 /// Unwraps RESP3 attributes and turns an error reply into [`ReplyError::Server`].
 fn unwrap_reply<'a>(command: &'static str, v: &'a Value) -> Result<&'a Value, ReplyError> {
     match v {
         Value::ServerError(e) => Err(ReplyError::Server {
             command,
-            message: quote(&e.to_string()),
+            message: server_error_text(e),
         }),
         Value::Attribute { data, .. } => unwrap_reply(command, data),
         other => Ok(other),

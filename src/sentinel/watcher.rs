@@ -119,29 +119,8 @@ impl Watcher {
         masters: Vec<String>,
         opts: WatchOptions,
     ) -> (Watcher, watch::Receiver<Arc<Snapshot>>) {
-        let addrs = cfg.addresses.clone();
-        let (snapshots, rx) = watch::channel(Arc::new(Snapshot::empty(&addrs)));
-        let (events, _) = broadcast::channel(opts.event_capacity.max(1));
-        let (wake, _) = watch::channel(0u64);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(Inner {
-                sentinels: addrs.iter().map(SentinelState::new).collect(),
-                seq: 0,
-            }),
-            addrs,
-            masters,
-            connect: ConnectOptions::sentinel(cfg),
-            timing: Timing {
-                timeout: cfg.timeout.get(),
-                heartbeat: cfg.heartbeat.get().max(Duration::from_millis(1)),
-                poll: cfg.poll_interval.get().max(Duration::from_millis(1)),
-                reconnect_max: cfg.reconnect_max.get(),
-            },
-            opts,
-            snapshots,
-            events,
-            wake,
-        });
+        let shared = Arc::new(Shared::new(cfg, masters, opts));
+        let rx = shared.snapshots.subscribe();
         let (stop, _) = watch::channel(false);
         let tasks = (0..shared.addrs.len())
             .map(|idx| {
@@ -201,6 +180,32 @@ impl Drop for Watcher {
 }
 
 impl Shared {
+    fn new(cfg: &SentinelConfig, masters: Vec<String>, opts: WatchOptions) -> Shared {
+        let addrs = cfg.addresses.clone();
+        let (snapshots, _) = watch::channel(Arc::new(Snapshot::empty(&addrs)));
+        let (events, _) = broadcast::channel(opts.event_capacity.max(1));
+        let (wake, _) = watch::channel(0u64);
+        Shared {
+            state: Mutex::new(Inner {
+                sentinels: addrs.iter().map(SentinelState::new).collect(),
+                seq: 0,
+            }),
+            addrs,
+            masters,
+            connect: ConnectOptions::sentinel(cfg),
+            timing: Timing {
+                timeout: cfg.timeout.get(),
+                heartbeat: cfg.heartbeat.get().max(Duration::from_millis(1)),
+                poll: cfg.poll_interval.get().max(Duration::from_millis(1)),
+                reconnect_max: cfg.reconnect_max.get(),
+            },
+            opts,
+            snapshots,
+            events,
+            wake,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data behind; keep going with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -285,9 +290,11 @@ impl Shared {
             if !was_reachable {
                 tracing::info!(sentinel = %addr, "sentinel reachable");
             }
-            if error.is_some() && error != s.error {
+            if let Some(e) = &error
+                && error != s.error
+            {
                 // Logged once per distinct problem, not once per poll.
-                tracing::warn!(sentinel = %addr, error = error.as_deref().unwrap_or(""), "ignoring bad sentinel answer");
+                tracing::warn!(sentinel = %addr, error = %e, "ignoring bad sentinel answer");
             }
             for (name, info) in &masters {
                 let same = s.masters.get(name).is_some_and(|old| {
@@ -507,6 +514,87 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(epoch: u64, ip: &str) -> MasterInfo {
+        MasterInfo {
+            name: "m".into(),
+            ip: ip.parse().unwrap(),
+            port: 6379,
+            config_epoch: epoch,
+            flags: vec!["master".into()],
+            down_after: Duration::from_millis(1000),
+            failover_in_progress: false,
+            num_other_sentinels: 2,
+            quorum: 2,
+        }
+    }
+
+    #[test]
+    fn snapshots_are_published_only_when_something_changes() {
+        let cfg: SentinelConfig =
+            toml::from_str(r#"addresses = ["a:26379", "b:26379", "c:26379"]"#).unwrap();
+        let shared = Shared::new(&cfg, vec!["m".into()], WatchOptions::default());
+        let rx = shared.snapshots.subscribe();
+        let seq = || rx.borrow().seq;
+        let answer = |r: Result<MasterInfo, super::super::ReplyError>| vec![("m".to_owned(), r)];
+        assert_eq!(seq(), 0);
+
+        shared.record_answer(0, answer(Ok(info(1, "10.0.0.1"))));
+        assert_eq!(seq(), 1, "first answer: reachable");
+        let first = rx.borrow().sentinels[0].master_since["m"];
+        assert!(rx.borrow().sentinels[0].reachable);
+
+        // Instants taken a millisecond apart, so "later" is observable.
+        std::thread::sleep(Duration::from_millis(1));
+        shared.record_answer(0, answer(Ok(info(1, "10.0.0.1"))));
+        assert_eq!(seq(), 1, "the same answer again publishes nothing");
+        assert!(
+            shared.lock().sentinels[0].last_ok > Some(first),
+            "but counts as a sign of life"
+        );
+
+        shared.record_answer(0, answer(Ok(info(2, "10.0.0.2"))));
+        assert_eq!(seq(), 2, "a new epoch publishes");
+        let snap = rx.borrow().clone();
+        assert!(snap.sentinels[0].master_since["m"] > first);
+        assert_eq!(snap.newest("m").unwrap().epoch, 2);
+
+        let bad = super::super::ReplyError::MissingField {
+            command: "SENTINEL MASTER",
+            field: "config-epoch",
+        };
+        shared.record_answer(0, answer(Err(bad.clone())));
+        assert_eq!(seq(), 3, "losing the master publishes");
+        assert!(
+            rx.borrow().sentinels[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("config-epoch")
+        );
+        assert!(
+            rx.borrow().sentinels[0].reachable,
+            "a bad answer is still an answer"
+        );
+        shared.record_answer(0, answer(Err(bad)));
+        assert_eq!(seq(), 3);
+
+        let dead = SentinelError::Timeout {
+            peer: "sentinel a:26379".into(),
+            what: "ping",
+            after: Duration::from_millis(250),
+        };
+        shared.mark_unreachable(0, &dead);
+        assert_eq!(seq(), 4, "becoming unreachable publishes");
+        shared.mark_unreachable(0, &dead);
+        assert_eq!(seq(), 4, "staying unreachable does not");
+        assert!(!rx.borrow().sentinels[0].reachable);
+
+        shared.set_subscribed(1, true);
+        assert_eq!(seq(), 5);
+        shared.set_subscribed(1, true);
+        assert_eq!(seq(), 5);
+    }
 
     #[test]
     fn backoff_grows_exponentially_and_stays_under_the_cap() {

@@ -1,0 +1,696 @@
+//! `VpcClient`: signed POSTs to the VPC API with retries bounded by the caller's deadline.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, DATE, HeaderMap, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use super::ApiObserver;
+use super::error::{CloudError, excerpt};
+use super::types::{
+    AssociationItem, AssociationRequest, DescribeHaVipsRequest, DescribeHaVipsResponse,
+    DescribeVpcTaskResultRequest, DescribeVpcTaskResultResponse, HaVip, InstanceType, TaskStatus,
+};
+use crate::clock::{SharedClock, unix_seconds};
+use crate::config::CloudConfig;
+use crate::credentials::CredentialProvider;
+use crate::metadata::error_chain;
+use crate::tc3::{self, SigningInput};
+
+/// The VPC API version sent as `X-TC-Version`.
+pub const API_VERSION: &str = "2017-03-12";
+/// The service name in the TC3 credential scope.
+pub const SERVICE: &str = "vpc";
+/// The Content-Type sent, and signed: exactly what the official SDKs send (no charset).
+const CONTENT_TYPE_JSON: &str = "application/json";
+/// `DescribeHaVips` answers at most this many items per request.
+const PAGE_LIMIT: usize = 100;
+/// An existing (HAVIP, instance) pair: the association the caller wants is already there.
+const DUPLICATED_ASSOCIATION: &str = "InvalidParameterValue.DuplicatedHaVipAssociations";
+/// The request's timestamp is more than 5 minutes off the server's clock.
+const SIGNATURE_EXPIRE: &str = "AuthFailure.SignatureExpire";
+
+/// Exponential backoff with full jitter: before retry `n` (0-based) the client sleeps a uniformly random
+/// time in `[0, min(cap, base * 2^n)]`, and never past the caller's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first retry's upper bound.
+    pub base: Duration,
+    /// The largest upper bound.
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(50),
+            cap: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The upper bound of the sleep before retry `retry` (0-based).
+    pub fn max_delay(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// A random sleep before retry `retry`: full jitter over `[0, max_delay(retry)]`.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let max = self.max_delay(retry).as_nanos().min(u64::MAX as u128) as u64;
+        Duration::from_nanos(rand::random_range(0..=max))
+    }
+}
+
+/// A client of the VPC API. Cheap to clone; clones share the HTTP connection pool and the clock-offset
+/// correction learned from `AuthFailure.SignatureExpire`.
+#[derive(Clone)]
+pub struct VpcClient {
+    inner: Arc<Inner>,
+    observer: Option<Arc<dyn ApiObserver>>,
+    retry: RetryPolicy,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: reqwest::Url,
+    /// The `Host` header reqwest sends for `endpoint` (with `:port` when not the scheme's default): signed.
+    host: String,
+    region: String,
+    timeout: Duration,
+    creds: CredentialProvider,
+    clock: SharedClock,
+    /// Seconds to add to the local clock to get the server's, learned from a `Date` header.
+    clock_offset: AtomicI64,
+}
+
+impl fmt::Debug for VpcClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VpcClient")
+            .field("endpoint", &self.inner.endpoint.as_str())
+            .field("region", &self.inner.region)
+            .field("timeout", &self.inner.timeout)
+            .field("credentials", self.inner.creds.source())
+            .field("clock_offset_s", &self.clock_offset())
+            .field("retry", &self.retry)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// One attempt's failure, with the server's clock when the answer had a `Date` header.
+struct AttemptError {
+    error: CloudError,
+    server_time: Option<i64>,
+}
+
+impl From<CloudError> for AttemptError {
+    fn from(error: CloudError) -> Self {
+        Self {
+            error,
+            server_time: None,
+        }
+    }
+}
+
+impl VpcClient {
+    /// A client for `cloud.endpoint` in `cloud.region`, each request timing out after `cloud.timeout` (or
+    /// earlier, at the caller's deadline). Honours the `HTTPS_PROXY`/`NO_PROXY` environment.
+    pub fn new(
+        cloud: &CloudConfig,
+        creds: CredentialProvider,
+        clock: SharedClock,
+    ) -> Result<Self, CloudError> {
+        let invalid = |key: &'static str, problem: String| CloudError::Config { key, problem };
+        let endpoint = reqwest::Url::parse(&cloud.endpoint).map_err(|e| {
+            invalid(
+                "cloud.endpoint",
+                format!("{:?} is not a URL: {e}", cloud.endpoint),
+            )
+        })?;
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(invalid(
+                "cloud.endpoint",
+                format!("{:?} must be an http:// or https:// URL", cloud.endpoint),
+            ));
+        }
+        // TC3 signs the canonical URI "/" and an empty query: any other path or a query would be sent but
+        // not signed as sent.
+        if endpoint.path() != "/" || endpoint.query().is_some() || endpoint.fragment().is_some() {
+            return Err(invalid(
+                "cloud.endpoint",
+                format!(
+                    "{:?} must have no path or query (like \"https://vpc.tencentcloudapi.com\")",
+                    cloud.endpoint
+                ),
+            ));
+        }
+        let host = match (endpoint.host_str(), endpoint.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => {
+                return Err(invalid(
+                    "cloud.endpoint",
+                    format!("{:?} has no host", cloud.endpoint),
+                ));
+            }
+        };
+        if cloud.region.trim().is_empty() {
+            return Err(invalid("cloud.region", "is empty".into()));
+        }
+        let timeout = cloud.timeout.get();
+        if timeout.is_zero() {
+            return Err(invalid("cloud.timeout", "must be more than zero".into()));
+        }
+        super::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| {
+                invalid(
+                    "cloud.endpoint",
+                    format!("cannot build an HTTP client: {}", error_chain(&e)),
+                )
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoint,
+                host,
+                region: cloud.region.trim().to_owned(),
+                timeout,
+                creds,
+                clock,
+                clock_offset: AtomicI64::new(0),
+            }),
+            observer: None,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Reports every HTTP attempt to `obs` (metrics).
+    pub fn with_observer(mut self, obs: Arc<dyn ApiObserver>) -> Self {
+        self.observer = Some(obs);
+        self
+    }
+
+    /// Replaces the retry backoff (tests shrink it).
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> &str {
+        self.inner.endpoint.as_str()
+    }
+
+    /// The region sent as `X-TC-Region`.
+    pub fn region(&self) -> &str {
+        &self.inner.region
+    }
+
+    /// The credentials in use.
+    pub fn credentials(&self) -> &CredentialProvider {
+        &self.inner.creds
+    }
+
+    /// Seconds added to the local clock when signing, learned from `AuthFailure.SignatureExpire` answers.
+    pub fn clock_offset(&self) -> i64 {
+        self.inner.clock_offset.load(Ordering::Relaxed)
+    }
+
+    /// `DescribeHaVips` for one HAVIP. [`CloudError::NotFound`] when the API does not know it.
+    pub async fn describe_havip(
+        &self,
+        havip_id: &str,
+        deadline: Instant,
+    ) -> Result<HaVip, CloudError> {
+        let not_found = |request_id: Option<String>| CloudError::NotFound {
+            havip_id: havip_id.to_owned(),
+            region: self.inner.region.clone(),
+            request_id,
+        };
+        let found = match self.describe_havips(&[havip_id.to_owned()], deadline).await {
+            Ok(found) => found,
+            Err(CloudError::Api {
+                code, request_id, ..
+            }) if code == "ResourceNotFound" || code.starts_with("ResourceNotFound.") => {
+                return Err(not_found(Some(request_id)));
+            }
+            Err(e) => return Err(e),
+        };
+        found
+            .into_iter()
+            .find(|h| h.havip_id == havip_id)
+            .ok_or_else(|| not_found(None))
+    }
+
+    /// `DescribeHaVips` for the given HAVIPs (in requests of at most 100 ids); every HAVIP of the region
+    /// when `ids` is empty (paged). HAVIPs the API does not know are simply absent from the result.
+    pub async fn describe_havips(
+        &self,
+        ids: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<HaVip>, CloudError> {
+        let mut out = Vec::new();
+        if ids.is_empty() {
+            let mut offset = 0usize;
+            loop {
+                let (page, total) = self.describe_page(&[], offset, deadline).await?;
+                let got = page.len();
+                out.extend(page);
+                offset += got;
+                if got == 0 || total.is_none_or(|t| offset as u64 >= t) {
+                    break;
+                }
+            }
+        } else {
+            for chunk in ids.chunks(PAGE_LIMIT) {
+                let (page, _) = self.describe_page(chunk, 0, deadline).await?;
+                out.extend(page);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn describe_page(
+        &self,
+        ids: &[String],
+        offset: usize,
+        deadline: Instant,
+    ) -> Result<(Vec<HaVip>, Option<u64>), CloudError> {
+        let action = "DescribeHaVips";
+        let request = DescribeHaVipsRequest {
+            ha_vip_ids: ids,
+            offset: offset as u64,
+            limit: PAGE_LIMIT as u64,
+        };
+        let response: DescribeHaVipsResponse = self.call(action, &request, deadline).await?;
+        let items = response.ha_vip_set.unwrap_or_default();
+        let count = items.len();
+        let havips: Vec<HaVip> = items.into_iter().filter_map(|w| w.into_havip()).collect();
+        if havips.len() != count {
+            tracing::warn!(
+                action,
+                skipped = count - havips.len(),
+                "ignoring havip items without a HaVipId"
+            );
+        }
+        Ok((havips, response.total_count))
+    }
+
+    /// `AssociateHaVipInstance`: adds the instance to the HAVIP's drift range. Already being there
+    /// (`InvalidParameterValue.DuplicatedHaVipAssociations`) counts as success.
+    pub async fn associate(
+        &self,
+        havip_id: &str,
+        instance_id: &str,
+        ty: InstanceType,
+        deadline: Instant,
+    ) -> Result<(), CloudError> {
+        let action = "AssociateHaVipInstance";
+        match self
+            .association(action, havip_id, instance_id, ty, deadline)
+            .await
+        {
+            Err(CloudError::Api {
+                code, request_id, ..
+            }) if code == DUPLICATED_ASSOCIATION => {
+                tracing::info!(
+                    havip = havip_id,
+                    instance = instance_id,
+                    request_id,
+                    "instance already in the havip drift range"
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// `DisassociateHaVipInstance`: removes the instance from the HAVIP's drift range.
+    pub async fn disassociate(
+        &self,
+        havip_id: &str,
+        instance_id: &str,
+        ty: InstanceType,
+        deadline: Instant,
+    ) -> Result<(), CloudError> {
+        self.association(
+            "DisassociateHaVipInstance",
+            havip_id,
+            instance_id,
+            ty,
+            deadline,
+        )
+        .await
+    }
+
+    async fn association(
+        &self,
+        action: &'static str,
+        havip_id: &str,
+        instance_id: &str,
+        ty: InstanceType,
+        deadline: Instant,
+    ) -> Result<(), CloudError> {
+        let request = AssociationRequest {
+            ha_vip_association_set: [AssociationItem {
+                ha_vip_id: havip_id,
+                instance_id,
+                instance_type: ty.as_api_str(),
+            }],
+        };
+        let _: serde::de::IgnoredAny = self.call(action, &request, deadline).await?;
+        Ok(())
+    }
+
+    /// `DescribeVpcTaskResult`: the status of an asynchronous action (its `RequestId` is the task id).
+    pub async fn describe_task_result(
+        &self,
+        task_id: &str,
+        deadline: Instant,
+    ) -> Result<TaskStatus, CloudError> {
+        let action = "DescribeVpcTaskResult";
+        let response: DescribeVpcTaskResultResponse = self
+            .call(action, &DescribeVpcTaskResultRequest { task_id }, deadline)
+            .await?;
+        let status = response.status.ok_or_else(|| CloudError::Decode {
+            action: action.into(),
+            detail: "the answer has no Status".into(),
+        })?;
+        Ok(TaskStatus::from_wire(&status, response.output))
+    }
+
+    /// One action, retried per the retry classes until `deadline`.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        action: &'static str,
+        request: &Req,
+        deadline: Instant,
+    ) -> Result<Resp, CloudError> {
+        // Serialised once: the bytes hashed are the bytes sent, on every attempt.
+        let body = serde_json::to_vec(request).map_err(|e| CloudError::Decode {
+            action: action.into(),
+            detail: format!("cannot encode the request: {e}"),
+        })?;
+        let mut retries = 0u32;
+        let mut skew_corrected = false;
+        loop {
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return Err(CloudError::DeadlineExceeded {
+                    action: action.into(),
+                });
+            }
+            let timeout = left.min(self.inner.timeout);
+            let failure = match self.attempt(action, &body, timeout).await {
+                Ok(value) => {
+                    return serde_json::from_value(value).map_err(|e| CloudError::Decode {
+                        action: action.into(),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(failure) => failure,
+            };
+            let error = failure.error;
+            if error.code() == Some(SIGNATURE_EXPIRE) && !skew_corrected {
+                // Retry once with the server's clock; a second SignatureExpire is returned as is.
+                if let Some(server) = failure.server_time {
+                    skew_corrected = true;
+                    self.correct_clock(server);
+                    continue;
+                }
+                tracing::warn!(
+                    action,
+                    "signature expired but the answer has no usable Date header"
+                );
+                return Err(error);
+            }
+            if !error.is_retryable() {
+                return Err(error);
+            }
+            let delay = self.retry.delay(retries);
+            retries += 1;
+            if Instant::now() + delay >= deadline {
+                tracing::debug!(action, retries, error = %error, "vpc api call out of time");
+                return Err(error);
+            }
+            tracing::debug!(
+                action,
+                retry = retries,
+                delay_ms = delay.as_millis() as u64,
+                error = %error,
+                "retrying vpc api call"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn correct_clock(&self, server: i64) {
+        let local = unix_seconds(self.inner.clock.now());
+        let offset = server - local;
+        let previous = self.inner.clock_offset.swap(offset, Ordering::Relaxed);
+        tracing::warn!(
+            offset_s = offset,
+            previous_offset_s = previous,
+            "local clock is off the tencent cloud clock, signing with the server's time"
+        );
+    }
+
+    /// One signed HTTP attempt. Returns `Response` (without `Error`) on success.
+    async fn attempt(
+        &self,
+        action: &'static str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<serde_json::Value, AttemptError> {
+        let inner = &*self.inner;
+        let creds = inner.creds.get().await.map_err(CloudError::Credentials)?;
+        let timestamp =
+            unix_seconds(inner.clock.now()) + inner.clock_offset.load(Ordering::Relaxed);
+        let signature = tc3::sign(
+            &SigningInput {
+                method: "POST",
+                host: &inner.host,
+                content_type: CONTENT_TYPE_JSON,
+                payload: body,
+                service: SERVICE,
+                action,
+                timestamp,
+                sign_action: false,
+            },
+            creds.secret_id.expose(),
+            &creds.secret_key,
+        );
+        let headers = self.headers(action, timestamp, &signature.authorization, &creds)?;
+
+        let started = Instant::now();
+        let result = self.send(action, headers, body.to_vec(), timeout).await;
+        let elapsed = started.elapsed();
+        let label = result.as_ref().err().map(|e| e.error.label());
+        if let Some(obs) = &self.observer {
+            obs.observe(action, elapsed, label.as_deref());
+        }
+        match &result {
+            Ok(_) => tracing::debug!(
+                action,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "vpc api call ok"
+            ),
+            Err(e) => tracing::debug!(
+                action,
+                elapsed_ms = elapsed.as_millis() as u64,
+                error = %e.error,
+                "vpc api call failed"
+            ),
+        }
+        result
+    }
+
+    fn headers(
+        &self,
+        action: &'static str,
+        timestamp: i64,
+        authorization: &str,
+        creds: &crate::credentials::Credential,
+    ) -> Result<HeaderMap, CloudError> {
+        // Never echo a value here: it may hold the SecretId or the token.
+        let value = |v: &str, what: &'static str| {
+            HeaderValue::from_str(v).map_err(|_| CloudError::Config {
+                key: what,
+                problem: "contains characters that cannot be sent in an HTTP header".into(),
+            })
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            value(authorization, "credentials (SecretId)")?,
+        );
+        // The Content-Type sent is exactly the one signed.
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_JSON));
+        headers.insert("X-TC-Action", HeaderValue::from_static(action));
+        headers.insert("X-TC-Timestamp", HeaderValue::from(timestamp));
+        headers.insert("X-TC-Version", HeaderValue::from_static(API_VERSION));
+        headers.insert("X-TC-Region", value(&self.inner.region, "cloud.region")?);
+        if let Some(token) = &creds.token {
+            let mut v = value(token.expose(), "credentials (token)")?;
+            v.set_sensitive(true);
+            headers.insert("X-TC-Token", v);
+        }
+        if let Some(auth) = headers.get_mut(AUTHORIZATION) {
+            auth.set_sensitive(true);
+        }
+        Ok(headers)
+    }
+
+    async fn send(
+        &self,
+        action: &'static str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, AttemptError> {
+        let inner = &*self.inner;
+        let endpoint = inner.endpoint.as_str();
+        let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                CloudError::Timeout {
+                    action: action.into(),
+                    endpoint: endpoint.into(),
+                    after: timeout,
+                }
+            } else {
+                CloudError::Transport {
+                    action: action.into(),
+                    endpoint: endpoint.into(),
+                    detail: error_chain(&e.without_url()),
+                }
+            }
+        };
+        let response = inner
+            .http
+            .post(inner.endpoint.clone())
+            .headers(headers)
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let server_time = response
+            .headers()
+            .get(DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date);
+        let bytes = response.bytes().await.map_err(transport)?;
+        let fail = |error: CloudError| AttemptError { error, server_time };
+        if status != 200 {
+            return Err(fail(CloudError::Http {
+                action: action.into(),
+                status,
+                endpoint: endpoint.into(),
+                body: excerpt(&bytes),
+            }));
+        }
+        let decode = |detail: String| {
+            fail(CloudError::Decode {
+                action: action.into(),
+                detail,
+            })
+        };
+        let mut envelope: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| decode(format!("not JSON ({e}): {}", excerpt(&bytes))))?;
+        let Some(response) = envelope.get_mut("Response").map(serde_json::Value::take) else {
+            return Err(decode(format!(
+                "no \"Response\" object: {}",
+                excerpt(&bytes)
+            )));
+        };
+        if !response.is_object() {
+            return Err(decode("\"Response\" is not an object".into()));
+        }
+        // Failure exactly when Response.Error is present.
+        if let Some(error) = response.get("Error").filter(|e| !e.is_null()) {
+            let text = |v: Option<&serde_json::Value>| {
+                v.and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let code = text(error.get("Code"));
+            if code.is_empty() {
+                return Err(decode(format!(
+                    "Response.Error has no Code: {}",
+                    excerpt(&bytes)
+                )));
+            }
+            return Err(fail(CloudError::Api {
+                action: action.into(),
+                code,
+                message: text(error.get("Message")),
+                request_id: text(response.get("RequestId")),
+            }));
+        }
+        Ok(response)
+    }
+}
+
+/// Parses an HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110's IMF-fixdate) to Unix seconds.
+pub(crate) fn parse_http_date(s: &str) -> Option<i64> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    if let Ok(t) = time::PrimitiveDateTime::parse(s.trim(), format) {
+        return Some(t.assume_utc().unix_timestamp());
+    }
+    time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc2822)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_are_parsed() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Mon, 25 Feb 2019 16:44:25 GMT"),
+            Some(1_551_113_065)
+        );
+        assert_eq!(
+            parse_http_date("Mon, 25 Feb 2019 16:44:25 +0000"),
+            Some(1_551_113_065)
+        );
+        assert_eq!(parse_http_date("yesterday"), None);
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_to_the_cap_with_full_jitter() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.max_delay(0), Duration::from_millis(50));
+        assert_eq!(p.max_delay(1), Duration::from_millis(100));
+        assert_eq!(p.max_delay(4), Duration::from_millis(800));
+        assert_eq!(p.max_delay(5), Duration::from_secs(1));
+        assert_eq!(p.max_delay(u32::MAX), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..200).map(|_| p.delay(3)).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(400)));
+        assert!(
+            delays.iter().any(|d| *d < Duration::from_millis(200))
+                && delays.iter().any(|d| *d > Duration::from_millis(200)),
+            "delays are spread over the whole range"
+        );
+    }
+}

@@ -1,0 +1,542 @@
+//! The credential chain (environment, config, CVM role) and the CAM role credential cache, against a
+//! wiremock metadata service. Role expiry runs on paused tokio time with the crate's `TokioClock`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use havip_agent::clock::{SharedClock, TokioClock};
+use havip_agent::config::CloudConfig;
+use havip_agent::credentials::{
+    Credential, CredentialError, CredentialProvider, CredentialSource, ENV_SECRET_ID,
+    ENV_SECRET_KEY, ENV_TOKEN,
+};
+use havip_agent::metadata::MetadataClient;
+use havip_agent::secret::Secret;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BASE: &str = "/latest/meta-data/";
+const ROLE_LIST: &str = "/latest/meta-data/cam/security-credentials/";
+const ROLE_DOC: &str = "/latest/meta-data/cam/security-credentials/havip-role";
+/// Wall-clock start of every test: 2023-11-14T22:13:20Z.
+const T0: u64 = 1_700_000_000;
+
+fn cloud_config(keys: Option<(&str, &str)>) -> CloudConfig {
+    let mut text = String::from("region = \"ap-guangzhou\"\n");
+    if let Some((id, key)) = keys {
+        text.push_str(&format!("secret_id = \"{id}\"\nsecret_key = \"{key}\"\n"));
+    }
+    toml::from_str(&text).unwrap()
+}
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn clock() -> SharedClock {
+    Arc::new(TokioClock::starting_at(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(T0),
+    ))
+}
+
+fn metadata(server: &MockServer) -> MetadataClient {
+    MetadataClient::new(&format!("{}{BASE}", server.uri()), Duration::from_secs(2)).unwrap()
+}
+
+fn role_doc(n: u32, expires_at: u64, code: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "TmpSecretId": format!("AKIDtmp{n}"),
+        "TmpSecretKey": format!("tmpkey{n}-s3cr3t"),
+        "Token": format!("token{n}-s3cr3t"),
+        "ExpiredTime": expires_at,
+        "Expiration": "ignored",
+        "Code": code,
+    }))
+}
+
+fn role_creds(n: u32) -> Credential {
+    Credential {
+        secret_id: Secret::new(format!("AKIDtmp{n}")),
+        secret_key: Secret::new(format!("tmpkey{n}-s3cr3t")),
+        token: Some(Secret::new(format!("token{n}-s3cr3t"))),
+    }
+}
+
+/// Mounts the role listing and, for the first `first_times` fetches, role document #1.
+async fn mount_role(server: &MockServer, first: ResponseTemplate, first_times: u64) {
+    Mock::given(method("GET"))
+        .and(path(ROLE_LIST))
+        .respond_with(ResponseTemplate::new(200).set_body_string("havip-role\n"))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(ROLE_DOC))
+        .respond_with(first)
+        .up_to_n_times(first_times)
+        .with_priority(1)
+        .mount(server)
+        .await;
+}
+
+/// Mounts what the role document answers once the first answers are used up.
+async fn then_role(server: &MockServer, next: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path(ROLE_DOC))
+        .respond_with(next)
+        .with_priority(2)
+        .mount(server)
+        .await;
+}
+
+async fn hits(server: &MockServer, p: &str) -> usize {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == p)
+        .count()
+}
+
+/// Runs real I/O while tokio time is paused without letting the clock jump: a running `spawn_blocking`
+/// task inhibits auto-advance (documented on `tokio::time::pause`), so the HTTP client's timeout timers
+/// cannot fire while the request waits for the loopback server. Time then moves only by `advance`.
+async fn real_io<F: Future>(f: F) -> F::Output {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::task::spawn_blocking(move || {
+        let _ = rx.recv();
+    });
+    let out = f.await;
+    drop(tx);
+    blocker.await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn environment_wins_over_config_and_role() {
+    let server = MockServer::start().await;
+    mount_role(&server, role_doc(1, T0 + 3600, "Success"), 100).await;
+    let env = env_of(&[
+        (ENV_SECRET_ID, "AKIDenv"),
+        (ENV_SECRET_KEY, "envkey-s3cr3t"),
+        (ENV_TOKEN, "envtoken-s3cr3t"),
+    ]);
+
+    let provider = CredentialProvider::resolve(
+        &env,
+        &cloud_config(Some(("AKIDcfg", "cfgkey"))),
+        &metadata(&server),
+        clock(),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(provider.source(), &CredentialSource::Environment);
+    assert_eq!(
+        provider.get().await.unwrap(),
+        Credential {
+            secret_id: Secret::new("AKIDenv"),
+            secret_key: Secret::new("envkey-s3cr3t"),
+            token: Some(Secret::new("envtoken-s3cr3t")),
+        },
+        "the environment's token is carried, to be sent as X-TC-Token"
+    );
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        0,
+        "metadata not asked"
+    );
+}
+
+#[tokio::test]
+async fn config_keys_are_used_when_the_environment_has_none() {
+    let server = MockServer::start().await;
+    mount_role(&server, role_doc(1, T0 + 3600, "Success"), 100).await;
+    // Blank variables count as unset.
+    let env = env_of(&[(ENV_SECRET_ID, ""), (ENV_SECRET_KEY, "  ")]);
+
+    let provider = CredentialProvider::resolve(
+        &env,
+        &cloud_config(Some(("AKIDcfg", "cfgkey-s3cr3t"))),
+        &metadata(&server),
+        clock(),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(provider.source(), &CredentialSource::ConfigFile);
+    let creds = provider.get().await.unwrap();
+    assert_eq!(creds.secret_id.expose(), "AKIDcfg");
+    assert_eq!(creds.secret_key.expose(), "cfgkey-s3cr3t");
+    assert_eq!(creds.token, None, "long-term keys carry no token");
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        0,
+        "metadata not asked"
+    );
+}
+
+#[tokio::test]
+async fn cvm_role_is_used_when_no_keys_are_configured() {
+    let server = MockServer::start().await;
+    mount_role(&server, role_doc(1, T0 + 3600, "Success"), 100).await;
+
+    let provider =
+        CredentialProvider::resolve(&no_env, &cloud_config(None), &metadata(&server), clock())
+            .await
+            .unwrap();
+
+    assert_eq!(
+        provider.source(),
+        &CredentialSource::CvmRole {
+            role: "havip-role".into()
+        }
+    );
+    assert_eq!(
+        provider.source().to_string(),
+        "CVM role havip-role (metadata service)"
+    );
+    assert_eq!(provider.get().await.unwrap(), role_creds(1));
+}
+
+#[tokio::test]
+async fn half_a_key_pair_is_an_error_naming_both_halves() {
+    let server = MockServer::start().await;
+    let md = metadata(&server);
+
+    let err = CredentialProvider::resolve(
+        &env_of(&[(ENV_SECRET_ID, "AKIDenv")]),
+        &cloud_config(None),
+        &md,
+        clock(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "TENCENTCLOUD_SECRET_ID is set but TENCENTCLOUD_SECRET_KEY is not: set both or neither"
+    );
+
+    let mut cloud = cloud_config(None);
+    cloud.secret_key = Some(Secret::new("cfgkey"));
+    let err = CredentialProvider::resolve(&no_env, &cloud, &md, clock())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CredentialError::Incomplete {
+            set: "cloud.secret_key",
+            missing: "cloud.secret_id"
+        }
+    );
+}
+
+#[tokio::test]
+async fn no_role_bound_is_a_clear_error() {
+    let server = MockServer::start().await; // every path 404
+
+    let err =
+        CredentialProvider::resolve(&no_env, &cloud_config(None), &metadata(&server), clock())
+            .await
+            .unwrap_err();
+
+    assert!(
+        matches!(err, CredentialError::NoRoleBound { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("no CAM role bound to this CVM"), "{text}");
+    assert!(
+        text.contains(&format!("{}{ROLE_LIST} answered 404", server.uri())),
+        "{text}"
+    );
+    assert!(
+        text.contains("TENCENTCLOUD_SECRET_ID") && text.contains("cloud.secret_id"),
+        "says what else was tried: {text}"
+    );
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn unreachable_metadata_says_what_was_tried() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let md = MetadataClient::new(
+        &format!("http://127.0.0.1:{port}{BASE}"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+
+    let err = CredentialProvider::resolve(&no_env, &cloud_config(None), &md, clock())
+        .await
+        .unwrap_err();
+
+    let text = err.to_string();
+    assert!(
+        text.contains("the CVM role lookup failed: metadata service unreachable at"),
+        "{text}"
+    );
+    assert!(text.contains("is this a CVM?"), "{text}");
+    assert!(err.is_retryable(), "an unreachable service may come back");
+}
+
+#[tokio::test]
+async fn role_credentials_with_code_other_than_success_are_rejected() {
+    let server = MockServer::start().await;
+    mount_role(&server, role_doc(1, T0 + 3600, "Failure"), 100).await;
+
+    let err =
+        CredentialProvider::resolve(&no_env, &cloud_config(None), &metadata(&server), clock())
+            .await
+            .unwrap_err();
+
+    assert_eq!(
+        err,
+        CredentialError::RoleRejected {
+            role: "havip-role".into(),
+            code: "Failure".into()
+        }
+    );
+    assert!(err.to_string().contains("expected \"Success\""), "{err}");
+    assert!(!format!("{err} {err:?}").contains("s3cr3t"));
+}
+
+#[tokio::test]
+async fn role_listed_but_its_credentials_404_is_reported() {
+    let server = MockServer::start().await;
+    Mock::given(path(ROLE_LIST))
+        .respond_with(ResponseTemplate::new(200).set_body_string("havip-role"))
+        .mount(&server)
+        .await;
+
+    let err =
+        CredentialProvider::resolve(&no_env, &cloud_config(None), &metadata(&server), clock())
+            .await
+            .unwrap_err();
+
+    assert!(
+        matches!(err, CredentialError::RoleNotFound { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("no CAM role bound under the name havip-role"),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn role_credentials_are_cached_and_refreshed_when_300_seconds_remain() {
+    let server = MockServer::start().await;
+    mount_role(&server, role_doc(1, T0 + 3600, "Success"), 1).await;
+    then_role(&server, role_doc(2, T0 + 7200, "Success")).await;
+    let md = metadata(&server);
+
+    let provider = real_io(CredentialProvider::resolve(
+        &no_env,
+        &cloud_config(None),
+        &md,
+        clock(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(hits(&server, ROLE_DOC).await, 1, "fetched once at start-up");
+
+    assert_eq!(real_io(provider.get()).await.unwrap(), role_creds(1));
+    assert_eq!(hits(&server, ROLE_DOC).await, 1, "served from the cache");
+
+    tokio::time::advance(Duration::from_secs(3600 - 301)).await;
+    assert_eq!(
+        real_io(provider.get()).await.unwrap(),
+        role_creds(1),
+        "301 s left: still cached"
+    );
+    assert_eq!(hits(&server, ROLE_DOC).await, 1);
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        real_io(provider.get()).await.unwrap(),
+        role_creds(2),
+        "300 s left: refreshed"
+    );
+    assert_eq!(hits(&server, ROLE_DOC).await, 2);
+
+    let clone = provider.clone();
+    assert_eq!(
+        real_io(clone.get()).await.unwrap(),
+        role_creds(2),
+        "clones share the cache"
+    );
+    assert_eq!(hits(&server, ROLE_DOC).await, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_callers_share_one_refresh() {
+    let server = MockServer::start().await;
+    mount_role(&server, role_doc(1, T0 + 3600, "Success"), 1).await;
+    // A slow metadata answer, so that every caller arrives while the refresh is in flight.
+    then_role(
+        &server,
+        role_doc(2, T0 + 7200, "Success").set_delay(Duration::from_millis(200)),
+    )
+    .await;
+    let md = metadata(&server);
+    let provider = real_io(CredentialProvider::resolve(
+        &no_env,
+        &cloud_config(None),
+        &md,
+        clock(),
+    ))
+    .await
+    .unwrap();
+
+    tokio::time::advance(Duration::from_secs(3600 - 100)).await;
+    let callers = (0..10).map(|_| {
+        let p = provider.clone();
+        tokio::spawn(async move { p.get().await })
+    });
+    let results = real_io(futures::future::join_all(callers)).await;
+
+    for r in results {
+        assert_eq!(r.unwrap().unwrap(), role_creds(2));
+    }
+    assert_eq!(
+        hits(&server, ROLE_DOC).await,
+        2,
+        "one start-up fetch and one shared refresh"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_refresh_keeps_current_credentials_until_they_expire() {
+    let server = MockServer::start().await;
+    mount_role(&server, role_doc(1, T0 + 3600, "Success"), 1).await;
+    then_role(&server, ResponseTemplate::new(500)).await;
+    let md = metadata(&server);
+    let provider = real_io(CredentialProvider::resolve(
+        &no_env,
+        &cloud_config(None),
+        &md,
+        clock(),
+    ))
+    .await
+    .unwrap();
+
+    tokio::time::advance(Duration::from_secs(3600 - 200)).await;
+    assert_eq!(
+        real_io(provider.get()).await.unwrap(),
+        role_creds(1),
+        "still valid: kept"
+    );
+    assert_eq!(hits(&server, ROLE_DOC).await, 2, "a refresh was tried");
+    assert_eq!(real_io(provider.get()).await.unwrap(), role_creds(1));
+    assert_eq!(
+        hits(&server, ROLE_DOC).await,
+        2,
+        "no new try right after a failure"
+    );
+
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(real_io(provider.get()).await.unwrap(), role_creds(1));
+    assert_eq!(
+        hits(&server, ROLE_DOC).await,
+        3,
+        "tried again after the retry interval"
+    );
+
+    tokio::time::advance(Duration::from_secs(200)).await;
+    let err = real_io(provider.get()).await.unwrap_err();
+    assert!(
+        matches!(err, CredentialError::RoleFetch { .. }),
+        "expired: the failure shows: {err:?}"
+    );
+    assert!(
+        err.is_retryable(),
+        "HTTP 500 from the metadata service may pass"
+    );
+    assert!(err.to_string().contains("HTTP 500"), "{err}");
+}
+
+/// A `MakeWriter` that appends everything logged to a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn the_source_is_logged_and_the_values_never_are() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = MockServer::start().await;
+    mount_role(&server, role_doc(1, T0 + 3600, "Success"), 100).await;
+
+    let env = env_of(&[
+        (ENV_SECRET_ID, "AKIDenv-s3cr3t"),
+        (ENV_SECRET_KEY, "envkey-s3cr3t"),
+        (ENV_TOKEN, "envtoken-s3cr3t"),
+    ]);
+    let from_env =
+        CredentialProvider::resolve(&env, &cloud_config(None), &metadata(&server), clock())
+            .await
+            .unwrap();
+    let from_role =
+        CredentialProvider::resolve(&no_env, &cloud_config(None), &metadata(&server), clock())
+            .await
+            .unwrap();
+    let _ = (from_env.get().await, from_role.get().await);
+    let debug = format!("{from_env:?} {from_role:?} {:?}", from_role.get().await);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("using tencent cloud credentials")
+            && text.contains("environment (TENCENTCLOUD_SECRET_ID/TENCENTCLOUD_SECRET_KEY)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("CVM role havip-role (metadata service)"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3t"), "a value was logged: {text}");
+    assert!(
+        !text.contains("AKIDtmp1"),
+        "the temporary SecretId was logged: {text}"
+    );
+    assert!(
+        !debug.contains("s3cr3t") && !debug.contains("AKIDtmp1"),
+        "Debug shows a value: {debug}"
+    );
+}
