@@ -221,7 +221,7 @@ impl VipMonitor {
             readers: Vec::new(),
         };
         let needle = format!(" inet {vip} ");
-        let probe_needle = format!(" inet {PROBE_ADDR} ");
+        let probe_needle = format!(" inet {PROBE_ADDR}/32 ");
         let (probe_tx, probe_rx) = std::sync::mpsc::channel::<usize>();
         for (i, ns) in hosts.iter().enumerate() {
             let mut cmd = std::process::Command::new("ip");
@@ -265,28 +265,29 @@ impl VipMonitor {
                 .context("spawning a monitor reader")?;
             me.readers.push(reader);
         }
-        // Only read the state once every monitor reports a change (a probe address on `lo`), so no change
-        // can fall between the two.
-        for ns in hosts {
-            ns.add_addr("lo", &format!("{PROBE_ADDR}/32"))?;
-        }
+        // Only read the state once every monitor reports a change (a probe address on `lo`, re-added until
+        // seen, since a monitor that is not subscribed yet misses it), so no change can fall in between.
+        let probe = format!("{PROBE_ADDR}/32");
         let mut seen = std::collections::BTreeSet::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while seen.len() < hosts.len() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match probe_rx.recv_timeout(left) {
-                Ok(i) => {
-                    seen.insert(i);
+            for (i, ns) in hosts.iter().enumerate() {
+                if !seen.contains(&i) {
+                    let _ = ns.del_addr("lo", &probe);
+                    ns.add_addr("lo", &probe)?;
                 }
-                Err(_) => {
-                    return Err(anyhow!(
-                        "`ip monitor address` did not report the probe address within 5 s (hosts seen: {seen:?})"
-                    ));
-                }
+            }
+            while let Ok(i) = probe_rx.recv_timeout(Duration::from_millis(50)) {
+                seen.insert(i);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(anyhow!(
+                    "`ip monitor address` did not report the probe address within 5 s (hosts seen: {seen:?})"
+                ));
             }
         }
         for ns in hosts {
-            ns.del_addr("lo", &format!("{PROBE_ADDR}/32"))?;
+            ns.del_addr("lo", &probe)?;
         }
         let now = SystemTime::now();
         for (i, ns) in hosts.iter().enumerate() {

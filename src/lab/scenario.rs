@@ -145,6 +145,26 @@ pub struct RunOutcome {
     pub dir: Option<PathBuf>,
 }
 
+impl RunOutcome {
+    /// Everything needed to understand a failed run: the figures, notes, the timeline, and the tails of the
+    /// managers' and Redis' logs.
+    pub fn diagnostics(&self) -> String {
+        let tail = |text: &str, n: usize| {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        format!(
+            "{}\n{}\nnotes: {:#?}\n--- timeline (ms from the fault) ---\n{}\n--- managers (last 150 lines) ---\n{}\n--- redis and sentinel ---\n{}",
+            RunReport::header(),
+            self.report.row(),
+            self.report.notes,
+            super::report::timeline_text(&self.records),
+            tail(&self.manager_logs, 150),
+            self.redis_logs
+        )
+    }
+}
+
 fn since(t: Instant) -> String {
     format!("{:.3}s", t.elapsed().as_secs_f64())
 }
