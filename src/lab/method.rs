@@ -489,6 +489,12 @@ impl Managers {
         }
         let _ = r.child.kill();
         let _ = r.child.wait();
+        if let Some(pid_file) = &r.extra_pid_file {
+            // The killed VRRP child may linger as a zombie until init reaps it, and a new keepalived refuses
+            // to start ("daemon is already running") while its pid files name a live pid: remove them.
+            let _ = std::fs::remove_file(pid_file);
+            let _ = std::fs::remove_file(self.host_dir(i).join("keepalived.pid"));
+        }
         true
     }
 

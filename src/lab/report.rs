@@ -4,8 +4,12 @@
 //! Owns the definitions of every figure, so tests, the bench and BENCHMARKS.md agree:
 //! - *switch*: first `+switch-master` from any Sentinel minus the fault instant;
 //! - *outage*: the longest gap between consecutive acknowledged writes that ends after the fault and starts
-//!   before the heal; *outage above switch*: that gap's end (the first ack after it) minus the first
-//!   `+switch-master` (negative when the client was back before Sentinel announced the switch);
+//!   before the heal;
+//! - *durable outage*: the same over the acknowledged writes that survived in the final master's list (a
+//!   write acknowledged by an isolated old master and later wiped does not end an outage); *outage above
+//!   switch*: the durable gap's end (the first surviving ack after it) minus the first `+switch-master`
+//!   (negative when the client was back before Sentinel announced the switch). Without losses both gaps are
+//!   the same; in a partial partition only the durable one shows when the client reached the new master;
 //! - *post-heal outage*: the longest ack gap that ends after the heal;
 //! - *GARP after switch*: the new master's first gratuitous ARP for the VIP after the fault, minus the first
 //!   `+switch-master` (signed);
@@ -121,7 +125,9 @@ pub struct RunReport {
     pub promoted_ms: Option<f64>,
     /// Longest ack gap around the fault.
     pub outage_ms: Option<f64>,
-    /// End of that gap minus the first `+switch-master` (signed).
+    /// Longest gap between surviving acks around the fault.
+    pub durable_outage_ms: Option<f64>,
+    /// End of the durable gap minus the first `+switch-master` (signed).
     pub outage_above_switch_ms: Option<f64>,
     /// Longest ack gap that ends after the heal.
     pub post_heal_outage_ms: Option<f64>,
@@ -216,6 +222,26 @@ impl RunReport {
         acks.sort();
         let gap = longest_gap(&acks, r.fault_at, r.heal_at);
         let heal_gap = longest_gap(&acks, r.heal_at, r.end_at);
+        let in_list: HashSet<u64> = r.final_list.iter().copied().collect();
+        let mut surviving: Vec<SystemTime> = r
+            .attempts
+            .iter()
+            .filter(|a| a.acked() && in_list.contains(&a.seq))
+            .map(|a| a.done)
+            .collect();
+        surviving.sort();
+        let durable_gap = longest_gap(&surviving, r.fault_at, r.heal_at);
+        let mut notes = r.notes.clone();
+        if switch_at.is_none() {
+            notes.push("no +switch-master after the fault: Sentinel did not fail over".into());
+        }
+        for e in r.events.iter().filter(|e| e.channel == "+tilt") {
+            notes.push(format!(
+                "sentinel {} entered TILT {:.0} ms after the fault (its timer stalled: machine overloaded?)",
+                e.sentinel + 1,
+                ms_between(e.at, r.fault_at)
+            ));
+        }
 
         let garp_at = new_master.and_then(|n| {
             r.garps
@@ -232,7 +258,6 @@ impl RunReport {
                 .min()
         });
 
-        let in_list: HashSet<u64> = r.final_list.iter().copied().collect();
         let mut lost = Losses::default();
         let instant_from = r.fault_at - UNSAVABLE_MARGIN;
         let instant_to = r.fault_done_at + UNSAVABLE_MARGIN;
@@ -268,7 +293,8 @@ impl RunReport {
             switch_ms: switch_at.map(|t| ms_between(t, r.fault_at)),
             promoted_ms: promoted_at.map(|t| ms_between(t, r.fault_at)),
             outage_ms: gap.map(|(a, b)| ms_between(b, a)),
-            outage_above_switch_ms: match (gap, switch_at) {
+            durable_outage_ms: durable_gap.map(|(a, b)| ms_between(b, a)),
+            outage_above_switch_ms: match (durable_gap, switch_at) {
                 (Some((_, end)), Some(s)) => Some(ms_between(end, s)),
                 _ => None,
             },
@@ -294,19 +320,20 @@ impl RunReport {
                 && r.cloud_holder.as_deref() == r.final_master.map(|m| INSTANCE_IDS[m]),
             api_requests: r.requests.len(),
             bad_signatures: r.requests.iter().filter(|q| !q.signature_valid).count(),
-            notes: r.notes.clone(),
+            notes,
         }
     }
 
     /// The column names of [`RunReport::row`].
     pub fn header() -> String {
         format!(
-            "{:<11} {:<2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>18} {:>7} {:>6} {:>5} {:>5}",
+            "{:<11} {:<2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>18} {:>7} {:>6} {:>5} {:>5}",
             "method",
             "sc",
             "switch",
             "promo",
             "outage",
+            "durable",
             "ab.sw",
             "garp",
             "cloud",
@@ -325,12 +352,13 @@ impl RunReport {
     pub fn row(&self) -> String {
         let l = &self.lost;
         format!(
-            "{:<11} {:<2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>18} {:>7} {:>6} {:>5} {:>5}",
+            "{:<11} {:<2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>18} {:>7} {:>6} {:>5} {:>5}",
             self.method.name(),
             self.scenario.number(),
             opt(self.switch_ms),
             opt(self.promoted_ms),
             opt(self.outage_ms),
+            opt(self.durable_outage_ms),
             opt(self.outage_above_switch_ms),
             opt(self.garp_after_switch_ms),
             opt(self.cloud_move_after_switch_ms),
@@ -480,13 +508,14 @@ impl Comparison {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| scenario | method | runs | Sentinel switch | client outage | outage above first +switch-master | \
+            "| scenario | method | runs | Sentinel switch | client outage (acked) | outage of surviving writes | \
+             outage above first +switch-master | \
              GARP after it | cloud moved after it | post-heal outage | acked writes lost (during+after / acked; unsavable) | \
              lost vs seed | two hosts held the VIP | VIP on master ≤1 s after heal | cloud holder = master | signatures valid |"
         );
         let _ = writeln!(
             out,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let scenarios: Vec<Scenario> = {
             let mut s: Vec<Scenario> = self.runs.keys().map(|(s, _)| *s).collect();
@@ -522,12 +551,13 @@ impl Comparison {
                 let bad: usize = runs.iter().map(|r| r.bad_signatures).sum();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} / {} ({:.2} %); {} | {} | {} | {}/{} | {}/{} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} / {} ({:.2} %); {} | {} | {} | {}/{} | {}/{} | {} |",
                     sc.number(),
                     m.name(),
                     runs.len(),
                     col(&|r| r.switch_ms),
                     col(&|r| r.outage_ms),
+                    col(&|r| r.durable_outage_ms),
                     col(&|r| r.outage_above_switch_ms),
                     col(&|r| r.garp_after_switch_ms),
                     col(&|r| r.cloud_move_after_switch_ms),
