@@ -9,7 +9,7 @@
 //! 1. bind the VIP on the interface (netlink) — local, instant, and harmless before the cloud agrees;
 //! 2. make sure this instance is in the drift range (`DescribeHaVips`, then `AssociateHaVipInstance` only if
 //!    it is missing) — skipped when the caller already knows it is in range, so the first GARP is not delayed
-//!    by an API round trip;
+//!    by an API round trip, and given at most a second otherwise (an API outage must not hold the GARP back);
 //! 3. announce with gratuitous ARP, first round at once, the rest spread over `announce.spread`;
 //! 4. confirm with `DescribeHaVips` that `InstanceId` is this instance, re-announcing with backoff until the
 //!    deadline;
@@ -111,7 +111,7 @@ pub enum ClaimError {
         #[source]
         source: NetError,
     },
-    /// The per-HAVIP lock could not be taken.
+    /// The per-HAVIP lock could not be taken (in time). Retrying later may work.
     #[error("{havip}: {message}")]
     Lock {
         /// The HAVIP.
@@ -119,6 +119,26 @@ pub enum ClaimError {
         /// What went wrong.
         message: String,
     },
+    /// The lock directory or file cannot be created or opened (`claim.lock_dir` missing, not writable):
+    /// a deployment problem that retrying does not fix.
+    #[error("{havip}: {message}")]
+    LockSetup {
+        /// The HAVIP.
+        havip: String,
+        /// What went wrong, naming the path and `claim.lock_dir`.
+        message: String,
+    },
+}
+
+impl ClaimError {
+    /// True when retrying cannot help: a missing capability or interface, or an unusable lock directory.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClaimError::Net { source, .. } => source.is_permanent(),
+            ClaimError::Lock { .. } => false,
+            ClaimError::LockSetup { .. } => true,
+        }
+    }
 }
 
 /// Options of one claim.
@@ -155,6 +175,11 @@ impl std::fmt::Debug for Claimer {
 
 /// The first confirm check comes this long after the first GARP: the VPC needs a moment to see it.
 const FIRST_CONFIRM_AFTER: Duration = Duration::from_millis(100);
+/// The drift-range check before the first GARP may take at most this long (never more than
+/// `cloud.timeout`). When the API is slow or unreachable the claim announces anyway rather than hold the
+/// GARP back for the whole timeout: a GARP from an instance outside the range is ignored by the VPC, and the
+/// confirm loop then associates and announces again.
+const PRE_ANNOUNCE_CHECK: Duration = Duration::from_millis(300);
 /// The confirm backoff doubles up to this.
 const MAX_CONFIRM_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -195,7 +220,7 @@ impl Claimer {
 
     /// Whether this instance may move the HAVIP by GARP (in range, or drift-range limiting off).
     pub fn may_move(&self, h: &HaVip) -> bool {
-        !h.check_associate || h.in_range(&self.instance_id)
+        h.accepts_garp_from(&self.instance_id)
     }
 
     /// A short deadline for one API step that must not hold up the local part for long.
@@ -242,10 +267,10 @@ impl Claimer {
         if let Some(cloud) = &self.cloud
             && (!opts.known_in_range || out.already_bound)
         {
-            match cloud
-                .describe_havip(id, self.step_deadline(opts.deadline))
-                .await
-            {
+            let check_deadline = self
+                .step_deadline(opts.deadline)
+                .min(Instant::now() + PRE_ANNOUNCE_CHECK);
+            match cloud.describe_havip(id, check_deadline).await {
                 Ok(h) => {
                     let may_move = self.may_move(&h);
                     let holder_is_me = h.instance_id.as_deref() == Some(&self.instance_id);
@@ -285,6 +310,11 @@ impl Claimer {
                 break;
             }
             tokio::time::sleep(backoff.min(opts.deadline - now)).await;
+            if Instant::now() >= opts.deadline {
+                // No time left for a request: asking now would only replace the last real cloud error
+                // (the one the operator needs) with "deadline passed".
+                break;
+            }
             backoff = (backoff * 2).min(MAX_CONFIRM_BACKOFF);
             match cloud
                 .describe_havip(id, self.step_deadline(opts.deadline))
@@ -418,7 +448,10 @@ impl Claimer {
                 error: e.to_string(),
             },
         );
-        out.cloud_error = Some(e);
+        // Keep the cause: a request that never left because time ran out says less than the error before it.
+        if !(matches!(e, CloudError::DeadlineExceeded { .. }) && out.cloud_error.is_some()) {
+            out.cloud_error = Some(e);
+        }
     }
 
     async fn narrow_if_exclusive(
@@ -511,19 +544,41 @@ impl HavipLock {
             havip: havip_id.to_owned(),
             message,
         };
-        std::fs::create_dir_all(dir).map_err(|e| {
-            lock_err(format!(
-                "cannot create lock directory {} ({e}): set claim.lock_dir to a writable directory",
-                dir.display()
-            ))
-        })?;
+        let setup_err = |message: String| ClaimError::LockSetup {
+            havip: havip_id.to_owned(),
+            message,
+        };
         let path = dir.join(format!("{havip_id}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| lock_err(format!("cannot open lock file {}: {e}", path.display())))?;
+        // flock works on a read-only descriptor: open an existing lock file read-only, so that a file the
+        // daemon (root, mode 0644) created also works for migrate-havip run as Sentinel's user.
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    setup_err(format!(
+                        "cannot create lock directory {} ({e}): set claim.lock_dir to a writable directory",
+                        dir.display()
+                    ))
+                })?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        setup_err(format!(
+                            "cannot create lock file {}: {e} (claim.lock_dir must be writable)",
+                            path.display()
+                        ))
+                    })?
+            }
+            Err(e) => {
+                return Err(setup_err(format!(
+                    "cannot open lock file {}: {e} (claim.lock_dir)",
+                    path.display()
+                )));
+            }
+        };
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is involved.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

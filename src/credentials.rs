@@ -54,6 +54,9 @@ pub enum CredentialSource {
     },
     /// Given directly by the program ([`CredentialProvider::fixed`]): tests and the demo.
     Provided,
+    /// The CVM's CAM role, to be looked up on first use because the metadata service could not be reached
+    /// at start ([`CredentialProvider::deferred_role`]).
+    CvmRolePending,
 }
 
 impl fmt::Display for CredentialSource {
@@ -67,6 +70,9 @@ impl fmt::Display for CredentialSource {
             }
             CredentialSource::CvmRole { role } => write!(f, "CVM role {role} (metadata service)"),
             CredentialSource::Provided => f.write_str("provided by the program"),
+            CredentialSource::CvmRolePending => {
+                f.write_str("CVM role (metadata service not reachable yet; looked up on first use)")
+            }
         }
     }
 }
@@ -161,6 +167,15 @@ struct Inner {
 enum Kind {
     Static(Credential),
     Role(Box<RoleState>),
+    /// A role not looked up yet: the first `get` that reaches the metadata service fixes it.
+    PendingRole(Box<PendingRole>),
+}
+
+#[derive(Debug)]
+struct PendingRole {
+    metadata: MetadataClient,
+    clock: SharedClock,
+    resolved: tokio::sync::OnceCell<RoleState>,
 }
 
 #[derive(Debug)]
@@ -238,6 +253,23 @@ impl CredentialProvider {
         }
     }
 
+    /// The CVM role, looked up on first use. For a daemon that starts while the metadata service cannot be
+    /// reached: every API call until it can fails with a retryable error (the claim still binds and
+    /// announces locally), and the first one that reaches it resolves the role for good.
+    pub fn deferred_role(metadata: &MetadataClient, clock: SharedClock) -> Self {
+        tracing::warn!("cam role credentials deferred: the metadata service is not reachable yet");
+        Self {
+            inner: Arc::new(Inner {
+                source: CredentialSource::CvmRolePending,
+                kind: Kind::PendingRole(Box::new(PendingRole {
+                    metadata: metadata.clone(),
+                    clock,
+                    resolved: tokio::sync::OnceCell::new(),
+                })),
+            }),
+        }
+    }
+
     /// Fixed credentials given by the program (tests, the demo). Source: [`CredentialSource::Provided`].
     pub fn fixed(credential: Credential) -> Self {
         Self::with_static(CredentialSource::Provided, credential)
@@ -264,7 +296,39 @@ impl CredentialProvider {
     pub async fn get(&self) -> Result<Credential, CredentialError> {
         let state = match &self.inner.kind {
             Kind::Static(credential) => return Ok(credential.clone()),
-            Kind::Role(state) => state,
+            Kind::Role(state) => state.as_ref(),
+            Kind::PendingRole(pending) => {
+                let PendingRole {
+                    metadata,
+                    clock,
+                    resolved,
+                } = pending.as_ref();
+                resolved
+                    .get_or_try_init(|| async {
+                        let role = match metadata.role_name().await {
+                            Ok(Some(role)) => role,
+                            Ok(None) => {
+                                return Err(CredentialError::NoRoleBound {
+                                    url: metadata.url(ROLE_PATH),
+                                });
+                            }
+                            Err(e) => return Err(CredentialError::RoleLookup(e)),
+                        };
+                        let fetched = fetch_role(metadata, &role).await?;
+                        tracing::info!(role = %role, "cam role found: using its credentials");
+                        Ok(RoleState {
+                            role,
+                            metadata: metadata.clone(),
+                            clock: clock.clone(),
+                            cache: tokio::sync::Mutex::new(Cached {
+                                credential: fetched.credential,
+                                expires_at: fetched.expires_at,
+                                failed_at: None,
+                            }),
+                        })
+                    })
+                    .await?
+            }
         };
         let mut cache = state.cache.lock().await;
         let now = unix_seconds(state.clock.now());

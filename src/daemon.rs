@@ -552,7 +552,9 @@ impl HavipTask {
             bound: self.bound,
             cloud: self.cloud,
             claimed_epoch: self.claimed_epoch,
-            claiming: self.claim.is_some(),
+            // A claim that failed waits for its retry time as if it were still running.
+            claiming: self.claim.is_some()
+                || self.next_claim_at.is_some_and(|t| Instant::now() < t),
             paused: self.paused,
             redis_fence: self.fence_opts.is_some(),
         };
@@ -574,26 +576,13 @@ impl HavipTask {
 
     async fn step(&mut self, snap: &Snapshot) {
         let obs = self.observe(snap);
-        let mut decision = plan(self.me, &obs);
+        let decision = plan(self.me, &obs);
         if decision.fence && self.last_decision.is_none_or(|d| !d.fence) {
             self.failover_id = Some(format!(
                 "{}-fence-{}",
                 self.h.master,
                 crate::clock::unix_seconds(SystemTime::now())
             ));
-        }
-        // A claim that failed waits for its retry time.
-        if let Some(at) = self.next_claim_at
-            && Instant::now() < at
-        {
-            let filtered: Vec<Action> = decision
-                .actions
-                .iter()
-                .filter(|a| !matches!(a, Action::Claim { .. } | Action::Reannounce))
-                .collect();
-            if filtered.len() != decision.actions.iter().count() {
-                decision.actions = crate::reconcile::ActionList::from_slice(&filtered);
-            }
         }
         if self.last_decision != Some(decision) {
             let actions = decision.actions.to_vec();
@@ -625,7 +614,7 @@ impl HavipTask {
         for action in decision.actions.iter() {
             self.act(action).await;
         }
-        self.publish(snap, &decision);
+        self.publish(&decision);
     }
 
     async fn act(&mut self, action: Action) {
@@ -1040,7 +1029,7 @@ impl HavipTask {
         });
     }
 
-    fn publish(&self, snap: &Snapshot, d: &Decision) {
+    fn publish(&self, d: &Decision) {
         let id = &self.h.havip_id;
         self.metrics.set_desired(id, d.desired);
         self.metrics.set_local_holder(id, self.bound);
@@ -1053,7 +1042,6 @@ impl HavipTask {
         let majority_master = d
             .config
             .map(|c| std::net::SocketAddr::new(c.ip, c.port).to_string());
-        let _ = snap;
         self.status.update_havip(id, |s| {
             s.majority_master = majority_master;
             s.epoch = d.config.map(|c| c.epoch);
@@ -1151,6 +1139,18 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
                     .with_observer(Arc::new(metrics.clone())),
             )
         }
+        Err(e) if e.is_retryable() => {
+            // The metadata service is down right now: start anyway (local bind and announce work) and
+            // look the role up again on each API call.
+            warn!(error = %e, "cloud credentials not available yet; the cam role will be looked up on first use");
+            let creds =
+                crate::credentials::CredentialProvider::deferred_role(&metadata, clock.clone());
+            Some(
+                crate::cloud::VpcClient::new(&cfg.cloud, creds, clock)
+                    .map_err(|e| perm(e.into()))?
+                    .with_observer(Arc::new(metrics.clone())),
+            )
+        }
         Err(e) => {
             error!(error = %e, "no cloud credentials: running local-only (bind and announce); the drift range and moves cannot be confirmed");
             None
@@ -1205,6 +1205,16 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
         ),
         None => None,
     };
+    // READY=1 once the Sentinel watch is up: the first Sentinel answered (or a bounded wait passed, so a
+    // deployment whose Sentinels are all down still starts and reports it in /status and /healthz).
+    {
+        let mut snaps = agent.watcher().snapshots();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            snaps.wait_for(|s| s.reachable() > 0),
+        )
+        .await;
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,10 +1,507 @@
-//! (to be written)
+//! `havip-agent demo`: watch a real Sentinel failover move a VIP, in under a minute, on any machine with
+//! `redis-server` and `redis-sentinel`.
+//!
+//! Owns the newcomer's story: start three Redis + three Sentinels on loopback addresses in a temp dir, the
+//! fake Tencent Cloud in process and one agent per node (`testbed::agents`), kill the master, and print a
+//! timeline with millisecond offsets from the fault. The local bind is simulated (the agents bind on
+//! in-memory interfaces whose GARPs reach the fake cloud, as the VPC would see them): the demo never touches
+//! this machine's interfaces, so it needs no root. Everything is removed at the end, also on Ctrl-C.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::claim::Step;
+use crate::daemon::{AgentEvent, AgentEventKind};
+use crate::sentinel::Event;
+use crate::testbed::agents::{Fleet, FleetSpec, HAVIP_ID, VIP};
 
 /// Arguments of `havip-agent demo`.
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How long to wait for each step before saying it failed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub step_timeout: Duration,
+    /// Keep a sandbox running instead of the failover story: three Redis + Sentinels, the fake cloud, and a
+    /// config for a real `havip-agent run` as node 1 (binding on a veth pair the sandbox creates). Needs
+    /// root. Runs until Ctrl-C or SIGTERM, then removes everything.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// Sandbox: where to write node 1's config (readable by the havip-agent group if it exists).
+    #[arg(long, value_name = "PATH", default_value = "havip-sandbox.toml")]
+    pub config_out: std::path::PathBuf,
+    /// Sandbox: where to write the fake cloud's credentials as an environment file (mode 0600).
+    #[arg(long, value_name = "PATH", default_value = "havip-sandbox.env")]
+    pub env_out: std::path::PathBuf,
+    /// Sandbox: the veth the real agent binds on (its peer is `<name>p`, watched by the fake cloud).
+    #[arg(long, value_name = "NAME", default_value = "havip-sbx0")]
+    pub interface: String,
+    /// Sandbox: `claim.lock_dir` in the written config.
+    #[arg(long, value_name = "DIR", default_value = "/run/havip-agent")]
+    pub lock_dir: std::path::PathBuf,
+    /// Sandbox: `[metrics] listen` in the written config.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9847")]
+    pub metrics_listen: std::net::SocketAddr,
+}
 
-/// Runs the demo.
-pub async fn run(_args: DemoArgs) -> u8 {
-    2
+/// A demo step that did not happen.
+#[derive(Debug, thiserror::Error)]
+#[error("demo failed at step {step:?}: {detail}")]
+pub struct DemoError {
+    /// The step.
+    pub step: &'static str,
+    /// What was seen instead.
+    pub detail: String,
+}
+
+fn fail(step: &'static str, detail: impl Into<String>) -> DemoError {
+    DemoError {
+        step,
+        detail: detail.into(),
+    }
+}
+
+/// Runs the demo; returns the exit code (0 on success, 1 when a step failed, 2 when it cannot start,
+/// 130 on Ctrl-C).
+pub async fn run(args: DemoArgs) -> u8 {
+    for tool in ["redis-server", "redis-sentinel"] {
+        if which(tool).is_none() {
+            eprintln!(
+                "havip-agent demo: {tool} is not installed: run `sudo apt-get install -y redis-server redis-sentinel`"
+            );
+            return 2;
+        }
+    }
+    if args.sandbox {
+        return sandbox::run(args).await;
+    }
+    println!(
+        "havip-agent demo: a real Redis Sentinel failover moving a HAVIP (fake Tencent Cloud, in process)"
+    );
+    println!(
+        "local bind: simulated (in-memory interfaces; nothing on this machine's network is touched, no root needed)"
+    );
+    let fleet = tokio::select! {
+        f = Fleet::start(FleetSpec::default()) => match f {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("havip-agent demo: {:#}", fail("start the redis lab, the fake cloud and the agents", format!("{e:#}")));
+                return 2;
+            }
+        },
+        _ = tokio::signal::ctrl_c() => { eprintln!("interrupted"); return 130; }
+    };
+    let code = tokio::select! {
+        r = story(&fleet, &args) => match r {
+            Ok(()) => 0,
+            Err(e) => { eprintln!("havip-agent demo: {e}"); 1 }
+        },
+        _ = tokio::signal::ctrl_c() => { eprintln!("interrupted: cleaning up"); 130 }
+    };
+    fleet.shutdown().await;
+    println!("cleaned up: every redis-server, redis-sentinel and temp file of the demo is gone");
+    code
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+async fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+async fn story(fleet: &Fleet, args: &DemoArgs) -> Result<(), DemoError> {
+    for n in &fleet.nodes {
+        println!(
+            "node{}: redis {}  sentinel {}  instance {}",
+            n.index + 1,
+            fleet.lab.redis_addr(n.index),
+            fleet.lab.sentinel_addr(n.index),
+            n.instance_id
+        );
+    }
+    println!(
+        "fake cloud: {}  havip {HAVIP_ID}  vip {VIP}  drift-range limiting on, range empty at start",
+        fleet.cloud.endpoint()
+    );
+
+    let master = fleet
+        .lab
+        .wait_master(|_| true, args.step_timeout)
+        .await
+        .map_err(|e| fail("sentinels agree on the initial master", format!("{e:#}")))?;
+    let m = fleet
+        .lab
+        .node_of(master)
+        .ok_or_else(|| fail("initial master", "not a lab host"))?;
+    let settled = wait_until(args.step_timeout, || {
+        fleet.holders() == vec![m] && fleet.cloud_holder() == Some(m)
+    })
+    .await;
+    if !settled {
+        return Err(fail(
+            "initial claim",
+            format!(
+                "holders {:?}, cloud holder {:?}",
+                fleet.holders(),
+                fleet.cloud_holder()
+            ),
+        ));
+    }
+    println!(
+        "initial state: node{} is master and holds the vip; the cloud agrees",
+        m + 1
+    );
+
+    let mut rxs: Vec<broadcast::Receiver<AgentEvent>> =
+        fleet.nodes.iter().map(|n| n.events.subscribe()).collect();
+    let fault_at = Instant::now();
+    let fault_wall = SystemTime::now();
+    fleet.lab.kill_redis(m);
+    println!(
+        "\nfault: killed redis-server on node{} (SIGKILL); waiting for Sentinel and the agents...\n",
+        m + 1
+    );
+
+    let moved = wait_until(args.step_timeout, || {
+        let h = fleet.holders();
+        h.len() == 1 && h[0] != m && fleet.cloud_holder() == Some(h[0])
+    })
+    .await;
+    // Let the winner's confirm loop report.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut events: Vec<(usize, AgentEvent)> = Vec::new();
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        while let Ok(e) = rx.try_recv() {
+            events.push((i, e));
+        }
+    }
+    events.sort_by_key(|(_, e)| e.at);
+    print!("{}", timeline(fleet, m, fault_at, fault_wall, &events));
+    if !moved {
+        let switched = events.iter().any(|(_, e)| matches!(&e.kind, AgentEventKind::Sentinel(o) if matches!(o.event, Event::SwitchMaster { .. })));
+        let step = if !switched {
+            "sentinel switches to a new master"
+        } else if fleet.holders().len() != 1 {
+            "the new master's agent binds the vip (and only it)"
+        } else {
+            "the cloud moves the havip to the new master"
+        };
+        return Err(fail(
+            step,
+            format!(
+                "holders {:?}, cloud holder {:?}\n{}",
+                fleet.holders(),
+                fleet.cloud_holder(),
+                fleet.lab.logs_tail(10)
+            ),
+        ));
+    }
+    let new = fleet.holders()[0];
+    println!(
+        "\nresult: node{} holds the vip and the cloud agrees; node{} released it.",
+        new + 1,
+        m + 1
+    );
+    Ok(())
+}
+
+/// The failover as a readable table of millisecond offsets from the fault.
+fn timeline(
+    fleet: &Fleet,
+    old: usize,
+    fault_at: Instant,
+    fault_wall: SystemTime,
+    events: &[(usize, AgentEvent)],
+) -> String {
+    let ms = |at: Instant| -> f64 {
+        if at >= fault_at {
+            (at - fault_at).as_secs_f64() * 1e3
+        } else {
+            -((fault_at - at).as_secs_f64() * 1e3)
+        }
+    };
+    let wall_ms = |at: SystemTime| -> f64 {
+        match at.duration_since(fault_wall) {
+            Ok(d) => d.as_secs_f64() * 1e3,
+            Err(e) => -(e.duration().as_secs_f64() * 1e3),
+        }
+    };
+    let mut rows: Vec<(f64, String)> =
+        vec![(0.0, format!("fault: redis on node{} killed", old + 1))];
+    let mut seen_sentinel = std::collections::HashSet::new();
+    for (i, e) in events {
+        let who = format!("node{}", i + 1);
+        match &e.kind {
+            AgentEventKind::Sentinel(o) => {
+                // Each agent sees every Sentinel's events; show each event once, from the first agent.
+                let key = (o.sentinel.clone(), o.channel.clone(), o.payload.clone());
+                if !seen_sentinel.insert(key) {
+                    continue;
+                }
+                let label = match &o.event {
+                    Event::SwitchMaster { new, .. } => {
+                        format!("sentinel switch: +switch-master to {}:{}", new.0, new.1)
+                    }
+                    Event::PromotedSlave { addr, .. } => {
+                        format!("sentinel: +promoted-slave {}:{}", addr.0, addr.1)
+                    }
+                    _ => format!("sentinel: {}", o.channel),
+                };
+                if matches!(
+                    o.channel.as_str(),
+                    "+sdown"
+                        | "-sdown"
+                        | "+config-update-from"
+                        | "+failover-state-reconf-slaves"
+                        | "+slave-reconf-sent"
+                ) {
+                    continue;
+                }
+                rows.push((ms(e.at), format!("{label}  (from sentinel {})", o.sentinel)));
+            }
+            AgentEventKind::Decision {
+                desired: true,
+                actions,
+                ..
+            } if !actions.is_empty() => {
+                rows.push((
+                    ms(e.at),
+                    format!(
+                        "{who} agent decision: this node is the newest master, claim ({})",
+                        e.failover_id.clone().unwrap_or_default()
+                    ),
+                ));
+            }
+            AgentEventKind::Claim(Step::Associated) => rows.push((
+                ms(e.at),
+                format!("{who}: drift-range association (AssociateHaVipInstance)"),
+            )),
+            AgentEventKind::Claim(Step::Bound { already: false }) => {
+                rows.push((ms(e.at), format!("{who}: vip bound")))
+            }
+            AgentEventKind::Claim(Step::Announced { frames: 2 }) => {
+                rows.push((ms(e.at), format!("{who}: announce (first gratuitous ARP)")))
+            }
+            AgentEventKind::Claim(Step::Confirmed) => rows.push((
+                ms(e.at),
+                format!(
+                    "{who}: cloud confirms (DescribeHaVips names {})",
+                    fleet.nodes[*i].instance_id
+                ),
+            )),
+            AgentEventKind::Released { reason } => {
+                rows.push((ms(e.at), format!("{who}: vip released ({reason})")))
+            }
+            _ => {}
+        }
+    }
+    for mv in fleet.cloud.moves() {
+        let t = wall_ms(mv.at);
+        if t >= 0.0 {
+            rows.push((
+                t,
+                format!(
+                    "fake cloud: havip moved {} -> {}",
+                    mv.from.as_deref().unwrap_or("-"),
+                    mv.to
+                ),
+            ));
+        }
+    }
+    for r in fleet.cloud.write_requests() {
+        let t = wall_ms(r.at);
+        if t < 0.0 && r.action == "AssociateHaVipInstance" {
+            rows.push((
+                t,
+                format!(
+                    "before the fault: {} (the agent adds its instance ahead of any failover)",
+                    r.action
+                ),
+            ));
+        }
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut out = String::from("timeline (ms from the fault)\n");
+    for (t, what) in rows {
+        let _ = writeln!(out, "{t:>10.1}  {what}");
+    }
+    out
+}
+
+mod sandbox {
+    //! `havip-agent demo --sandbox`: the fake cloud and a Sentinel lab kept running for a real agent.
+
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use super::{DemoArgs, which};
+    use crate::fake::watch_garp;
+    use crate::testbed::agents::{Fleet, FleetSpec, SECRET_ID, SECRET_KEY};
+
+    /// Removes the veth pair on drop.
+    struct Veth(String);
+
+    impl Veth {
+        fn create(name: &str) -> anyhow::Result<(Veth, [u8; 6])> {
+            anyhow::ensure!(
+                name.len() <= 14,
+                "--interface {name:?}: at most 14 characters (the peer adds \"p\")"
+            );
+            let ip = |args: &[&str]| -> anyhow::Result<()> {
+                let out = Command::new("ip").args(args).output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Ok(())
+            };
+            let peer = format!("{name}p");
+            ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])?;
+            let veth = Veth(name.to_owned());
+            ip(&["link", "set", name, "up"])?;
+            ip(&["link", "set", &peer, "up"])?;
+            let mac = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
+            let mac = crate::metadata::parse_mac(mac.trim())
+                .ok_or_else(|| anyhow::anyhow!("cannot read the MAC of {name}"))?;
+            Ok((veth, mac))
+        }
+    }
+
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+
+    fn write_file(
+        path: &std::path::Path,
+        text: &str,
+        mode: u32,
+        group: Option<&str>,
+    ) -> anyhow::Result<()> {
+        std::fs::write(path, text)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        if let Some(g) = group.and_then(gid_of) {
+            std::os::unix::fs::chown(path, None, Some(g))?;
+        }
+        Ok(())
+    }
+
+    fn gid_of(group: &str) -> Option<u32> {
+        let c = std::ffi::CString::new(group).ok()?;
+        // SAFETY: getgrnam returns a pointer into static storage or null; read once, immediately.
+        let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+        (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
+    }
+
+    pub(super) async fn run(args: DemoArgs) -> u8 {
+        match sandbox(&args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("havip-agent demo --sandbox: {e:#}");
+                2
+            }
+        }
+    }
+
+    async fn sandbox(args: &DemoArgs) -> anyhow::Result<()> {
+        // SAFETY: geteuid has no preconditions.
+        anyhow::ensure!(
+            unsafe { libc::geteuid() } == 0,
+            "the sandbox creates a veth pair for the agent to bind on: run it as root"
+        );
+        anyhow::ensure!(
+            which("ip").is_some(),
+            "`ip` is not installed: apt-get install -y iproute2"
+        );
+        let (veth, mac) = Veth::create(&args.interface)?;
+        let spec = FleetSpec {
+            external: Some((0, mac)),
+            external_interface: Some(args.interface.clone()),
+            metrics_listen: Some(args.metrics_listen),
+            ..FleetSpec::default()
+        };
+        let fleet = Fleet::start(spec).await?;
+        // The fake VPC sees the real agent's GARPs on the peer of its veth.
+        let watch = watch_garp(fleet.cloud.clone(), &format!("{}p", args.interface))?;
+        let config = fleet.nodes[0].config_text.replace(
+            &format!(
+                "lock_dir = \"{}\"",
+                lock_dir_of(&fleet.nodes[0].config_text)
+            ),
+            &format!("lock_dir = \"{}\"", args.lock_dir.display()),
+        );
+        write_file(&args.config_out, &config, 0o640, Some("havip-agent"))?;
+        write_file(
+            &args.env_out,
+            &format!("TENCENTCLOUD_SECRET_ID={SECRET_ID}\nTENCENTCLOUD_SECRET_KEY={SECRET_KEY}\n"),
+            0o600,
+            None,
+        )?;
+        println!(
+            "sandbox ready: 3 redis + 3 sentinels, the fake tencent cloud at {}",
+            fleet.cloud.endpoint()
+        );
+        println!(
+            "node 1 is for a real agent: config {} (credentials of the fake cloud in {})",
+            args.config_out.display(),
+            args.env_out.display()
+        );
+        println!(
+            "nodes 2 and 3 run simulated agents in this process; the vip is bound on {} by node 1's agent",
+            args.interface
+        );
+        println!(
+            "redis master: {} (to watch a failover: redis-cli -h {} -p {} shutdown nosave)",
+            fleet.lab.redis_addr(0),
+            fleet.lab.redis_addr(0).ip(),
+            fleet.lab.redis_addr(0).port()
+        );
+        println!(
+            "run the agent:  env $(cat {}) havip-agent run --config {}",
+            args.env_out.display(),
+            args.config_out.display()
+        );
+        println!("stop the sandbox with Ctrl-C (or SIGTERM); it removes everything it created");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        drop(watch);
+        fleet.shutdown().await;
+        drop(veth);
+        let _ = std::fs::remove_file(&args.env_out);
+        println!("sandbox removed");
+        Ok(())
+    }
+
+    fn lock_dir_of(config: &str) -> String {
+        config
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("lock_dir = \"")
+                    .and_then(|r| r.strip_suffix('"'))
+            })
+            .unwrap_or_default()
+            .to_owned()
+    }
 }

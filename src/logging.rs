@@ -36,8 +36,13 @@ pub const DEFAULT_FILTER: &str = "info,havip_agent=info";
 /// Installs the global subscriber. `HAVIP_LOG` (an `EnvFilter` directive such as `debug` or
 /// `havip_agent=trace`) overrides the default level. Calling it twice is harmless.
 pub fn init(format: LogFormat) {
+    init_with_default(format, DEFAULT_FILTER)
+}
+
+/// [`init`] with another default filter (the demo prints its own timeline and keeps logs to warnings).
+pub fn init_with_default(format: LogFormat, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_env("HAVIP_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_env("HAVIP_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

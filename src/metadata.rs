@@ -13,6 +13,10 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+/// A sensible per-request timeout for the metadata service: it answers in milliseconds on a CVM, and off a
+/// CVM the address does not answer at all, which should fail fast.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why a metadata read failed. Messages name the URL; none ever contains a credential.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
@@ -160,6 +164,8 @@ impl MetadataClient {
             .connect_timeout(timeout)
             // The metadata service is only reachable directly from the CVM: a proxy would break it.
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("havip-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(format!("cannot build an HTTP client: {}", error_chain(&e))))?;
         Ok(Self {

@@ -7,10 +7,11 @@
 //!
 //! Exit codes (`reference/sentinel.md`: exit 1 is retried after 30 s, exit >= 2 is not):
 //! - 0: done, or nothing was needed;
-//! - 1: a transient cloud failure that persisted through this command's own retries (the VIP is bound and
-//!   announced locally anyway);
-//! - 2: a permanent error: bad arguments, bad config, an unknown master name, `AuthFailure`, missing
-//!   privileges, a missing interface.
+//! - 1: a transient cloud failure (the API, or the metadata service for role credentials, not answering)
+//!   that persisted through this command's own retries (the VIP is bound and announced locally anyway), or
+//!   the lock still held by another claim at the deadline;
+//! - 2: a permanent error: bad arguments, bad config, an unknown master name, `AuthFailure`, no credentials,
+//!   missing privileges, a missing interface, a lock directory that cannot be created or opened.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use clap::Parser;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::claim::{ClaimOptions, Claimer, HavipLock};
+use crate::claim::{ClaimError, ClaimOptions, Claimer, HavipLock};
 use crate::cloud::VpcClient;
 use crate::config::{Config, HavipConfig, resolve_path};
 use crate::credentials::CredentialProvider;
@@ -285,9 +286,10 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
             .map_err(net_failure)?,
     );
     let deadline = Instant::now() + cfg.claim.deadline.get();
+    // An unusable lock directory is permanent (exit 2): retrying cannot fix it. A busy lock is not.
     let _lock = HavipLock::acquire(&cfg.claim.lock_dir, &havip.havip_id, deadline)
         .await
-        .map_err(transient)?;
+        .map_err(claim_failure)?;
 
     match plan {
         Plan::Release => {
@@ -299,10 +301,7 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
                 cfg.announce.clone(),
                 cfg.cloud.timeout.get(),
             );
-            let change = claimer.release(&havip).await.map_err(|e| match e {
-                crate::claim::ClaimError::Net { source, .. } => net_failure(source),
-                other => transient(other),
-            })?;
+            let change = claimer.release(&havip).await.map_err(claim_failure)?;
             let what = if change == Change::Applied {
                 "removed"
             } else {
@@ -315,7 +314,7 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Plan::Claim => claim(&cfg, &havip, &me, net, deadline).await,
+        Plan::Claim => claim(&cfg, &havip, &me, &metadata, net, deadline).await,
     }
 }
 
@@ -327,30 +326,41 @@ fn net_failure(e: NetError) -> Failure {
     }
 }
 
+fn claim_failure(e: ClaimError) -> Failure {
+    match e {
+        ClaimError::Net { source, .. } => net_failure(source),
+        other if other.is_permanent() => permanent(other),
+        other => transient(other),
+    }
+}
+
 async fn claim(
     cfg: &Config,
     havip: &HavipConfig,
     me: &Identity,
+    metadata: &MetadataClient,
     net: Arc<dyn LocalNet>,
     deadline: Instant,
 ) -> Result<(), Failure> {
-    let metadata = MetadataClient::new(&cfg.cloud.metadata_endpoint, Duration::from_secs(2))
-        .map_err(permanent)?;
     let clock = crate::clock::system();
     // Credentials that cannot be found are a configuration problem, but the local part must still happen.
-    let (cloud, cred_error) = match CredentialProvider::resolve(
+    // A metadata service that does not answer (the CVM role lookup) is the exception: a retry may work.
+    let (cloud, cred_error, cred_retryable) = match CredentialProvider::resolve(
         &|k: &str| std::env::var(k).ok(),
         &cfg.cloud,
-        &metadata,
+        metadata,
         clock.clone(),
     )
     .await
     {
         Ok(creds) => match VpcClient::new(&cfg.cloud, creds, clock) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(anyhow::Error::from(e))),
+            Ok(c) => (Some(c), None, false),
+            Err(e) => (None, Some(anyhow::Error::from(e)), false),
         },
-        Err(e) => (None, Some(anyhow::Error::from(e))),
+        Err(e) => {
+            let retryable = e.is_retryable();
+            (None, Some(anyhow::Error::from(e)), retryable)
+        }
     };
     let claimer = Claimer::new(
         cloud,
@@ -370,16 +380,18 @@ async fn claim(
             },
         )
         .await
-        .map_err(|e| match e {
-            crate::claim::ClaimError::Net { source, .. } => net_failure(source),
-            other => transient(other),
-        })?;
+        .map_err(claim_failure)?;
     if let Some(e) = cred_error {
         warn!(havip = %havip.havip_id, "vip bound and announced locally, but no cloud credentials: the drift range and the move could not be confirmed");
-        return Err(permanent(e.context(format!(
+        let e = e.context(format!(
             "{}: vip {} bound and announced locally, but the cloud could not be used",
             havip.havip_id, havip.vip
-        ))));
+        ));
+        return Err(if cred_retryable {
+            transient(e)
+        } else {
+            permanent(e)
+        });
     }
     if out.already_held {
         println!(

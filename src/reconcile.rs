@@ -157,15 +157,6 @@ impl ActionList {
         self.iter().collect()
     }
 
-    /// A list holding the first three of `actions`.
-    pub fn from_slice(actions: &[Action]) -> Self {
-        let mut l = ActionList::default();
-        for a in actions.iter().take(3) {
-            l.push(*a);
-        }
-        l
-    }
-
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.items[0].is_none()

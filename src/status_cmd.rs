@@ -1,10 +1,182 @@
-//! (to be written)
+//! `havip-agent status`: per HAVIP, the majority master, the local binding, the cloud holder and the last
+//! switch, as a table (or JSON).
+//!
+//! Owns where the report comes from: the running agent's `/status` when `[metrics] listen` is set and the
+//! agent answers, otherwise the same report computed here from the Sentinels, the interface and the cloud
+//! API (read-only). The table itself is `status::render_table`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cloud::VpcClient;
+use crate::config::Config;
+use crate::credentials::CredentialProvider;
+use crate::metadata::MetadataClient;
+use crate::net::{KernelNet, LocalNet};
+use crate::node::resolve_identity;
+use crate::status::{HavipStatus, StatusReport, fetch_status, render_table, status_url};
 
 /// Arguments of `havip-agent status`.
-#[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not ask the running agent; compute the status from Sentinel, the interface and the API.
+    #[arg(long)]
+    pub direct: bool,
+}
 
-/// Runs the status command.
-pub async fn run(_path: &std::path::Path, _args: StatusArgs) -> u8 {
-    2
+/// Runs the command: 0 when a report was printed, 2 when neither the agent nor the sources could be read.
+pub async fn run(path: &Path, args: StatusArgs) -> u8 {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("havip-agent status: {e}");
+            return 2;
+        }
+    };
+    let mut source = String::new();
+    let mut report = None;
+    if !args.direct
+        && let Some(listen) = cfg.metrics.listen
+    {
+        let url = status_url(listen);
+        match fetch_status(&url).await {
+            Ok(r) => {
+                source = format!("from the running agent at {url}");
+                report = Some(r);
+            }
+            Err(e) => eprintln!("havip-agent status: {e}; computing the status directly"),
+        }
+    }
+    let report = match report {
+        Some(r) => r,
+        None => {
+            source = "computed directly (no running agent answered)".into();
+            compute(&cfg).await
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("havip-agent status: {e}");
+                return 2;
+            }
+        }
+    } else {
+        println!("# {source}");
+        print!("{}", render_table(&report));
+    }
+    0
+}
+
+/// The status as this node would see it, from the sources themselves (no agent needed).
+pub async fn compute(cfg: &Config) -> StatusReport {
+    crate::cloud::install_tls_provider();
+    let metadata = MetadataClient::new(&cfg.cloud.metadata_endpoint, Duration::from_secs(2)).ok();
+    let identity = match &metadata {
+        Some(m) => resolve_identity(cfg, m).await.ok(),
+        None => None,
+    };
+    let mut report = StatusReport {
+        node: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+        instance_id: identity
+            .as_ref()
+            .map(|i| i.instance_id.clone())
+            .unwrap_or_default(),
+        address: identity
+            .as_ref()
+            .map(|i| i.address.to_string())
+            .unwrap_or_default(),
+        sentinels_total: cfg.sentinel.addresses.len(),
+        ..StatusReport::default()
+    };
+
+    // Sentinel: the newest configuration any reachable Sentinel reports, per master.
+    let mut reachable = 0;
+    let mut newest: Vec<Option<crate::sentinel::MasterInfo>> = vec![None; cfg.havips.len()];
+    for addr in &cfg.sentinel.addresses {
+        let mut answered = false;
+        for (i, h) in cfg.havips.iter().enumerate() {
+            if let Ok(m) = crate::sentinel::conn::query(addr, &cfg.sentinel, &h.master).await {
+                answered = true;
+                if newest[i]
+                    .as_ref()
+                    .is_none_or(|n| m.config_epoch > n.config_epoch)
+                {
+                    newest[i] = Some(m);
+                }
+            }
+        }
+        if answered
+            || crate::sentinel::conn::ping(addr, &cfg.sentinel)
+                .await
+                .is_ok()
+        {
+            reachable += 1;
+        }
+    }
+    report.sentinels_reachable = reachable;
+    let majority = reachable > cfg.sentinel.addresses.len() / 2;
+
+    let net = KernelNet::open(&cfg.node.interface).await.ok();
+    let cloud = match (&metadata, identity.is_some()) {
+        (Some(m), true) => {
+            let env = |k: &str| std::env::var(k).ok();
+            match CredentialProvider::resolve(&env, &cfg.cloud, m, crate::clock::system()).await {
+                Ok(c) => VpcClient::new(&cfg.cloud, c, crate::clock::system()).ok(),
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    for (i, h) in cfg.havips.iter().enumerate() {
+        let m = &newest[i];
+        let local_bound = match &net {
+            Some(n) => n.is_bound(h.vip).await.unwrap_or(false),
+            None => false,
+        };
+        let cloud_holder = match &cloud {
+            Some(c) => c
+                .describe_havip(&h.havip_id, Instant::now() + cfg.cloud.timeout.get())
+                .await
+                .ok()
+                .and_then(|v| v.instance_id),
+            None => None,
+        };
+        let desired = majority
+            && identity
+                .as_ref()
+                .zip(m.as_ref())
+                .is_some_and(|(id, m)| m.ip == id.address);
+        let cloud_matches = cloud_holder.as_ref().map(|holder| {
+            let mine = identity
+                .as_ref()
+                .is_some_and(|id| &id.instance_id == holder);
+            mine == local_bound
+        });
+        report.havips.push(HavipStatus {
+            havip_id: h.havip_id.clone(),
+            master: h.master.clone(),
+            vip: h.vip.to_string(),
+            majority_master: m.as_ref().map(|m| m.addr().to_string()),
+            epoch: m.as_ref().map(|m| m.config_epoch),
+            desired_holder: desired,
+            local_bound,
+            cloud_holder,
+            cloud_matches,
+            last_switch: None,
+            fenced: false,
+            failover_id: m
+                .as_ref()
+                .map(|m| format!("{}-{}", h.master, m.config_epoch)),
+        });
+    }
+    report
 }

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use havip_agent::clock::{SharedClock, TokioClock};
@@ -471,72 +470,29 @@ async fn failed_refresh_keeps_current_credentials_until_they_expire() {
     assert!(err.to_string().contains("HTTP 500"), "{err}");
 }
 
-/// A `MakeWriter` that appends everything logged to a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
+/// Regression: a daemon started while the metadata service was down must pick up the CAM role once it is
+/// back, instead of running without the cloud until restarted.
 #[tokio::test]
-async fn the_source_is_logged_and_the_values_never_are() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let server = MockServer::start().await;
-    mount_role(&server, role_doc(1, T0 + 3600, "Success"), 100).await;
+async fn a_deferred_role_is_looked_up_on_first_use_once_metadata_answers() {
+    use havip_agent::credentials::CredentialSource;
+    use havip_agent::fake::{FakeMetadata, MetadataSpec, RoleCredentials};
+    let expires = havip_agent::clock::unix_seconds(SystemTime::now()) + 3600;
+    let fake = FakeMetadata::start(
+        MetadataSpec::new("ins-1", "198.18.0.11".parse().unwrap(), [2, 0, 0, 0, 0, 1]).with_role(
+            RoleCredentials::new("r1", "AKIDtmp", "tmpkey", "tok", expires),
+        ),
+    )
+    .await;
+    let client = MetadataClient::new(&fake.endpoint(), Duration::from_millis(200)).unwrap();
+    fake.set_delay(Some(Duration::from_secs(5)));
+    let provider = CredentialProvider::deferred_role(&client, havip_agent::clock::system());
+    assert_eq!(provider.source(), &CredentialSource::CvmRolePending);
 
-    let env = env_of(&[
-        (ENV_SECRET_ID, "AKIDenv-s3cr3t"),
-        (ENV_SECRET_KEY, "envkey-s3cr3t"),
-        (ENV_TOKEN, "envtoken-s3cr3t"),
-    ]);
-    let from_env =
-        CredentialProvider::resolve(&env, &cloud_config(None), &metadata(&server), clock())
-            .await
-            .unwrap();
-    let from_role =
-        CredentialProvider::resolve(&no_env, &cloud_config(None), &metadata(&server), clock())
-            .await
-            .unwrap();
-    let _ = (from_env.get().await, from_role.get().await);
-    let debug = format!("{from_env:?} {from_role:?} {:?}", from_role.get().await);
+    let e = provider.get().await.expect_err("metadata is down");
+    assert!(e.is_retryable(), "{e}");
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        text.contains("using tencent cloud credentials")
-            && text.contains("environment (TENCENTCLOUD_SECRET_ID/TENCENTCLOUD_SECRET_KEY)"),
-        "{text}"
-    );
-    assert!(
-        text.contains("CVM role havip-role (metadata service)"),
-        "{text}"
-    );
-    assert!(!text.contains("s3cr3t"), "a value was logged: {text}");
-    assert!(
-        !text.contains("AKIDtmp1"),
-        "the temporary SecretId was logged: {text}"
-    );
-    assert!(
-        !debug.contains("s3cr3t") && !debug.contains("AKIDtmp1"),
-        "Debug shows a value: {debug}"
-    );
+    fake.set_delay(None);
+    let c = provider.get().await.expect("metadata is back");
+    assert_eq!(c.secret_id.expose(), "AKIDtmp");
+    assert_eq!(c.token.as_ref().map(|t| t.expose()), Some("tok"));
 }

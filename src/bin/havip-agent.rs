@@ -42,7 +42,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    havip_agent::logging::init(cli.log_format);
+    match cli.command {
+        Command::Demo(_) => havip_agent::logging::init_with_default(cli.log_format, "warn"),
+        _ => havip_agent::logging::init(cli.log_format),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

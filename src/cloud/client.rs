@@ -171,6 +171,11 @@ impl VpcClient {
         super::install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
+            // HTTP/1.1 like the official SDKs: the signed `host` is then literally the Host header sent.
+            .http1_only()
+            // A redirect would re-send (or turn into a GET) a request signed for another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("havip-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
                 invalid(
@@ -263,29 +268,30 @@ impl VpcClient {
         if ids.is_empty() {
             let mut offset = 0usize;
             loop {
-                let (page, total) = self.describe_page(&[], offset, deadline).await?;
-                let got = page.len();
+                let (page, got, total) = self.describe_page(&[], offset, deadline).await?;
                 out.extend(page);
                 offset += got;
-                if got == 0 || total.is_none_or(|t| offset as u64 >= t) {
+                // A short page is the last one, whatever TotalCount says.
+                if got < PAGE_LIMIT || total.is_none_or(|t| offset as u64 >= t) {
                     break;
                 }
             }
         } else {
             for chunk in ids.chunks(PAGE_LIMIT) {
-                let (page, _) = self.describe_page(chunk, 0, deadline).await?;
+                let (page, _, _) = self.describe_page(chunk, 0, deadline).await?;
                 out.extend(page);
             }
         }
         Ok(out)
     }
 
+    /// One `DescribeHaVips` request: the HAVIPs, how many items the page had, and `TotalCount`.
     async fn describe_page(
         &self,
         ids: &[String],
         offset: usize,
         deadline: Instant,
-    ) -> Result<(Vec<HaVip>, Option<u64>), CloudError> {
+    ) -> Result<(Vec<HaVip>, usize, Option<u64>), CloudError> {
         let action = "DescribeHaVips";
         let request = DescribeHaVipsRequest {
             ha_vip_ids: ids,
@@ -303,7 +309,7 @@ impl VpcClient {
                 "ignoring havip items without a HaVipId"
             );
         }
-        Ok((havips, response.total_count))
+        Ok((havips, count, response.total_count))
     }
 
     /// `AssociateHaVipInstance`: adds the instance to the HAVIP's drift range. Already being there
@@ -403,13 +409,15 @@ impl VpcClient {
         })?;
         let mut retries = 0u32;
         let mut skew_corrected = false;
+        let mut last_error: Option<CloudError> = None;
         loop {
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
-                return Err(CloudError::DeadlineExceeded {
+                // A backoff sleep can end a hair past the deadline: the last real error says more.
+                return Err(last_error.unwrap_or_else(|| CloudError::DeadlineExceeded {
                     action: action.into(),
-                });
+                }));
             }
             let timeout = left.min(self.inner.timeout);
             let failure = match self.attempt(action, &body, timeout).await {
@@ -452,6 +460,7 @@ impl VpcClient {
                 "retrying vpc api call"
             );
             tokio::time::sleep(delay).await;
+            last_error = Some(error);
         }
     }
 

@@ -1,4 +1,5 @@
 //! Test and demo beds: real processes and namespaces, always cleaned up.
 
+pub mod agents;
 pub mod netns;
 pub mod redis;

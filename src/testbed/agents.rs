@@ -1,0 +1,368 @@
+//! Three agents in one process, on a real Redis Sentinel lab, against the fake cloud.
+//!
+//! Owns the wiring of a small "fleet": a [`RedisLab`] (real `redis-server` + `redis-sentinel` per host on
+//! loopback addresses), one [`FakeCloud`] with the HAVIP and the hosts' instances, and one [`Agent`] per
+//! host binding on a [`FakeVpcNet`] (a simulated interface whose GARPs reach the fake cloud, as the VPC
+//! sees them). Used by the daemon's tests, the demo and the benchmarks. It does not build the lab's
+//! processes (`testbed::redis`) or decide anything (`daemon`).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::broadcast;
+
+use crate::alerts::Alerter;
+use crate::claim::Claimer;
+use crate::cloud::VpcClient;
+use crate::config::Config;
+use crate::credentials::{Credential, CredentialProvider};
+use crate::daemon::{Agent, AgentEvent, AgentParts};
+use crate::fake::{FakeCloud, FakeVpcNet, HavipSpec};
+use crate::hooks::Hooks;
+use crate::metrics::Metrics;
+use crate::node::Identity;
+use crate::secret::Secret;
+use crate::sentinel::watcher::WatchOptions;
+use crate::status::{Health, StatusHandle, StatusReport};
+use crate::testbed::redis::{LabSpec, RedisLab};
+
+/// The HAVIP every fleet manages.
+pub const HAVIP_ID: &str = "havip-fleet001";
+/// Its VIP (simulated: never bound in the kernel).
+pub const VIP: &str = "198.18.0.100/24";
+/// The fake cloud's SecretId (a fake key, accepted only by the fake).
+pub const SECRET_ID: &str = "AKIDfleetEXAMPLE";
+/// The fake cloud's SecretKey.
+pub const SECRET_KEY: &str = "fleetSecretKeyEXAMPLE";
+
+/// How to build a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// The Redis/Sentinel lab.
+    pub lab: LabSpec,
+    /// Drift-range limiting on the HAVIP.
+    pub check_associate: bool,
+    /// Hosts (indices) already in the drift range at start.
+    pub initial_range: Vec<usize>,
+    /// Extra TOML appended to every agent's config (e.g. `[agent]` settings). Must not repeat a table the
+    /// generated config has (`[cloud]`, `[node]`, `[sentinel]`, `[redis]`, `[[havip]]`, `[claim]`).
+    pub extra_toml: String,
+    /// Extra `[sentinel]` keys (e.g. `fence_after = "500ms"`).
+    pub sentinel_toml: String,
+    /// Configure `[redis]`, so fencing also pauses writes.
+    pub redis_fence: bool,
+    /// Watcher knobs.
+    pub watch: WatchOptions,
+    /// A host whose agent runs outside this process (the demo sandbox's real `havip-agent run`): no
+    /// in-process agent is started for it, and the fake cloud knows it by this MAC (its real interface).
+    pub external: Option<(usize, [u8; 6])>,
+    /// The interface name in the external host's config.
+    pub external_interface: Option<String>,
+    /// `[metrics] listen` for every agent's config (the external agent serves `/status` there).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        Self {
+            lab: LabSpec::default(),
+            check_associate: true,
+            initial_range: Vec::new(),
+            extra_toml: String::new(),
+            sentinel_toml: String::new(),
+            redis_fence: true,
+            watch: WatchOptions::default(),
+            external: None,
+            external_interface: None,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// One host's agent and what it binds on.
+pub struct FleetNode {
+    /// Host index in the lab.
+    pub index: usize,
+    /// Its instance id (`ins-fleet-<index+1>`).
+    pub instance_id: String,
+    /// Its Redis address as Sentinel reports it.
+    pub address: IpAddr,
+    /// Its simulated interface.
+    pub net: FakeVpcNet,
+    /// Its config.
+    pub config: Arc<Config>,
+    /// Its metrics.
+    pub metrics: Metrics,
+    /// Its status.
+    pub status: StatusHandle,
+    /// Its health.
+    pub health: Health,
+    /// Where its agent publishes (kept across restarts, so subscribers see every incarnation).
+    pub events: broadcast::Sender<AgentEvent>,
+    /// Its config as TOML (what an external agent is given).
+    pub config_text: String,
+    /// Its agent runs outside this process.
+    pub external: bool,
+    agent: Option<Agent>,
+}
+
+impl std::fmt::Debug for FleetNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetNode")
+            .field("index", &self.index)
+            .field("instance_id", &self.instance_id)
+            .field("address", &self.address)
+            .field("running", &self.agent.is_some())
+            .finish()
+    }
+}
+
+impl FleetNode {
+    /// Whether the VIP is bound on this node's (simulated) interface.
+    pub fn holds_vip(&self) -> bool {
+        let vip: crate::config::VipCidr = VIP.parse().expect("valid VIP");
+        self.net
+            .recording()
+            .bound()
+            .iter()
+            .any(|b| b.addr == vip.addr)
+    }
+
+    /// Whether its agent runs.
+    pub fn running(&self) -> bool {
+        self.agent.is_some()
+    }
+}
+
+/// A running fleet. Drop stops the agents (keeping VIPs) and the lab.
+pub struct Fleet {
+    /// The Redis/Sentinel lab.
+    pub lab: RedisLab,
+    /// The fake cloud.
+    pub cloud: FakeCloud,
+    /// One agent per host.
+    pub nodes: Vec<FleetNode>,
+    watch: WatchOptions,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("nodes", &self.nodes).finish()
+    }
+}
+
+/// The MAC of fleet host `i`.
+pub fn mac_of(i: usize) -> [u8; 6] {
+    [0x02, 0x00, 0x5e, 0x10, 0x00, (i + 1) as u8]
+}
+
+impl Fleet {
+    /// Starts the lab, the fake cloud and one agent per host.
+    pub async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
+        crate::cloud::install_tls_provider();
+        let lab = RedisLab::start(spec.lab.clone())
+            .await
+            .context("starting the redis lab")?;
+        let cloud = FakeCloud::start().await;
+        cloud.add_key(SECRET_ID, SECRET_KEY);
+        let vip: crate::config::VipCidr = VIP.parse().expect("valid VIP");
+        let mut havip = HavipSpec::new(HAVIP_ID, vip.addr).check_associate(spec.check_associate);
+        for i in &spec.initial_range {
+            havip = havip.associate(format!("ins-fleet-{}", i + 1));
+        }
+        cloud.add_havip(havip);
+        let dir = tempfile::tempdir().context("creating the fleet's temp dir")?;
+        let mut nodes = Vec::new();
+        for i in 0..lab.nodes() {
+            let instance_id = format!("ins-fleet-{}", i + 1);
+            let external = spec.external.filter(|(e, _)| *e == i);
+            cloud.add_instance(
+                &instance_id,
+                external.map(|(_, mac)| mac).unwrap_or(mac_of(i)),
+            );
+            let address = lab.host(i).ip;
+            let lock_dir = dir.path().join(format!("node{}", i + 1));
+            let redis = if spec.redis_fence {
+                format!("[redis]\naddress = \"{}\"\n", lab.redis_addr(i))
+            } else {
+                String::new()
+            };
+            let sentinels: Vec<String> = lab
+                .sentinel_addrs()
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect();
+            let text = format!(
+                r#"
+[cloud]
+region = "ap-guangzhou"
+endpoint = "{endpoint}"
+metadata_endpoint = "http://127.0.0.1:9/latest/meta-data/"
+timeout = "1s"
+
+[node]
+instance_id = "{instance_id}"
+address = "{address}"
+interface = "{interface}"
+
+[sentinel]
+addresses = [{sentinels}]
+{sentinel_toml}
+
+{redis}
+[[havip]]
+master = "{master}"
+havip_id = "{HAVIP_ID}"
+vip = "{VIP}"
+
+[claim]
+lock_dir = "{lock_dir}"
+
+{metrics}
+{extra}
+"#,
+                endpoint = cloud.endpoint(),
+                interface = match (&external, &spec.external_interface) {
+                    (Some(_), Some(ifname)) => ifname.clone(),
+                    _ => format!("fleet{}", i + 1),
+                },
+                metrics = spec
+                    .metrics_listen
+                    .map(|a| format!("[metrics]\nlisten = \"{a}\"\n"))
+                    .unwrap_or_default(),
+                sentinels = sentinels.join(", "),
+                sentinel_toml = spec.sentinel_toml,
+                master = lab.master_name(),
+                lock_dir = lock_dir.display(),
+                extra = spec.extra_toml,
+            );
+            let config = Arc::new(
+                Config::parse_str(
+                    &text,
+                    std::path::Path::new(&format!("fleet-node{}.toml", i + 1)),
+                )
+                .with_context(|| format!("fleet config for node {}", i + 1))?,
+            );
+            let (events, _) = broadcast::channel(8192);
+            nodes.push(FleetNode {
+                index: i,
+                instance_id,
+                address,
+                net: FakeVpcNet::new(&format!("fleet{}", i + 1), mac_of(i), cloud.clone()),
+                config,
+                metrics: Metrics::new(),
+                status: StatusHandle::new(StatusReport::default()),
+                health: Health::new(Duration::from_secs(10)),
+                events,
+                config_text: text,
+                external: external.is_some(),
+                agent: None,
+            });
+        }
+        let mut fleet = Fleet {
+            lab,
+            cloud,
+            nodes,
+            watch: spec.watch,
+            _dir: dir,
+        };
+        for i in 0..fleet.nodes.len() {
+            if !fleet.nodes[i].external {
+                fleet.start_agent(i)?;
+            }
+        }
+        Ok(fleet)
+    }
+
+    /// Starts (or restarts) host `i`'s agent.
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        anyhow::ensure!(node.agent.is_none(), "agent {} already runs", i + 1);
+        let creds = CredentialProvider::fixed(Credential {
+            secret_id: Secret::new(SECRET_ID),
+            secret_key: Secret::new(SECRET_KEY),
+            token: None,
+        });
+        let cloud = VpcClient::new(&node.config.cloud, creds, crate::clock::system())
+            .context("building the cloud client")?
+            .with_observer(Arc::new(node.metrics.clone()));
+        let claimer = Claimer::new(
+            Some(cloud),
+            Arc::new(node.net.clone()),
+            node.instance_id.clone(),
+            node.config.node.instance_type,
+            node.config.announce.clone(),
+            node.config.cloud.timeout.get(),
+        );
+        let parts = AgentParts {
+            config: node.config.clone(),
+            identity: Identity {
+                instance_id: node.instance_id.clone(),
+                address: node.address,
+            },
+            claimer,
+            metrics: node.metrics.clone(),
+            status: node.status.clone(),
+            health: node.health.clone(),
+            hooks: Hooks::with_metrics(&node.config.hooks, node.metrics.clone()),
+            alerter: Alerter::new(&node.config.alerts, node.metrics.clone()),
+            watch: self.watch.clone(),
+        };
+        node.agent = Some(Agent::start_with_events(parts, node.events.clone()));
+        Ok(())
+    }
+
+    /// Stops host `i`'s agent (applying its `on_shutdown`).
+    pub async fn stop_agent(&mut self, i: usize) {
+        if let Some(a) = self.nodes[i].agent.take() {
+            a.shutdown().await;
+        }
+    }
+
+    /// Kills host `i`'s agent without any shutdown work, as SIGKILL would.
+    pub fn kill_agent(&mut self, i: usize) {
+        self.nodes[i].agent.take();
+    }
+
+    /// Host `i`'s agent, if it runs.
+    pub fn agent(&self, i: usize) -> Option<&Agent> {
+        self.nodes[i].agent.as_ref()
+    }
+
+    /// The host whose Redis is at `addr`.
+    pub fn node_at(&self, ip: IpAddr) -> Option<usize> {
+        self.nodes.iter().position(|n| n.address == ip)
+    }
+
+    /// The hosts whose interface holds the VIP.
+    pub fn holders(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .filter(|n| n.holds_vip())
+            .map(|n| n.index)
+            .collect()
+    }
+
+    /// The fake cloud's holder, as a host index.
+    pub fn cloud_holder(&self) -> Option<usize> {
+        let h = self.cloud.havip(HAVIP_ID)?;
+        let id = h.instance_id?;
+        self.nodes.iter().position(|n| n.instance_id == id)
+    }
+
+    /// The VIP address.
+    pub fn vip() -> Ipv4Addr {
+        let vip: crate::config::VipCidr = VIP.parse().expect("valid VIP");
+        vip.addr
+    }
+
+    /// Stops every agent, then the lab.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_agent(i).await;
+        }
+    }
+}

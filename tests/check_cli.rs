@@ -1,0 +1,216 @@
+//! `havip-agent check` end to end: the real binary against the fake cloud, the fake metadata service and a
+//! real Sentinel lab on loopback. Healthy means exit 0; every problem is one named line and exit 2; no secret
+//! or token ever appears in what it prints or logs.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use havip_agent::fake::{FakeCloud, FakeMetadata, HavipSpec, MetadataSpec, RoleCredentials};
+use havip_agent::testbed::redis::{LabSpec, RedisLab};
+
+const ID: &str = "AKIDcheckEXAMPLE0001";
+const KEY: &str = "checkSecretKeyVerySecret0001";
+const TMP_ID: &str = "AKIDtmpRoleEXAMPLE0002";
+const TMP_KEY: &str = "tmpRoleSecretKeyVerySecret0002";
+const TOKEN: &str = "tokenRoleVerySecret0003";
+
+struct World {
+    cloud: FakeCloud,
+    metadata: FakeMetadata,
+    lab: RedisLab,
+    dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let cloud = FakeCloud::start().await;
+    cloud.add_key(ID, KEY);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    cloud.add_temporary_key(TMP_ID, TMP_KEY, TOKEN);
+    cloud.add_havip(
+        HavipSpec::new("havip-check001", "198.18.0.100".parse().unwrap()).associate("ins-check"),
+    );
+    let metadata = FakeMetadata::start(
+        MetadataSpec::new(
+            "ins-check",
+            "198.18.0.11".parse().unwrap(),
+            [2, 0, 0, 0, 0, 1],
+        )
+        .with_role(RoleCredentials::new(
+            "havip-role",
+            TMP_ID,
+            TMP_KEY,
+            TOKEN,
+            now + 3600,
+        )),
+    )
+    .await;
+    let lab = RedisLab::start(LabSpec::default())
+        .await
+        .expect("redis lab");
+    World {
+        cloud,
+        metadata,
+        lab,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn config(w: &World, extra_cloud: &str, sentinels: &[String]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let list: Vec<String> = sentinels.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        "[cloud]\nregion = \"ap-guangzhou\"\nendpoint = \"{}\"\nmetadata_endpoint = \"{}\"\n{extra_cloud}\n\n[node]\ninterface = \"eth0\"\n\n[sentinel]\naddresses = [{}]\n\n[[havip]]\nmaster = \"mymaster\"\nhavip_id = \"havip-check001\"\nvip = \"198.18.0.100/24\"\n",
+        w.cloud.endpoint(),
+        w.metadata.endpoint(),
+        list.join(", ")
+    );
+    let path = w.dir.path().join(format!("c{}.toml", rand_suffix()));
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn rand_suffix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Runs `havip-agent check` with the most verbose logs; returns (exit code, stdout + stderr).
+fn check(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_havip-agent"));
+    c.args(["check", "--config"]).arg(path);
+    c.env_remove("TENCENTCLOUD_SECRET_ID")
+        .env_remove("TENCENTCLOUD_SECRET_KEY")
+        .env_remove("TENCENTCLOUD_TOKEN")
+        .env("HAVIP_LOG", "trace");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run havip-agent check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn assert_no_secret(text: &str) {
+    for s in [KEY, TMP_KEY, TOKEN] {
+        assert!(
+            !text.contains(s),
+            "a secret leaked into check's output:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_setup_exits_zero_and_reports_everything_without_secrets() {
+    let w = world().await;
+    let path = config(&w, "", &w.lab.sentinel_addrs());
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        check(
+            &path,
+            &[
+                ("TENCENTCLOUD_SECRET_ID", ID),
+                ("TENCENTCLOUD_SECRET_KEY", KEY),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("credentials: environment"), "{out}");
+    assert!(
+        out.contains("node: instance ins-check address 198.18.0.11"),
+        "{out}"
+    );
+    assert!(out.contains("havip-check001: vip 198.18.0.100"), "{out}");
+    assert!(
+        out.contains("drift-range limiting on this node in range yes"),
+        "{out}"
+    );
+    assert_eq!(out.matches(": reachable (").count(), 3, "{out}");
+    assert!(out.contains("mymaster at"), "{out}");
+    assert!(out.contains("ok: everything is healthy"), "{out}");
+    assert_no_secret(&out);
+    assert!(w.cloud.requests().iter().all(|r| r.signature_valid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cvm_role_credentials_are_used_and_the_token_never_printed() {
+    let w = world().await;
+    let path = config(&w, "", &w.lab.sentinel_addrs());
+    let (code, out) = tokio::task::spawn_blocking(move || check(&path, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("credentials: CVM role havip-role"), "{out}");
+    assert_no_secret(&out);
+    let r = w.cloud.requests();
+    assert!(
+        !r.is_empty()
+            && r.iter()
+                .all(|r| r.signature_valid && r.header("x-tc-token") == Some(TOKEN))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_problem_is_one_named_line_and_exit_two() {
+    let w = world().await;
+    let mut sentinels = w.lab.sentinel_addrs();
+    sentinels.push("127.0.0.1:1".into());
+    let path = config(&w, "", &sentinels);
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        check(
+            &path,
+            &[
+                ("TENCENTCLOUD_SECRET_ID", ID),
+                ("TENCENTCLOUD_SECRET_KEY", "not-the-right-key"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{out}");
+    let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert!(
+        problems.iter().any(|l| l
+            .starts_with("problem: havip-check001: AuthFailure.SignatureFailure: ")
+            && l.contains("(RequestId ")),
+        "{out}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|l| l.contains("sentinel 127.0.0.1:1: unreachable")),
+        "{out}"
+    );
+    assert_eq!(problems.len(), 2, "{out}");
+    assert!(!out.contains("not-the-right-key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_is_a_problem_naming_the_key() {
+    let w = world().await;
+    let path = w.dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[cloud]\nregion = \"ap-guangzhou\"\nhosting_type = 1\n[node]\n[sentinel]\naddresses = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let (code, out) = tokio::task::spawn_blocking(move || check(&path, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("problem: ") && out.contains("cloud.hosting_type"),
+        "{out}"
+    );
+}

@@ -1,0 +1,184 @@
+//! The README's "Operating it" path, end to end inside a network namespace: `havip-agent demo --sandbox`
+//! stands in for Tencent Cloud and a Sentinel deployment, a real `havip-agent run` (the kernel binder, the
+//! HTTP endpoint) takes node 1, and `/healthz`, `/metrics`, `/status` and `havip-agent status` show a
+//! healthy agent holding the VIP. Then a failover moves the VIP away and the agent releases it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use havip_agent::testbed::netns::Netns;
+
+/// A child process killed (SIGTERM, then SIGKILL) on drop.
+struct Proc(Child);
+
+impl Proc {
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn get(ns: &Netns, url: &str) -> Option<(u16, String)> {
+    let url = url.to_owned();
+    ns.block_on(move || async move {
+        havip_agent::cloud::install_tls_provider();
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        let r = c.get(&url).send().await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.ok()?))
+    })
+}
+
+fn poll<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sandbox_and_a_real_agent_give_a_running_healthy_agent() {
+    let ns = Netns::new("sandbox").expect("create a network namespace (needs root and iproute2)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let env = dir.path().join("env");
+    let lock = dir.path().join("lock");
+
+    // Arrange: the sandbox, inside the namespace.
+    let mut sandbox = Proc(
+        ns.command(env!("CARGO_BIN_EXE_havip-agent"))
+            .args(["demo", "--sandbox", "--interface", "sbx0"])
+            .arg("--config-out")
+            .arg(&config)
+            .arg("--env-out")
+            .arg(&env)
+            .arg("--lock-dir")
+            .arg(&lock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the sandbox"),
+    );
+    let stdout = sandbox.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut master = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("sandbox output");
+        if let Some(rest) = line.strip_prefix("redis master: ") {
+            master = rest.split_whitespace().next().unwrap().to_owned();
+        }
+        if line.starts_with("stop the sandbox") {
+            break;
+        }
+    }
+    assert!(
+        !master.is_empty() && config.exists() && env.exists(),
+        "the sandbox did not get ready"
+    );
+    std::thread::spawn(move || for _ in lines {});
+
+    // Act: a real agent with the written config and credentials.
+    let creds = std::fs::read_to_string(&env).unwrap();
+    let mut agent = ns.command(env!("CARGO_BIN_EXE_havip-agent"));
+    agent.args(["run", "--config"]).arg(&config);
+    for kv in creds.lines() {
+        let (k, v) = kv.split_once('=').unwrap();
+        agent.env(k, v);
+    }
+    let mut agent = Proc(
+        agent
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    );
+
+    // Assert: healthy, holding the VIP, the cloud agrees, metrics and status say so.
+    poll(Duration::from_secs(30), "/healthz 200", || {
+        get(&ns, "http://127.0.0.1:9847/healthz").filter(|(s, _)| *s == 200)
+    });
+    let status = poll(
+        Duration::from_secs(30),
+        "/status with the vip bound and confirmed",
+        || {
+            get(&ns, "http://127.0.0.1:9847/status").filter(|(_, body)| {
+                body.contains("\"local_bound\":true") && body.contains("\"cloud_matches\":true")
+            })
+        },
+    );
+    assert!(status.1.contains("ins-fleet-1"), "{}", status.1);
+    let addrs = ns.ipv4_addrs("sbx0").unwrap();
+    assert!(
+        addrs.iter().any(|a| a.starts_with("198.18.0.100/")),
+        "{addrs:?}"
+    );
+    let (_, metrics) = get(&ns, "http://127.0.0.1:9847/metrics").unwrap();
+    assert!(
+        metrics.contains("havip_agent_local_holder{havip=\"havip-fleet001\"} 1"),
+        "{metrics}"
+    );
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_havip-agent"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains("havip-fleet001") && table.contains("running agent"),
+        "{table}"
+    );
+
+    // A failover: the master's redis dies; another node takes over and this agent releases the VIP.
+    let (host, port) = master.rsplit_once(':').unwrap();
+    let _ = ns
+        .command("redis-cli")
+        .args(["-h", host, "-p", port, "SHUTDOWN", "NOSAVE"])
+        .stdout(Stdio::null())
+        .spawn();
+    poll(
+        Duration::from_secs(30),
+        "the agent to release the vip after the failover",
+        || {
+            let addrs = ns.ipv4_addrs("sbx0").ok()?;
+            (!addrs.iter().any(|a| a.starts_with("198.18.0.100/"))).then_some(())
+        },
+    );
+
+    assert!(
+        agent.terminate().is_some_and(|s| s.success()),
+        "the agent did not stop cleanly on SIGTERM"
+    );
+    assert!(
+        sandbox.terminate().is_some_and(|s| s.success()),
+        "the sandbox did not stop cleanly on SIGTERM"
+    );
+    assert!(
+        ns.ip(&["link", "show", "sbx0"]).is_err(),
+        "the sandbox left its veth behind"
+    );
+}
