@@ -159,6 +159,7 @@ pub fn require_tools(method: Method) -> Result<()> {
             missing.join(", ")
         );
     }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab creates network namespaces: run it as root");
     }

@@ -232,6 +232,13 @@ impl RunReport {
         surviving.sort();
         let durable_gap = longest_gap(&surviving, r.fault_at, r.heal_at);
         let mut notes = r.notes.clone();
+        let host = |n: Option<usize>| n.map_or("none".to_owned(), |n| format!("host {}", n + 1));
+        notes.push(format!(
+            "masters: old host {}, promoted {}, final {}",
+            r.old_master + 1,
+            host(new_master),
+            host(r.final_master)
+        ));
         if switch_at.is_none() {
             notes.push("no +switch-master after the fault: Sentinel did not fail over".into());
         }
@@ -672,6 +679,38 @@ pub fn timeline_text(r: &Records) -> String {
             }
         }
     }
+    // Lost writes, as runs of consecutive attempts, with their ack times and replies (list lengths).
+    let kept: HashSet<u64> = r.final_list.iter().copied().collect();
+    let mut run: Option<(u64, SystemTime, i64, u64, SystemTime, i64, usize)> = None;
+    let flush = |run: &mut Option<(u64, SystemTime, i64, u64, SystemTime, i64, usize)>,
+                 lines: &mut Vec<(f64, String)>| {
+        if let Some((s0, t0, l0, s1, t1, l1, n)) = run.take() {
+            lines.push((
+                at(t0),
+                format!(
+                    "LOST {n} acked writes: seq {s0}..={s1}, acked {:.1}..{:.1} ms, list length {l0}..{l1}",
+                    at(t0),
+                    at(t1)
+                ),
+            ));
+        }
+    };
+    for a in &r.attempts {
+        match a.result {
+            Ok(len) if !kept.contains(&a.seq) => match run.as_mut() {
+                Some(x) => {
+                    x.3 = a.seq;
+                    x.4 = a.done;
+                    x.5 = len;
+                    x.6 += 1;
+                }
+                None => run = Some((a.seq, a.done, len, a.seq, a.done, len, 1)),
+            },
+            Ok(_) => flush(&mut run, &mut lines),
+            Err(_) => {}
+        }
+    }
+    flush(&mut run, &mut lines);
     lines.push((0.0, "FAULT".into()));
     lines.push((at(r.fault_done_at), "fault action done".into()));
     lines.push((at(r.heal_at), "HEAL done".into()));
