@@ -157,6 +157,10 @@ pub struct RunReport {
     pub api_requests: usize,
     /// Of those, how many had an invalid signature.
     pub bad_signatures: usize,
+    /// How many failovers Sentinel made after the fault (distinct epochs in `+new-epoch`). More than one
+    /// means Sentinel itself failed over again (e.g. flagged the freshly promoted master down): writes the
+    /// first promoted master acknowledged after that are lost whatever the VIP manager does.
+    pub sentinel_failovers: usize,
     /// Notes from the run.
     pub notes: Vec<String>,
 }
@@ -241,6 +245,20 @@ impl RunReport {
         ));
         if switch_at.is_none() {
             notes.push("no +switch-master after the fault: Sentinel did not fail over".into());
+        }
+        let epochs: std::collections::BTreeSet<&str> = r
+            .events
+            .iter()
+            .filter(|e| e.channel == "+new-epoch" && after_fault(e.at))
+            .map(|e| e.payload.trim())
+            .collect();
+        if epochs.len() > 1 {
+            notes.push(format!(
+                "Sentinel failed over {} times (epochs {:?}): a second failover demotes a live master, and what \
+                 it acknowledged meanwhile is lost whatever the VIP manager does",
+                epochs.len(),
+                epochs
+            ));
         }
         for e in r.events.iter().filter(|e| e.channel == "+tilt") {
             notes.push(format!(
@@ -327,6 +345,7 @@ impl RunReport {
                 && r.cloud_holder.as_deref() == r.final_master.map(|m| INSTANCE_IDS[m]),
             api_requests: r.requests.len(),
             bad_signatures: r.requests.iter().filter(|q| !q.signature_valid).count(),
+            sentinel_failovers: epochs.len(),
             notes,
         }
     }
