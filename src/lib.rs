@@ -16,6 +16,7 @@ pub mod fake;
 pub mod fence;
 pub mod hooks;
 pub mod http;
+pub mod lab;
 pub mod logging;
 pub mod metadata;
 pub mod metrics;
