@@ -67,7 +67,8 @@ pub struct Args {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// What Sentinel passes: <master-name> <role> <state> <from-ip> <from-port> <to-ip> <to-port>.
+    /// What Sentinel passes: as client-reconfig-script <master-name> <role> <state> <from-ip> <from-port>
+    /// <to-ip> <to-port>; as notification-script <event-type> <event-description>.
     #[arg(value_name = "SENTINEL_ARGS", num_args = 0.., allow_hyphen_values = true)]
     pub sentinel_args: Vec<String>,
 }
@@ -95,6 +96,72 @@ pub struct SentinelCall {
     /// The new master's port.
     pub to_port: u16,
 }
+
+/// A Sentinel notification (`sentinel notification-script <master> migrate-havip`): `<event-type>
+/// <event-description>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The event, e.g. `+sdown`.
+    pub event: String,
+    /// The master the event belongs to (from the description).
+    pub master: String,
+}
+
+/// The events that can change who may hold the VIP: this host losing or regaining sight of the other
+/// Sentinels (and of the master). Others are acknowledged and ignored.
+pub const FENCING_EVENTS: [&str; 4] = ["+sdown", "-sdown", "+odown", "-odown"];
+
+/// Checks a notification's event type: `+` or `-` and a name (`+sdown`, `-odown`, `+switch-master`).
+pub fn check_event(event: &str) -> Result<(), ArgError> {
+    let valid = (event.starts_with('+') || event.starts_with('-'))
+        && event.len() > 1
+        && event[1..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ArgError(format!(
+            "argument 1 (event-type): {event:?} is not a Sentinel event like \"+sdown\""
+        )))
+    }
+}
+
+/// Parses Sentinel's two notification arguments. The description is `master <name> <ip> <port>` or
+/// `<type> <name> <ip> <port> @ <master-name> <master-ip> <master-port>`.
+pub fn parse_notification(args: &[String]) -> Result<Notification, ArgError> {
+    let [event, description] = args else {
+        return Err(ArgError(format!(
+            "expected 2 arguments (<event-type> <event-description>) as Sentinel's notification-script; got {}",
+            args.len()
+        )));
+    };
+    check_event(event)?;
+    let words: Vec<&str> = description.split_whitespace().collect();
+    let master = match words.as_slice() {
+        ["master", name, ..] => Some(*name),
+        _ => words
+            .iter()
+            .position(|w| *w == "@")
+            .and_then(|i| words.get(i + 1).copied()),
+    };
+    let master = master.ok_or_else(|| {
+        ArgError(format!(
+            "argument 2 (event-description): {description:?} names no master (expected \"master <name> ...\" or \"... @ <master> ...\")"
+        ))
+    })?;
+    check_master_name("argument 2 (event-description)", master)?;
+    Ok(Notification {
+        event: event.clone(),
+        master: master.to_owned(),
+    })
+}
+
+/// How long a pause set from a notification lasts. Nothing renews it (the script only runs on events), so it
+/// outlasts a failover; the first notification that shows the majority back lifts it at once (this node is
+/// then either wanted again, or an old master that Sentinel converts to a replica, whose resync a pause
+/// would hold up).
+pub const NOTIFY_PAUSE: Duration = Duration::from_secs(30);
 
 /// A rejected argument list. The message names the argument.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -245,6 +312,18 @@ pub async fn run(args: Args) -> u8 {
 
 async fn run_inner(args: Args) -> Result<(), Failure> {
     // Arguments first: a bad call makes no API call and touches no interface.
+    if args.master.is_none() && args.sentinel_args.len() == 2 {
+        // Sentinel sends every warning-level event; only reachability events are ours, and the others have
+        // descriptions of their own shapes (`+switch-master <name> <ip> ...`, `+new-epoch <n>`).
+        let event = &args.sentinel_args[0];
+        check_event(event).map_err(permanent)?;
+        if !FENCING_EVENTS.contains(&event.as_str()) {
+            info!(event = %event, "notification: not a reachability event, nothing to do");
+            return Ok(());
+        }
+        let n = parse_notification(&args.sentinel_args).map_err(permanent)?;
+        return notified(&args, n).await;
+    }
     let req = validate(&args).map_err(permanent)?;
     let path = resolve_path(
         args.config.as_deref(),
@@ -432,6 +511,177 @@ async fn claim(
     }
 }
 
+/// Notification-script mode: the fence `migrate-havip` alone can give. When this host's Sentinel reports an
+/// instance down or back, ask every Sentinel: if the majority is out of sight, release the VIP and pause
+/// writes on the local Redis (an isolated old master must not keep taking writes that Sentinel will
+/// discard, nor answer ARP for the VIP when its link returns); if the majority is back and still names this
+/// node, bind the VIP again and lift the pause. The decision is the daemon's (`reconcile::plan`).
+async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
+    use crate::reconcile::{Action, CloudHolder, Observation, plan};
+    let path = resolve_path(
+        args.config.as_deref(),
+        std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
+    );
+    let cfg = Config::load(&path).map_err(permanent)?;
+    let Some(havip) = cfg.havip_for_master(&n.master).cloned() else {
+        info!(event = %n.event, master = %n.master, "notification for a master without a [[havip]]: nothing to do");
+        return Ok(());
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metadata = MetadataClient::new(&cfg.cloud.metadata_endpoint, Duration::from_secs(2))
+        .map_err(permanent)?;
+    let me = resolve_identity(&cfg, &metadata).await.map_err(transient)?;
+
+    // What every Sentinel says now. A Sentinel that answers (even without this master) is reachable.
+    let answers = futures::future::join_all(
+        cfg.sentinel
+            .addresses
+            .iter()
+            .map(|a| crate::sentinel::conn::query(a, &cfg.sentinel, &havip.master)),
+    )
+    .await;
+    let mut reachable = 0;
+    let mut newest: Option<crate::reconcile::MasterConfig> = None;
+    for a in &answers {
+        match a {
+            Ok(m) => {
+                reachable += 1;
+                let c = crate::reconcile::MasterConfig {
+                    ip: m.ip,
+                    port: m.port,
+                    epoch: m.config_epoch,
+                };
+                newest = Some(c.newest(newest));
+            }
+            Err(e) if !e.is_link() => reachable += 1,
+            Err(_) => {}
+        }
+    }
+    let majority = reachable > cfg.sentinel.addresses.len() / 2;
+    if args.dry_run {
+        println!(
+            "dry run: {} of {} sentinels reachable; newest config {:?}; nothing changed",
+            reachable,
+            cfg.sentinel.addresses.len(),
+            newest
+        );
+        return Ok(());
+    }
+    crate::net::require_capabilities().map_err(permanent)?;
+    let net: Arc<dyn LocalNet> = Arc::new(
+        KernelNet::open(&cfg.node.interface)
+            .await
+            .map_err(net_failure)?,
+    );
+    let bound = net.is_bound(havip.vip).await.map_err(net_failure)?;
+    let names_me = newest.is_some_and(|c| c.ip == me.address);
+    let fence = cfg.redis.as_ref().filter(|r| r.pause_writes).map(|r| {
+        let port = newest
+            .filter(|c| c.ip == me.address)
+            .map_or(6379, |c| c.port);
+        let addr = r
+            .address
+            .clone()
+            .unwrap_or_else(|| std::net::SocketAddr::new(me.address, port).to_string());
+        crate::fence::RedisFence::new(
+            crate::sentinel::conn::ConnectOptions::redis(r, &cfg.sentinel),
+            addr,
+            NOTIFY_PAUSE,
+        )
+    });
+    let obs = Observation {
+        majority,
+        reported: newest,
+        remembered: None,
+        // The local Sentinel already waited down-after-milliseconds before this +sdown; a majority still out
+        // of sight now is reason enough.
+        cut_off_for: if majority {
+            Duration::ZERO
+        } else {
+            Duration::MAX
+        },
+        fence_after: match cfg.sentinel.fence_after {
+            crate::config::FenceAfter::Hold => None,
+            _ => Some(Duration::ZERO),
+        },
+        bound,
+        cloud: CloudHolder::Unknown,
+        // Bound already counts as claimed: a notification re-binds, it does not re-claim.
+        claimed_epoch: if bound { newest.map(|c| c.epoch) } else { None },
+        claiming: false,
+        // A pause of ours may be in place (set by an earlier notification): lift it when this node is wanted.
+        paused: fence.is_some() && majority && names_me,
+        redis_fence: fence.is_some(),
+    };
+    let decision = plan(me.address, &obs);
+    info!(
+        event = %n.event,
+        master = %n.master,
+        havip = %havip.havip_id,
+        reachable,
+        total = cfg.sentinel.addresses.len(),
+        majority,
+        bound,
+        actions = ?decision.actions.to_vec(),
+        "notification"
+    );
+    let deadline = Instant::now() + cfg.claim.deadline.get();
+    let _lock = HavipLock::acquire(&cfg.claim.lock_dir, &havip.havip_id, deadline)
+        .await
+        .map_err(claim_failure)?;
+    for action in decision.actions.iter() {
+        match action {
+            Action::Claim { .. } => {
+                claim(&cfg, &havip, &me, &metadata, net.clone(), deadline).await?;
+            }
+            Action::Release { reason } => {
+                let change = net.unbind(havip.vip).await.map_err(net_failure)?;
+                warn!(havip = %havip.havip_id, reason = reason.as_str(), removed = change == Change::Applied, "released the vip: {} of {} sentinels reachable", reachable, cfg.sentinel.addresses.len());
+                println!(
+                    "{}: vip {} released ({}): {reachable} of {} sentinels reachable",
+                    havip.havip_id,
+                    havip.vip,
+                    reason.as_str(),
+                    cfg.sentinel.addresses.len()
+                );
+            }
+            Action::PauseWrites => {
+                if let Some(f) = &fence {
+                    match f.pause_writes().await {
+                        Ok(()) => println!(
+                            "{}: writes paused on {} for {:?}",
+                            havip.havip_id,
+                            f.addr(),
+                            NOTIFY_PAUSE
+                        ),
+                        Err(e) => {
+                            warn!(havip = %havip.havip_id, error = %e, "could not pause writes")
+                        }
+                    }
+                }
+            }
+            Action::Unpause => {
+                if let Some(f) = &fence
+                    && let Err(e) = f.unpause().await
+                {
+                    warn!(havip = %havip.havip_id, error = %e, "could not lift the write pause");
+                }
+            }
+            Action::AbortClaim | Action::Reannounce => {}
+        }
+    }
+    // Majority back and naming another node: this is an old master Sentinel is about to convert into a
+    // replica; a pause left from the fence would only hold up its resync.
+    if majority
+        && !names_me
+        && let Some(f) = &fence
+        && let Err(e) = f.unpause().await
+    {
+        warn!(havip = %havip.havip_id, error = %e, "could not lift the write pause");
+    }
+    Ok(())
+}
+
 fn print_plan(plan: Plan, cfg: &Config, havip: &HavipConfig, me: &Identity, req: &Request) {
     println!("dry run: nothing will be changed");
     println!(
@@ -469,6 +719,66 @@ fn print_plan(plan: Plan, cfg: &Config, havip: &HavipConfig, me: &Identity, req:
                 "1. remove {} from {} if it is bound (no API call)",
                 havip.vip, cfg.node.interface
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn notifications_name_their_master_from_either_description_form() {
+        let n = parse_notification(&strs(&["+sdown", "master mymaster 198.18.0.11 6379"])).unwrap();
+        assert_eq!(
+            (n.event.as_str(), n.master.as_str()),
+            ("+sdown", "mymaster")
+        );
+        let n = parse_notification(&strs(&[
+            "-sdown",
+            "sentinel 3f2a 198.18.0.12 26379 @ cache 198.18.0.11 6379",
+        ]))
+        .unwrap();
+        assert_eq!((n.event.as_str(), n.master.as_str()), ("-sdown", "cache"));
+    }
+
+    #[test]
+    fn bad_notifications_name_the_argument() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["sdown", "master m 1.2.3.4 1"], "argument 1 (event-type)"),
+            (&["+", "master m 1.2.3.4 1"], "argument 1 (event-type)"),
+            (
+                &["+sdown", "slave 1.2.3.4:1 1.2.3.4 1"],
+                "argument 2 (event-description)",
+            ),
+            (&["+sdown", ""], "argument 2 (event-description)"),
+            (
+                &["+sdown", "slave x 1.2.3.4 1 @"],
+                "argument 2 (event-description)",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = parse_notification(&strs(args)).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_reachability_events_can_fence() {
+        for e in ["+sdown", "-sdown", "+odown", "-odown"] {
+            assert!(FENCING_EVENTS.contains(&e));
+        }
+        for e in [
+            "+switch-master",
+            "+tilt",
+            "+promoted-slave",
+            "+try-failover",
+        ] {
+            assert!(!FENCING_EVENTS.contains(&e));
         }
     }
 }

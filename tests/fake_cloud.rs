@@ -558,6 +558,45 @@ async fn http_fault_answers_a_non_json_status_until_cleared() {
 }
 
 #[tokio::test]
+async fn a_fault_for_one_havip_hits_only_requests_naming_it() {
+    let fake = fake().await;
+    fake.add_havip(HavipSpec::new(
+        "havip-00000002",
+        Ipv4Addr::new(198, 18, 0, 101),
+    ));
+    fake.inject(Fault::always(FaultKind::Throttle).for_havip("havip-00000002"));
+
+    let other = call(
+        &fake,
+        "DescribeHaVips",
+        json!({"HaVipIds": ["havip-00000001"]}),
+    )
+    .await;
+    let named = call(
+        &fake,
+        "DescribeHaVips",
+        json!({"HaVipIds": ["havip-00000002"]}),
+    )
+    .await;
+    let in_set = call(
+        &fake,
+        "AssociateHaVipInstance",
+        json!({"HaVipAssociationSet": [assoc("havip-00000002", "ins-cccccccc", "CVM")]}),
+    )
+    .await;
+
+    other.ok();
+    assert_eq!(named.code(), Some("RequestLimitExceeded"));
+    assert_eq!(in_set.code(), Some("RequestLimitExceeded"));
+    assert!(
+        !fake
+            .havip("havip-00000002")
+            .unwrap()
+            .in_range("ins-cccccccc")
+    );
+}
+
+#[tokio::test]
 async fn delay_fault_holds_the_answer_back_but_applies_the_write() {
     let fake = fake().await;
     fake.inject(

@@ -260,6 +260,9 @@ pub enum FaultKind {
 pub struct Fault {
     /// Only requests with this `X-TC-Action`; `None` = every request.
     pub action: Option<String>,
+    /// Only requests whose body names this HAVIP id (anywhere, e.g. in `HaVipIds` or
+    /// `HaVipAssociationSet`); `None` = requests for any HAVIP.
+    pub havip_id: Option<String>,
     /// What happens.
     pub kind: FaultKind,
     /// How many requests it hits; `None` = until [`FakeCloud::clear_faults`].
@@ -271,6 +274,7 @@ impl Fault {
     pub fn always(kind: FaultKind) -> Self {
         Self {
             action: None,
+            havip_id: None,
             kind,
             times: None,
         }
@@ -280,6 +284,7 @@ impl Fault {
     pub fn on(action: impl Into<String>, kind: FaultKind) -> Self {
         Self {
             action: Some(action.into()),
+            havip_id: None,
             kind,
             times: None,
         }
@@ -291,8 +296,18 @@ impl Fault {
         self
     }
 
-    fn hits(&self, action: &str) -> bool {
+    /// Limits the fault to requests naming `havip_id` (one HAVIP slow or failing, the others not).
+    pub fn for_havip(mut self, havip_id: impl Into<String>) -> Self {
+        self.havip_id = Some(havip_id.into());
+        self
+    }
+
+    fn hits(&self, action: &str, body: &Value) -> bool {
         self.action.as_deref().is_none_or(|a| a == action)
+            && self
+                .havip_id
+                .as_deref()
+                .is_none_or(|id| names_string(body, id))
     }
 }
 
@@ -485,8 +500,13 @@ impl State {
     }
 
     /// Consumes one hit of the first fault rule matching `action`, if `pick` accepts its kind.
-    fn take_fault(&mut self, action: &str, pick: impl Fn(&FaultKind) -> bool) -> Option<FaultKind> {
-        let i = self.faults.iter().position(|f| f.hits(action))?;
+    fn take_fault(
+        &mut self,
+        action: &str,
+        body: &Value,
+        pick: impl Fn(&FaultKind) -> bool,
+    ) -> Option<FaultKind> {
+        let i = self.faults.iter().position(|f| f.hits(action, body))?;
         if !pick(&self.faults[i].kind) {
             return None;
         }
@@ -884,6 +904,16 @@ fn record(st: &mut State, i: Inspected, answer: &Answer) {
     st.requests.push(rec);
 }
 
+/// Whether `v` holds the string `needle` anywhere (as a value, not a key).
+fn names_string(v: &Value, needle: &str) -> bool {
+    match v {
+        Value::String(s) => s == needle,
+        Value::Array(items) => items.iter().any(|i| names_string(i, needle)),
+        Value::Object(map) => map.values().any(|i| names_string(i, needle)),
+        _ => false,
+    }
+}
+
 /// Matches (and so drops) a request when the first fault rule for its action is `DropConnection`.
 struct DropConnectionRule {
     state: Arc<Mutex<State>>,
@@ -894,7 +924,9 @@ impl Match for DropConnectionRule {
         let mut st = lock(&self.state);
         let inspected = inspect(&st, request);
         if st
-            .take_fault(&inspected.action, |k| *k == FaultKind::DropConnection)
+            .take_fault(&inspected.action, &inspected.body, |k| {
+                *k == FaultKind::DropConnection
+            })
             .is_none()
         {
             return false;
@@ -963,7 +995,9 @@ impl Respond for Api {
         let now = st.now();
         let inspected = inspect(&st, request);
         let request_id = request_id();
-        let fault = st.take_fault(&inspected.action, |k| *k != FaultKind::DropConnection);
+        let fault = st.take_fault(&inspected.action, &inspected.body, |k| {
+            *k != FaultKind::DropConnection
+        });
         let answer = match &fault {
             Some(FaultKind::Http(status)) => Answer {
                 status: *status,

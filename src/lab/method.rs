@@ -340,7 +340,15 @@ impl Managers {
             }
         }
         match method {
-            Method::Migrate => setup.reconfig_script = Some(bins.migrate()?.to_owned()),
+            Method::Migrate => {
+                let migrate = bins.migrate()?.to_owned();
+                // The same binary as notification-script is migrate mode's fence (see deploy/sentinel.conf.snippet).
+                setup.conf.push(format!(
+                    "sentinel notification-script {MASTER_NAME} {}",
+                    migrate.display()
+                ));
+                setup.reconfig_script = Some(migrate);
+            }
             Method::Agent => {
                 bins.agent()?;
             }

@@ -1,0 +1,414 @@
+//! One agent with two `[[havip]]` groups, against in-process fake Sentinels (so each answer is chosen by
+//! the test) and the fake cloud: a cloud that hangs on one HAVIP never holds up the other, and a Sentinel
+//! that answers garbage is logged and ignored while the agent keeps working.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use havip_agent::alerts::Alerter;
+use havip_agent::claim::{Claimer, Step};
+use havip_agent::cloud::VpcClient;
+use havip_agent::config::Config;
+use havip_agent::credentials::{Credential, CredentialProvider};
+use havip_agent::daemon::{Agent, AgentEvent, AgentEventKind, AgentParts};
+use havip_agent::fake::{FakeCloud, FakeVpcNet, Fault, FaultKind, HavipSpec};
+use havip_agent::hooks::Hooks;
+use havip_agent::metrics::Metrics;
+use havip_agent::node::Identity;
+use havip_agent::secret::Secret;
+use havip_agent::sentinel::watcher::WatchOptions;
+use havip_agent::status::{Health, StatusHandle, StatusReport};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::broadcast;
+
+const SECRET_ID: &str = "AKIDhavipsEXAMPLE";
+const SECRET_KEY: &str = "havipsSecretKeyEXAMPLE";
+const ME: &str = "198.18.0.2";
+const OTHER: &str = "198.18.0.3";
+const FAST: (&str, &str, &str) = ("alpha", "havip-fast0001", "198.18.0.100");
+const SLOW: (&str, &str, &str) = ("beta", "havip-slow0001", "198.18.0.101");
+/// How long the events of interest may take on a loaded machine (a bound on waiting, not a speed claim).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What a fake Sentinel says about every master: its address and config-epoch.
+type View = Arc<Mutex<(&'static str, u64)>>;
+
+fn bulk(s: &str) -> String {
+    format!("${}\r\n{s}\r\n", s.len())
+}
+
+fn master_reply(name: &str, ip: &str, epoch: u64) -> String {
+    let fields = [
+        ("name", name.to_owned()),
+        ("ip", ip.to_owned()),
+        ("port", "6379".to_owned()),
+        ("flags", "master".to_owned()),
+        ("down-after-milliseconds", "5000".to_owned()),
+        ("config-epoch", epoch.to_string()),
+        ("num-other-sentinels", "2".to_owned()),
+        ("quorum", "2".to_owned()),
+    ];
+    let mut out = format!("*{}\r\n", fields.len() * 2);
+    for (k, v) in fields {
+        out += &bulk(k);
+        out += &bulk(&v);
+    }
+    out
+}
+
+/// Replies a broken Sentinel gives to `SENTINEL MASTER`, in turn: wrong type, missing field, bad epoch,
+/// a hostname, an error.
+const GARBAGE_REPLIES: [&str; 5] = [
+    ":42\r\n",
+    "*2\r\n$4\r\nname\r\n$5\r\nalpha\r\n",
+    "*6\r\n$4\r\nname\r\n$5\r\nalpha\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$12\r\nconfig-epoch\r\n$5\r\nthree\r\n",
+    "*4\r\n$4\r\nname\r\n$5\r\nalpha\r\n$2\r\nip\r\n$14\r\nredis.internal\r\n",
+    "-ERR garbage\r\n",
+];
+
+async fn read_command<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Vec<String>> {
+    let mut line = String::new();
+    r.read_line(&mut line).await.ok()?;
+    let n: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        line.clear();
+        r.read_line(&mut line).await.ok()?;
+        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut buf = vec![0u8; len + 2];
+        r.read_exact(&mut buf).await.ok()?;
+        buf.truncate(len);
+        args.push(String::from_utf8_lossy(&buf).into_owned());
+    }
+    Some(args)
+}
+
+/// One fake Sentinel connection. `garbage`: every `SENTINEL` answer is broken, and Pub/Sub carries
+/// malformed events.
+async fn serve(stream: tokio::net::TcpStream, view: View, garbage: Option<Arc<AtomicUsize>>) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut n = 0usize;
+    while let Some(args) = read_command(&mut r).await {
+        let upper: Vec<String> = args.iter().map(|a| a.to_ascii_uppercase()).collect();
+        let words: Vec<&str> = upper.iter().map(String::as_str).collect();
+        let reply = match words.as_slice() {
+            ["SENTINEL", "MASTER", ..] if garbage.is_some() => {
+                n += 1;
+                garbage.as_ref().unwrap().fetch_add(1, Ordering::Relaxed);
+                GARBAGE_REPLIES[n % GARBAGE_REPLIES.len()].to_owned()
+            }
+            ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", ..] if garbage.is_some() => {
+                "*1\r\n:7\r\n".to_owned()
+            }
+            ["SENTINEL", "MASTER", ..] => {
+                let (ip, epoch) = *view.lock().unwrap();
+                master_reply(&args[2], ip, epoch)
+            }
+            ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", ..] => {
+                let (ip, _) = *view.lock().unwrap();
+                format!("*2\r\n{}{}", bulk(ip), bulk("6379"))
+            }
+            ["SUBSCRIBE", ..] => {
+                let mut out = String::new();
+                for (i, ch) in args[1..].iter().enumerate() {
+                    out += &format!("*3\r\n{}{}:{}\r\n", bulk("subscribe"), bulk(ch), i + 1);
+                }
+                if garbage.is_some() {
+                    // Malformed events on real channel names, then silence.
+                    for (ch, payload) in [
+                        ("+switch-master", "alpha 1.2.3.4"),
+                        ("+switch-master", "alpha x y z w"),
+                        ("+config-update-from", "\u{1}\u{2}"),
+                        ("+promoted-slave", ""),
+                    ] {
+                        out += &format!("*3\r\n{}{}{}", bulk("message"), bulk(ch), bulk(payload));
+                    }
+                }
+                out
+            }
+            ["PING", ..] => "+PONG\r\n".to_owned(),
+            _ => "+OK\r\n".to_owned(),
+        };
+        if w.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Three fake Sentinels on 127.0.0.1; the one at index `garbage_at` (if any) answers garbage. Returns
+/// their addresses and how many garbage `SENTINEL MASTER` answers were served.
+async fn fake_sentinels(view: &View, garbage_at: Option<usize>) -> (Vec<String>, Arc<AtomicUsize>) {
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap().to_string());
+        let view = view.clone();
+        let garbage = (garbage_at == Some(i)).then(|| served.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, view.clone(), garbage.clone()));
+            }
+        });
+    }
+    (addrs, served)
+}
+
+struct Node {
+    agent: Option<Agent>,
+    events: broadcast::Receiver<AgentEvent>,
+    net: FakeVpcNet,
+    /// The lock dir; removed after the agent stops (see `Drop`).
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        drop(self.agent.take()); // aborts the agent's tasks
+    }
+}
+
+/// One agent for both HAVIPs (both masters), this node at `ME`.
+async fn start_agent(cloud: &FakeCloud, sentinels: &[String]) -> Node {
+    havip_agent::cloud::install_tls_provider();
+    let mac = [0x02, 0, 0x5e, 0x20, 0, 1];
+    cloud.add_instance("ins-a", mac);
+    let dir = tempfile::tempdir().unwrap();
+    let sentinels: Vec<String> = sentinels.iter().map(|a| format!("{a:?}")).collect();
+    let text = format!(
+        r#"
+[cloud]
+region = "ap-guangzhou"
+endpoint = "{endpoint}"
+metadata_endpoint = "http://127.0.0.1:9/latest/meta-data/"
+timeout = "1s"
+
+[node]
+instance_id = "ins-a"
+address = "{ME}"
+interface = "eth0"
+
+[sentinel]
+addresses = [{sentinels}]
+fence_after = "hold"
+
+[[havip]]
+master = "{fast_master}"
+havip_id = "{fast_id}"
+vip = "{fast_vip}/24"
+
+[[havip]]
+master = "{slow_master}"
+havip_id = "{slow_id}"
+vip = "{slow_vip}/24"
+
+[claim]
+lock_dir = "{lock}"
+"#,
+        endpoint = cloud.endpoint(),
+        sentinels = sentinels.join(", "),
+        fast_master = FAST.0,
+        fast_id = FAST.1,
+        fast_vip = FAST.2,
+        slow_master = SLOW.0,
+        slow_id = SLOW.1,
+        slow_vip = SLOW.2,
+        lock = dir.path().join("lock").display(),
+    );
+    let config = Arc::new(Config::parse_str(&text, std::path::Path::new("havips.toml")).unwrap());
+    let creds = CredentialProvider::fixed(Credential {
+        secret_id: Secret::new(SECRET_ID),
+        secret_key: Secret::new(SECRET_KEY),
+        token: None,
+    });
+    let metrics = Metrics::new();
+    let vpc = VpcClient::new(&config.cloud, creds, havip_agent::clock::system()).unwrap();
+    let net = FakeVpcNet::new("eth0", mac, cloud.clone());
+    let claimer = Claimer::new(
+        Some(vpc),
+        Arc::new(net.clone()),
+        "ins-a",
+        config.node.instance_type,
+        config.announce.clone(),
+        config.cloud.timeout.get(),
+    );
+    let parts = AgentParts {
+        config: config.clone(),
+        identity: Identity {
+            instance_id: "ins-a".into(),
+            address: ME.parse().unwrap(),
+        },
+        claimer,
+        metrics: metrics.clone(),
+        status: StatusHandle::new(StatusReport::default()),
+        health: Health::new(Duration::from_secs(10)),
+        hooks: Hooks::with_metrics(&config.hooks, metrics.clone()),
+        alerter: Alerter::new(&config.alerts, metrics),
+        watch: WatchOptions::default(),
+    };
+    let (tx, events) = broadcast::channel(8192);
+    let agent = Agent::start_with_events(parts, tx);
+    Node {
+        agent: Some(agent),
+        events,
+        net,
+        _dir: dir,
+    }
+}
+
+fn start_cloud_havips(cloud: &FakeCloud) {
+    cloud.add_key(SECRET_ID, SECRET_KEY);
+    for (_, id, vip) in [FAST, SLOW] {
+        cloud.add_havip(HavipSpec::new(id, vip.parse::<Ipv4Addr>().unwrap()).check_associate(true));
+    }
+}
+
+/// Waits for the first event of `node` for which `pick` returns `Some`.
+async fn next_event<T>(
+    node: &mut Node,
+    what: &str,
+    mut pick: impl FnMut(&AgentEvent) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            match node.events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(&e) {
+                        return t;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("agent event stream ended waiting for {what}: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
+}
+
+fn is_bound(net: &FakeVpcNet, vip: &str) -> bool {
+    let vip: Ipv4Addr = vip.parse().unwrap();
+    net.recording().bound().iter().any(|b| b.addr == vip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_cloud_for_one_havip_never_delays_the_other() {
+    let cloud = FakeCloud::start().await;
+    start_cloud_havips(&cloud);
+    // Every request naming the slow HAVIP is answered only after 30 s (the client gives up after 1 s).
+    cloud.inject(Fault::always(FaultKind::Delay(Duration::from_secs(30))).for_havip(SLOW.1));
+    let view: View = Arc::new(Mutex::new((ME, 1)));
+    let (sentinels, _) = fake_sentinels(&view, None).await;
+
+    let mut node = start_agent(&cloud, &sentinels).await;
+
+    // The fast HAVIP is claimed and confirmed by the cloud while the slow one's claim is still running
+    // (it keeps announcing and asking until its 15 s deadline): had the HAVIPs shared one queue, the fast
+    // one would wait for that.
+    let (mut slow_bound, mut slow_finished) = (false, false);
+    next_event(&mut node, "the fast HAVIP's confirmed claim", |e| {
+        if e.havip_id == SLOW.1 {
+            slow_bound |= matches!(e.kind, AgentEventKind::Claim(Step::Bound { .. }));
+            slow_finished |= matches!(e.kind, AgentEventKind::Claimed { .. });
+        }
+        (e.havip_id == FAST.1
+            && matches!(
+                e.kind,
+                AgentEventKind::Claimed {
+                    confirmed: true,
+                    ..
+                }
+            ))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        cloud.havip(FAST.1).unwrap().instance_id.as_deref(),
+        Some("ins-a")
+    );
+    // ...while every request about the slow one is still held back.
+    let slow_requests: Vec<_> = cloud
+        .requests()
+        .into_iter()
+        .filter(|r| r.fault.is_some())
+        .collect();
+    assert!(
+        !slow_requests.is_empty(),
+        "the slow HAVIP made no request, so this proves nothing"
+    );
+    assert!(
+        slow_requests
+            .iter()
+            .all(|r| r.body.to_string().contains(SLOW.1)),
+        "the fault hit another HAVIP: {slow_requests:?}"
+    );
+    assert!(
+        !slow_finished,
+        "the slow HAVIP's claim ended before the fast one was confirmed"
+    );
+    // The slow HAVIP is bound and announced locally all the same: a hanging cloud never stops that step.
+    assert!(slow_bound, "the slow HAVIP was not bound locally");
+    // (Its first GARP waits up to 300 ms for the drift-range check, which here never answers.)
+    next_event(&mut node, "the slow HAVIP's first announce", |e| {
+        (e.havip_id == SLOW.1 && matches!(e.kind, AgentEventKind::Claim(Step::Announced { .. })))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !node
+            .net
+            .recording()
+            .announcements(SLOW.2.parse().unwrap())
+            .is_empty(),
+        "the slow HAVIP was not announced"
+    );
+    assert!(is_bound(&node.net, FAST.2) && is_bound(&node.net, SLOW.2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_answering_garbage_is_ignored_and_the_agent_keeps_following_the_majority() {
+    let cloud = FakeCloud::start().await;
+    start_cloud_havips(&cloud);
+    let view: View = Arc::new(Mutex::new((ME, 1)));
+    let (sentinels, garbage_served) = fake_sentinels(&view, Some(0)).await;
+
+    let mut node = start_agent(&cloud, &sentinels).await;
+
+    // Two good Sentinels of three are a majority: both HAVIPs are claimed despite the third's garbage.
+    let mut confirmed = BTreeSet::new();
+    next_event(&mut node, "confirmed claims of both HAVIPs", |e| {
+        if matches!(
+            e.kind,
+            AgentEventKind::Claimed {
+                confirmed: true,
+                ..
+            }
+        ) {
+            confirmed.insert(e.havip_id.clone());
+        }
+        (confirmed.len() == 2).then_some(())
+    })
+    .await;
+    // Let the garbage keep coming for a while (polls every second), then fail over away from this node:
+    // the agent is still alive and follows.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        garbage_served.load(Ordering::Relaxed) >= 3,
+        "the broken Sentinel was hardly asked, so this proves little"
+    );
+    *view.lock().unwrap() = (OTHER, 2);
+    let mut released = BTreeSet::new();
+    next_event(&mut node, "releases of both HAVIPs after the switch", |e| {
+        if matches!(e.kind, AgentEventKind::Released { .. }) {
+            released.insert(e.havip_id.clone());
+        }
+        (released.len() == 2).then_some(())
+    })
+    .await;
+    assert!(!is_bound(&node.net, FAST.2) && !is_bound(&node.net, SLOW.2));
+}
