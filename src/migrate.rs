@@ -358,12 +358,7 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
         return Ok(());
     }
 
-    crate::net::require_capabilities().map_err(permanent)?;
-    let net: Arc<dyn LocalNet> = Arc::new(
-        KernelNet::open(&cfg.node.interface)
-            .await
-            .map_err(net_failure)?,
-    );
+    let net = open_interface(&cfg).await?;
     let deadline = Instant::now() + cfg.claim.deadline.get();
     // An unusable lock directory is permanent (exit 2): retrying cannot fix it. A busy lock is not.
     let _lock = HavipLock::acquire(&cfg.claim.lock_dir, &havip.havip_id, deadline)
@@ -567,12 +562,7 @@ async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    crate::net::require_capabilities().map_err(permanent)?;
-    let net: Arc<dyn LocalNet> = Arc::new(
-        KernelNet::open(&cfg.node.interface)
-            .await
-            .map_err(net_failure)?,
-    );
+    let net = open_interface(&cfg).await?;
     let bound = net.is_bound(havip.vip).await.map_err(net_failure)?;
     let names_me = newest.is_some_and(|c| c.ip == me.address);
     let fence = cfg.redis.as_ref().filter(|r| r.pause_writes).map(|r| {
@@ -680,6 +670,15 @@ async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
         warn!(havip = %havip.havip_id, error = %e, "could not lift the write pause");
     }
     Ok(())
+}
+
+/// Checks the two capabilities, then opens `node.interface` (netlink + packet socket).
+async fn open_interface(cfg: &Config) -> Result<Arc<dyn LocalNet>, Failure> {
+    crate::net::require_capabilities().map_err(permanent)?;
+    let net = KernelNet::open(&cfg.node.interface)
+        .await
+        .map_err(net_failure)?;
+    Ok(Arc::new(net))
 }
 
 fn print_plan(plan: Plan, cfg: &Config, havip: &HavipConfig, me: &Identity, req: &Request) {

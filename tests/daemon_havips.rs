@@ -1,11 +1,10 @@
-//! One agent with two `[[havip]]` groups, against in-process fake Sentinels (so each answer is chosen by
-//! the test) and the fake cloud: a cloud that hangs on one HAVIP never holds up the other, and a Sentinel
+//! One agent with two `[[havip]]` groups, against fake Sentinels (`testbed::fake_sentinel`, so each answer
+//! is chosen by the test) and the fake cloud: a cloud that hangs on one HAVIP never holds up the other, and a Sentinel
 //! that answers garbage is logged and ignored while the agent keeps working.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use havip_agent::alerts::Alerter;
@@ -21,7 +20,7 @@ use havip_agent::node::Identity;
 use havip_agent::secret::Secret;
 use havip_agent::sentinel::watcher::WatchOptions;
 use havip_agent::status::{Health, StatusHandle, StatusReport};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
 use tokio::sync::broadcast;
 
 const SECRET_ID: &str = "AKIDhavipsEXAMPLE";
@@ -33,129 +32,25 @@ const SLOW: (&str, &str, &str) = ("beta", "havip-slow0001", "198.18.0.101");
 /// How long the events of interest may take on a loaded machine (a bound on waiting, not a speed claim).
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// What a fake Sentinel says about every master: its address and config-epoch.
-type View = Arc<Mutex<(&'static str, u64)>>;
-
-fn bulk(s: &str) -> String {
-    format!("${}\r\n{s}\r\n", s.len())
+/// Three fake Sentinels on 127.0.0.1 in `mode`; the one at index `garbage_at` (if any) answers garbage.
+fn fake_sentinels(mode: Mode, garbage_at: Option<usize>) -> Vec<FakeSentinel> {
+    (0..3)
+        .map(|i| {
+            let m = if garbage_at == Some(i) {
+                Mode::Garbage
+            } else {
+                mode
+            };
+            FakeSentinel::start(m).unwrap()
+        })
+        .collect()
 }
 
-fn master_reply(name: &str, ip: &str, epoch: u64) -> String {
-    let fields = [
-        ("name", name.to_owned()),
-        ("ip", ip.to_owned()),
-        ("port", "6379".to_owned()),
-        ("flags", "master".to_owned()),
-        ("down-after-milliseconds", "5000".to_owned()),
-        ("config-epoch", epoch.to_string()),
-        ("num-other-sentinels", "2".to_owned()),
-        ("quorum", "2".to_owned()),
-    ];
-    let mut out = format!("*{}\r\n", fields.len() * 2);
-    for (k, v) in fields {
-        out += &bulk(k);
-        out += &bulk(&v);
+fn master(ip: &str, epoch: u64) -> Mode {
+    Mode::Master {
+        ip: ip.parse().unwrap(),
+        epoch,
     }
-    out
-}
-
-/// Replies a broken Sentinel gives to `SENTINEL MASTER`, in turn: wrong type, missing field, bad epoch,
-/// a hostname, an error.
-const GARBAGE_REPLIES: [&str; 5] = [
-    ":42\r\n",
-    "*2\r\n$4\r\nname\r\n$5\r\nalpha\r\n",
-    "*6\r\n$4\r\nname\r\n$5\r\nalpha\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$12\r\nconfig-epoch\r\n$5\r\nthree\r\n",
-    "*4\r\n$4\r\nname\r\n$5\r\nalpha\r\n$2\r\nip\r\n$14\r\nredis.internal\r\n",
-    "-ERR garbage\r\n",
-];
-
-async fn read_command<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Vec<String>> {
-    let mut line = String::new();
-    r.read_line(&mut line).await.ok()?;
-    let n: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        line.clear();
-        r.read_line(&mut line).await.ok()?;
-        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
-        let mut buf = vec![0u8; len + 2];
-        r.read_exact(&mut buf).await.ok()?;
-        buf.truncate(len);
-        args.push(String::from_utf8_lossy(&buf).into_owned());
-    }
-    Some(args)
-}
-
-/// One fake Sentinel connection. `garbage`: every `SENTINEL` answer is broken, and Pub/Sub carries
-/// malformed events.
-async fn serve(stream: tokio::net::TcpStream, view: View, garbage: Option<Arc<AtomicUsize>>) {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut n = 0usize;
-    while let Some(args) = read_command(&mut r).await {
-        let upper: Vec<String> = args.iter().map(|a| a.to_ascii_uppercase()).collect();
-        let words: Vec<&str> = upper.iter().map(String::as_str).collect();
-        let reply = match words.as_slice() {
-            ["SENTINEL", "MASTER", ..] if garbage.is_some() => {
-                n += 1;
-                garbage.as_ref().unwrap().fetch_add(1, Ordering::Relaxed);
-                GARBAGE_REPLIES[n % GARBAGE_REPLIES.len()].to_owned()
-            }
-            ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", ..] if garbage.is_some() => {
-                "*1\r\n:7\r\n".to_owned()
-            }
-            ["SENTINEL", "MASTER", ..] => {
-                let (ip, epoch) = *view.lock().unwrap();
-                master_reply(&args[2], ip, epoch)
-            }
-            ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", ..] => {
-                let (ip, _) = *view.lock().unwrap();
-                format!("*2\r\n{}{}", bulk(ip), bulk("6379"))
-            }
-            ["SUBSCRIBE", ..] => {
-                let mut out = String::new();
-                for (i, ch) in args[1..].iter().enumerate() {
-                    out += &format!("*3\r\n{}{}:{}\r\n", bulk("subscribe"), bulk(ch), i + 1);
-                }
-                if garbage.is_some() {
-                    // Malformed events on real channel names, then silence.
-                    for (ch, payload) in [
-                        ("+switch-master", "alpha 1.2.3.4"),
-                        ("+switch-master", "alpha x y z w"),
-                        ("+config-update-from", "\u{1}\u{2}"),
-                        ("+promoted-slave", ""),
-                    ] {
-                        out += &format!("*3\r\n{}{}{}", bulk("message"), bulk(ch), bulk(payload));
-                    }
-                }
-                out
-            }
-            ["PING", ..] => "+PONG\r\n".to_owned(),
-            _ => "+OK\r\n".to_owned(),
-        };
-        if w.write_all(reply.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Three fake Sentinels on 127.0.0.1; the one at index `garbage_at` (if any) answers garbage. Returns
-/// their addresses and how many garbage `SENTINEL MASTER` answers were served.
-async fn fake_sentinels(view: &View, garbage_at: Option<usize>) -> (Vec<String>, Arc<AtomicUsize>) {
-    let served = Arc::new(AtomicUsize::new(0));
-    let mut addrs = Vec::new();
-    for i in 0..3 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addrs.push(listener.local_addr().unwrap().to_string());
-        let view = view.clone();
-        let garbage = (garbage_at == Some(i)).then(|| served.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, view.clone(), garbage.clone()));
-            }
-        });
-    }
-    (addrs, served)
 }
 
 struct Node {
@@ -173,12 +68,15 @@ impl Drop for Node {
 }
 
 /// One agent for both HAVIPs (both masters), this node at `ME`.
-async fn start_agent(cloud: &FakeCloud, sentinels: &[String]) -> Node {
+async fn start_agent(cloud: &FakeCloud, sentinels: &[FakeSentinel]) -> Node {
     havip_agent::cloud::install_tls_provider();
     let mac = [0x02, 0, 0x5e, 0x20, 0, 1];
     cloud.add_instance("ins-a", mac);
     let dir = tempfile::tempdir().unwrap();
-    let sentinels: Vec<String> = sentinels.iter().map(|a| format!("{a:?}")).collect();
+    let sentinels: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("{:?}", s.addr()))
+        .collect();
     let text = format!(
         r#"
 [cloud]
@@ -302,8 +200,7 @@ async fn a_hanging_cloud_for_one_havip_never_delays_the_other() {
     start_cloud_havips(&cloud);
     // Every request naming the slow HAVIP is answered only after 30 s (the client gives up after 1 s).
     cloud.inject(Fault::always(FaultKind::Delay(Duration::from_secs(30))).for_havip(SLOW.1));
-    let view: View = Arc::new(Mutex::new((ME, 1)));
-    let (sentinels, _) = fake_sentinels(&view, None).await;
+    let sentinels = fake_sentinels(master(ME, 1), None);
 
     let mut node = start_agent(&cloud, &sentinels).await;
 
@@ -374,8 +271,7 @@ async fn a_hanging_cloud_for_one_havip_never_delays_the_other() {
 async fn a_sentinel_answering_garbage_is_ignored_and_the_agent_keeps_following_the_majority() {
     let cloud = FakeCloud::start().await;
     start_cloud_havips(&cloud);
-    let view: View = Arc::new(Mutex::new((ME, 1)));
-    let (sentinels, garbage_served) = fake_sentinels(&view, Some(0)).await;
+    let sentinels = fake_sentinels(master(ME, 1), Some(0));
 
     let mut node = start_agent(&cloud, &sentinels).await;
 
@@ -398,10 +294,12 @@ async fn a_sentinel_answering_garbage_is_ignored_and_the_agent_keeps_following_t
     // the agent is still alive and follows.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        garbage_served.load(Ordering::Relaxed) >= 3,
+        sentinels[0].garbage_served() >= 3,
         "the broken Sentinel was hardly asked, so this proves little"
     );
-    *view.lock().unwrap() = (OTHER, 2);
+    for s in &sentinels[1..] {
+        s.set(master(OTHER, 2));
+    }
     let mut released = BTreeSet::new();
     next_event(&mut node, "releases of both HAVIPs after the switch", |e| {
         if matches!(e.kind, AgentEventKind::Released { .. }) {

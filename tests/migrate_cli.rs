@@ -14,6 +14,7 @@ use havip_agent::fake::{
     RoleCredentials,
 };
 use havip_agent::net::{KernelNet, LocalNet};
+use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
 use havip_agent::testbed::netns::Netns;
 use migrate_support::*;
 
@@ -881,86 +882,14 @@ fn a_hanging_api_does_not_hold_the_first_garp_back_for_the_whole_cloud_timeout()
     );
 }
 
-/// What the fake Sentinels answer: `None` = out of sight (every connection is dropped at once), else the
-/// master's address and config-epoch.
-type SentinelView = std::sync::Arc<std::sync::Mutex<Option<(&'static str, u64)>>>;
-
-/// Three fake Sentinels listening on 127.0.0.1 inside the site's namespace, all answering from `view`.
-/// Enough RESP for `SENTINEL MASTER` and `SENTINEL GET-MASTER-ADDR-BY-NAME`; anything else gets `+OK`.
-fn fake_sentinels_in(site: &Site, view: &SentinelView) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    fn bulk(s: &str) -> String {
-        format!("${}\r\n{s}\r\n", s.len())
-    }
-    fn serve(stream: std::net::TcpStream, view: SentinelView) -> std::io::Result<()> {
-        let Some((ip, epoch)) = *view.lock().unwrap() else {
-            return Ok(()); // out of sight: the connection closes unanswered
-        };
-        let mut w = stream.try_clone()?;
-        let mut r = BufReader::new(stream);
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let n: usize = line.trim_end().trim_start_matches('*').parse().unwrap_or(0);
-            let mut args = Vec::new();
-            for _ in 0..n {
-                line.clear();
-                r.read_line(&mut line)?;
-                let len: usize = line.trim_end().trim_start_matches('$').parse().unwrap_or(0);
-                let mut buf = vec![0u8; len + 2];
-                r.read_exact(&mut buf)?;
-                args.push(String::from_utf8_lossy(&buf[..len]).to_ascii_uppercase());
-            }
-            let reply = match args
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .as_slice()
-            {
-                ["SENTINEL", "MASTER", ..] => {
-                    let fields = [
-                        ("name", MASTER.to_owned()),
-                        ("ip", ip.to_owned()),
-                        ("port", "6379".to_owned()),
-                        ("flags", "master".to_owned()),
-                        ("down-after-milliseconds", "5000".to_owned()),
-                        ("config-epoch", epoch.to_string()),
-                        ("num-other-sentinels", "2".to_owned()),
-                        ("quorum", "2".to_owned()),
-                    ];
-                    let mut out = format!("*{}\r\n", fields.len() * 2);
-                    for (k, v) in fields {
-                        out += &bulk(k);
-                        out += &bulk(&v);
-                    }
-                    out
-                }
-                ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", ..] => {
-                    format!("*2\r\n{}{}", bulk(ip), bulk("6379"))
-                }
-                ["PING", ..] => "+PONG\r\n".to_owned(),
-                _ => "+OK\r\n".to_owned(),
-            };
-            w.write_all(reply.as_bytes())?;
-        }
-    }
+/// Three fake Sentinels listening on 127.0.0.1 inside the site's namespace, all in `mode`.
+fn fake_sentinels_in(site: &Site, mode: Mode) -> Vec<FakeSentinel> {
     (0..3)
         .map(|_| {
             let listener = site
                 .ns
                 .run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-            let addr = listener.local_addr().unwrap().to_string();
-            let view = view.clone();
-            // Detached: the listener dies with the namespace's loopback when the test ends.
-            std::thread::spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let view = view.clone();
-                    std::thread::spawn(move || serve(stream, view));
-                }
-            });
-            addr
+            FakeSentinel::start_on(listener, mode).unwrap()
         })
         .collect()
 }
@@ -969,10 +898,15 @@ fn fake_sentinels_in(site: &Site, view: &SentinelView) -> Vec<String> {
 fn as_notification_script_it_releases_when_the_majority_is_out_of_sight_and_reclaims_when_named_again()
  {
     let site = Site::standard("mig-notify");
-    let view: SentinelView = Default::default();
-    let sentinels = fake_sentinels_in(&site, &view);
-    rewrite(&site, |node| node.sentinels = sentinels);
-    *view.lock().unwrap() = Some((ME, 1));
+    let me = Mode::Master {
+        ip: ME.parse().unwrap(),
+        epoch: 1,
+    };
+    let sentinels = fake_sentinels_in(&site, me);
+    let set = |mode: Mode| sentinels.iter().for_each(|s| s.set(mode));
+    rewrite(&site, |node| {
+        node.sentinels = sentinels.iter().map(|s| s.addr().to_owned()).collect()
+    });
     let r = site.run(&sentinel_args("leader", ME));
     assert_eq!(r.code, Some(0), "{}", r.show());
     assert!(site.vip_bound());
@@ -980,7 +914,7 @@ fn as_notification_script_it_releases_when_the_majority_is_out_of_sight_and_recl
     site.fake.clear_requests();
 
     // This host's Sentinel lost the others (the host is cut off): every Sentinel is out of sight.
-    *view.lock().unwrap() = None;
+    set(Mode::Unreachable);
     let cut_off = "sentinel 3f2a 198.18.0.3 26379 @ mymaster 198.18.0.2 6379";
 
     // An event that is not about reachability is acknowledged and changes nothing, even now.
@@ -1006,7 +940,7 @@ fn as_notification_script_it_releases_when_the_majority_is_out_of_sight_and_recl
     );
 
     // The majority is back and still names this node: bound again and announced.
-    *view.lock().unwrap() = Some((ME, 1));
+    set(me);
     let r = site.run(&["-sdown", cut_off]);
     assert_eq!(r.code, Some(0), "{}", r.show());
     assert!(
@@ -1017,7 +951,10 @@ fn as_notification_script_it_releases_when_the_majority_is_out_of_sight_and_recl
     assert!(!site.garps().is_empty(), "re-bound without announcing");
 
     // The majority names another node with a newer epoch: released.
-    *view.lock().unwrap() = Some((OTHER, 2));
+    set(Mode::Master {
+        ip: OTHER.parse().unwrap(),
+        epoch: 2,
+    });
     let r = site.run(&["-odown", "master mymaster 198.18.0.2 6379"]);
     assert_eq!(r.code, Some(0), "{}", r.show());
     assert!(
@@ -1029,7 +966,10 @@ fn as_notification_script_it_releases_when_the_majority_is_out_of_sight_and_recl
 
     // A malformed notification is rejected naming the argument, without touching anything.
     site.fake.clear_requests();
-    *view.lock().unwrap() = Some((ME, 3));
+    set(Mode::Master {
+        ip: ME.parse().unwrap(),
+        epoch: 3,
+    });
     for args in [
         ["+sdown", "slave 198.18.0.3:6379 198.18.0.3 6379"],
         ["sdown", cut_off],

@@ -12,8 +12,9 @@ use havip_agent::secret::Secret;
 use havip_agent::sentinel::{
     self, ConnectOptions, Event, ObservedEvent, Snapshot, WatchOptions, Watcher,
 };
+use havip_agent::testbed::fake_sentinel::read_command;
 use havip_agent::testbed::redis::{LabSpec, LabTls, LabUser, RedisLab};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, watch};
 
 type Snapshots = watch::Receiver<Arc<Snapshot>>;
@@ -560,23 +561,6 @@ fn message(channel: &str, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
     out
-}
-
-async fn read_command<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Vec<String>> {
-    let mut line = String::new();
-    r.read_line(&mut line).await.ok()?;
-    let n: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        line.clear();
-        r.read_line(&mut line).await.ok()?;
-        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
-        let mut buf = vec![0u8; len + 2];
-        r.read_exact(&mut buf).await.ok()?;
-        buf.truncate(len);
-        args.push(String::from_utf8_lossy(&buf).into_owned());
-    }
-    Some(args)
 }
 
 async fn fake_connection(stream: tokio::net::TcpStream, stats: Arc<FakeStats>) {
