@@ -6,16 +6,15 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::cloud::VpcClient;
+use crate::boot::{Boot, BootError};
 use crate::config::Config;
-use crate::credentials::CredentialProvider;
-use crate::metadata::MetadataClient;
-use crate::node::resolve_identity;
+use crate::sentinel::conn::ConnectOptions;
+use crate::sentinel::probe;
 
 /// The result of a check: what was found and what is wrong.
 #[derive(Debug, Default)]
@@ -55,7 +54,7 @@ pub async fn check(
 ) -> CheckReport {
     let mut r = CheckReport::default();
     let cfg = match Config::load(config_path) {
-        Ok(c) => c,
+        Ok(c) => Arc::new(c),
         Err(e) => {
             r.problems.push(e.to_string());
             return r;
@@ -63,112 +62,145 @@ pub async fn check(
     };
     r.lines
         .push(format!("config {}: valid", config_path.display()));
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let clock = crate::clock::system();
-    let metadata = match MetadataClient::new(&cfg.cloud.metadata_endpoint, Duration::from_secs(2)) {
-        Ok(m) => m,
-        Err(e) => {
-            r.problems.push(format!("cloud.metadata_endpoint: {e}"));
-            return r;
-        }
-    };
-    let identity = match resolve_identity(&cfg, &metadata).await {
-        Ok(id) => {
+    // The same start-up path as every front door; without an identity the cloud part is skipped.
+    let boot = match crate::boot::boot_with(cfg.clone()).await {
+        Ok(b) => {
             r.lines.push(format!(
                 "node: instance {} address {} interface {}",
-                id.instance_id, id.address, cfg.node.interface
+                b.identity.instance_id, b.identity.address, cfg.node.interface
             ));
-            Some(id)
+            Some(b)
+        }
+        Err(e @ BootError::Metadata(_)) => {
+            r.problems.push(e.to_string());
+            return r;
         }
         Err(e) => {
             r.problems.push(format!("node identity: {e}"));
             None
         }
     };
+    if let Some(b) = &boot {
+        check_cloud(&cfg, b, env, &mut r).await;
+    }
+    check_sentinels(&cfg, &mut r).await;
+    r
+}
 
-    let cloud = match CredentialProvider::resolve(env, &cfg.cloud, &metadata, clock.clone()).await {
-        Ok(creds) => {
-            r.lines.push(format!("credentials: {}", creds.source()));
-            info!(source = %creds.source(), "credentials resolved");
-            match VpcClient::new(&cfg.cloud, creds, clock) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    r.problems.push(format!("cloud: {e}"));
-                    None
-                }
-            }
-        }
-        Err(e) => {
-            r.problems.push(format!("credentials: {e}"));
-            None
-        }
+async fn check_cloud(
+    cfg: &Config,
+    boot: &Boot,
+    env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+    r: &mut CheckReport,
+) {
+    let cloud = boot.cloud(env, None).await;
+    if let Some(p) = &cloud.problem {
+        r.problems.push(p.to_string());
+    }
+    let Some(client) = cloud.client else {
+        return;
     };
-
-    if let Some(cloud) = &cloud {
-        for h in &cfg.havips {
-            let deadline = Instant::now() + cfg.cloud.timeout.get() * 2;
-            match cloud.describe_havip(&h.havip_id, deadline).await {
-                Ok(v) => {
-                    let in_range = identity.as_ref().map(|id| v.in_range(&id.instance_id));
-                    r.lines.push(format!(
-                        "{}: vip {} holder {} drift-range limiting {} this node in range {}",
-                        h.havip_id,
-                        v.vip,
-                        v.instance_id.as_deref().unwrap_or("(none)"),
-                        if v.check_associate { "on" } else { "off" },
-                        match in_range {
-                            Some(true) => "yes",
-                            Some(false) => "no (the agent adds it when it claims)",
-                            None => "unknown",
-                        }
-                    ));
-                    if v.vip != h.vip.addr.to_string() {
-                        r.problems.push(format!(
-                            "{}: the cloud says its vip is {} but havip.vip is {}",
-                            h.havip_id, v.vip, h.vip
-                        ));
-                    }
-                }
-                Err(e) => r.problems.push(format!("{}: {e}", h.havip_id)),
-            }
-        }
+    if cloud.problem.is_none() {
+        let source = client.credentials().source().to_string();
+        info!(source = %source, "credentials resolved");
+        r.lines.push(format!("credentials: {source}"));
     }
-
-    let mut reachable = 0;
-    for addr in &cfg.sentinel.addresses {
-        match crate::sentinel::conn::ping(addr, &cfg.sentinel).await {
-            Ok(rtt) => {
-                reachable += 1;
+    for h in &cfg.havips {
+        let deadline = Instant::now() + cfg.cloud.timeout.get() * 2;
+        match client.describe_havip(&h.havip_id, deadline).await {
+            Ok(v) => {
+                let in_range = v.in_range(&boot.identity.instance_id);
                 r.lines.push(format!(
-                    "sentinel {addr}: reachable ({:.1} ms)",
-                    rtt.as_secs_f64() * 1e3
-                ));
-                for h in &cfg.havips {
-                    match crate::sentinel::conn::query(addr, &cfg.sentinel, &h.master).await {
-                        Ok(m) => r.lines.push(format!(
-                            "sentinel {addr}: {} at {}:{} config-epoch {} flags {}",
-                            h.master,
-                            m.ip,
-                            m.port,
-                            m.config_epoch,
-                            m.flags.join(",")
-                        )),
-                        Err(e) => r
-                            .problems
-                            .push(format!("sentinel {addr}: {}: {e}", h.master)),
+                    "{}: vip {} holder {} drift-range limiting {} this node in range {}",
+                    h.havip_id,
+                    v.vip,
+                    v.instance_id.as_deref().unwrap_or("(none)"),
+                    if v.check_associate { "on" } else { "off" },
+                    if in_range {
+                        "yes"
+                    } else {
+                        "no (the agent adds it when it claims)"
                     }
+                ));
+                if v.vip != h.vip.addr.to_string() {
+                    r.problems.push(format!(
+                        "{}: the cloud says its vip is {} but havip.vip is {}",
+                        h.havip_id, v.vip, h.vip
+                    ));
                 }
             }
-            Err(e) => r
-                .problems
-                .push(format!("sentinel {addr}: unreachable: {e}")),
+            Err(e) => r.problems.push(format!("{}: {e}", h.havip_id)),
         }
     }
-    let total = cfg.sentinel.addresses.len();
-    if reachable <= total / 2 {
+}
+
+/// Asks every Sentinel (the one-shot probe, read with the daemon's rules) and reports per Sentinel and per
+/// master; a Sentinel that does not count (not listed by its peers) and a lost majority are problems.
+async fn check_sentinels(cfg: &Config, r: &mut CheckReport) {
+    let masters: Vec<String> = cfg.havips.iter().map(|h| h.master.clone()).collect();
+    let snap = probe(&cfg.sentinel, &masters, &ConnectOptions::role_check(cfg)).await;
+    for s in &snap.sentinels {
+        let addr = &s.addr;
+        if !s.reachable {
+            r.problems.push(format!(
+                "sentinel {addr}: unreachable: {}",
+                s.error.as_deref().unwrap_or("no answer")
+            ));
+            continue;
+        }
+        let rtt = match crate::sentinel::conn::ping(addr, &cfg.sentinel).await {
+            Ok(rtt) => format!("{:.1} ms", rtt.as_secs_f64() * 1e3),
+            Err(e) => format!("ping failed: {e}"),
+        };
+        r.lines.push(format!("sentinel {addr}: reachable ({rtt})"));
+        for h in &cfg.havips {
+            match s.masters.get(&h.master) {
+                Some(m) => r.lines.push(format!(
+                    "sentinel {addr}: {} at {}:{} config-epoch {} flags {}",
+                    h.master,
+                    m.ip,
+                    m.port,
+                    m.config_epoch,
+                    m.flags.join(",")
+                )),
+                None => r.problems.push(format!(
+                    "sentinel {addr}: {}: {}",
+                    h.master,
+                    s.error.as_deref().unwrap_or("no answer for this master")
+                )),
+            }
+        }
+    }
+    let now = std::time::Instant::now();
+    for h in &cfg.havips {
+        let view = snap.view(&h.master, now);
+        for o in &view.outsiders {
+            r.problems.push(format!(
+                "sentinel {o}: {}: not listed by the other sentinels (SENTINEL SENTINELS): it answers for another deployment under the same master name, so it is not counted and cannot move the vip; fix sentinel.addresses",
+                h.master
+            ));
+        }
+        if let Some(p) = &view.pending {
+            r.lines.push(format!(
+                "{}: {} epoch {} reported only by {} and not corroborated yet",
+                h.master,
+                p.addr(),
+                p.epoch,
+                p.reported_by.join(", ")
+            ));
+        }
+        if !view.majority {
+            r.problems.push(format!(
+                "sentinel: {}: only {} of {} reachable and counted: the agent acts only while it reaches a majority",
+                h.master, view.members, view.total
+            ));
+        }
+    }
+    if cfg.havips.is_empty() && !snap.has_majority() {
         r.problems.push(format!(
-            "sentinel: only {reachable} of {total} reachable: the agent acts only while it reaches a majority"
+            "sentinel: only {} of {} reachable: the agent acts only while it reaches a majority",
+            snap.reachable(),
+            snap.total
         ));
     }
-    r
 }

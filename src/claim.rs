@@ -22,7 +22,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -161,6 +161,7 @@ pub struct Claimer {
     instance_type: InstanceType,
     announce: AnnounceConfig,
     cloud_timeout: Duration,
+    locks: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Claimer {
@@ -180,6 +181,8 @@ const FIRST_CONFIRM_AFTER: Duration = Duration::from_millis(100);
 /// GARP back for the whole timeout: a GARP from an instance outside the range is ignored by the VPC, and the
 /// confirm loop then associates and announces again.
 const PRE_ANNOUNCE_CHECK: Duration = Duration::from_millis(300);
+/// How long a release waits for the per-HAVIP lock before it goes ahead without it.
+pub const RELEASE_LOCK_WAIT: Duration = Duration::from_millis(500);
 /// The confirm backoff doubles up to this.
 const MAX_CONFIRM_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -200,6 +203,21 @@ impl Claimer {
             instance_type,
             announce,
             cloud_timeout,
+            locks: None,
+        }
+    }
+
+    /// Takes the per-HAVIP lock in `dir` (`claim.lock_dir`) inside every claim and release, so that
+    /// `migrate-havip` calls and the daemon on one host never interleave. Without it (tests), no lock.
+    pub fn with_locks(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.locks = Some(dir.into());
+        self
+    }
+
+    async fn lock(&self, havip_id: &str, until: Instant) -> Result<Option<HavipLock>, ClaimError> {
+        match &self.locks {
+            Some(dir) => HavipLock::acquire(dir, havip_id, until).await.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -251,6 +269,7 @@ impl Claimer {
             source,
         };
         let mut out = ClaimOutcome::default();
+        let _lock = self.lock(id, opts.deadline).await?;
 
         // Step 1: bind. Local and instant; the address does nothing on the VPC until the GARP counts.
         let change = self.net.bind(havip.vip).await.map_err(net_err)?;
@@ -291,29 +310,73 @@ impl Claimer {
             }
         }
 
-        // Step 3: announce. The burst runs beside the confirm loop; the first round goes out now.
-        let sent = Arc::new(AtomicU32::new(0));
-        let mut burst = Some(self.spawn_burst(havip, &opts, sent.clone()));
-
+        // Step 3: announce. The burst runs beside the confirm loop, inside this future (never a detached
+        // task): when the claim is aborted, its announcements stop with it.
+        let sent = AtomicU32::new(0);
+        let burst_done = AtomicBool::new(false);
+        let burst = async {
+            let r = self.announce_burst(havip, &opts, &sent).await;
+            burst_done.store(true, Ordering::Relaxed);
+            r
+        };
         let Some(cloud) = &self.cloud else {
-            join_burst(burst.take()).await.map_err(net_err)?;
+            burst.await.map_err(net_err)?;
             out.frames = sent.load(Ordering::Relaxed);
             return Ok(out);
         };
 
         // Step 4: confirm, re-announcing with backoff until the cloud names this instance.
+        let (confirmed_view, burst_result) = {
+            let confirm = self.confirm(cloud, havip, &opts, &sent, &burst_done, &mut out);
+            tokio::pin!(burst, confirm);
+            let mut burst_result = None;
+            let view = loop {
+                tokio::select! {
+                    r = &mut burst, if burst_result.is_none() => burst_result = Some(r),
+                    view = &mut confirm => break view,
+                }
+            };
+            if burst_result.is_none() && matches!(view, Ok(None)) {
+                // Not confirmed: the burst's remaining rounds still go out (they may yet move it).
+                burst_result = Some(burst.await);
+            }
+            // Confirmed with the burst still running: its remaining rounds are dropped with it here.
+            (view, burst_result)
+        };
+        let confirmed_view = confirmed_view.map_err(net_err)?;
+        if let Some(r) = burst_result {
+            r.map_err(net_err)?;
+        }
+        out.frames = sent.load(Ordering::Relaxed);
+        if let Some(h) = &confirmed_view {
+            self.narrow_if_exclusive(havip, h, &opts, &mut out).await;
+        }
+        Ok(out)
+    }
+
+    /// Step 4: asks the cloud with backoff until it names this instance (returns that view) or the deadline
+    /// passes (None). Once the initial burst is over, each unconfirmed answer is followed by another round.
+    async fn confirm(
+        &self,
+        cloud: &VpcClient,
+        havip: &HavipConfig,
+        opts: &ClaimOptions,
+        sent: &AtomicU32,
+        burst_done: &AtomicBool,
+        out: &mut ClaimOutcome,
+    ) -> Result<Option<HaVip>, NetError> {
+        let id = havip.havip_id.as_str();
         let mut backoff = FIRST_CONFIRM_AFTER;
-        let mut last_view: Option<HaVip> = None;
         loop {
             let now = Instant::now();
             if now >= opts.deadline {
-                break;
+                return Ok(None);
             }
             tokio::time::sleep(backoff.min(opts.deadline - now)).await;
             if Instant::now() >= opts.deadline {
                 // No time left for a request: asking now would only replace the last real cloud error
                 // (the one the operator needs) with "deadline passed".
-                break;
+                return Ok(None);
             }
             backoff = (backoff * 2).min(MAX_CONFIRM_BACKOFF);
             match cloud
@@ -324,77 +387,52 @@ impl Claimer {
                     out.cloud_error = None;
                     if h.instance_id.as_deref() == Some(&self.instance_id) {
                         out.confirmed = true;
-                        self.emit(&opts, havip, Step::Confirmed);
-                        last_view = Some(h);
-                        break;
+                        self.emit(opts, havip, Step::Confirmed);
+                        return Ok(Some(h));
                     }
                     if !self.may_move(&h) {
                         // Someone narrowed the range, or the first attempt failed: add this instance (again).
-                        self.associate(havip, &opts, &mut out).await;
+                        self.associate(havip, opts, out).await;
                     }
-                    last_view = Some(h);
                 }
                 Err(e) => {
                     let permanent = !e.is_retryable();
-                    self.cloud_failed(havip, &opts, &mut out, e);
+                    self.cloud_failed(havip, opts, out, e);
                     if permanent {
-                        break;
+                        return Ok(None);
                     }
                 }
             }
             // Not confirmed yet: once the initial burst is over, announce again.
-            if burst.as_ref().is_none_or(|b| b.is_finished()) {
-                join_burst(burst.take()).await.map_err(net_err)?;
-                let frames = self
-                    .net
-                    .announce_round(havip.vip.addr)
-                    .await
-                    .map_err(net_err)?;
+            if burst_done.load(Ordering::Relaxed) {
+                let frames = self.net.announce_round(havip.vip.addr).await?;
                 let total = sent.fetch_add(frames, Ordering::Relaxed) + frames;
-                self.emit(&opts, havip, Step::Announced { frames: total });
+                self.emit(opts, havip, Step::Announced { frames: total });
             }
         }
-        if let Some(b) = burst.take() {
-            if out.confirmed {
-                // The remaining rounds of the burst are not needed any more.
-                b.abort();
-            } else {
-                join_burst(Some(b)).await.map_err(net_err)?;
-            }
-        }
-        out.frames = sent.load(Ordering::Relaxed);
-        if out.confirmed
-            && let Some(h) = &last_view
-        {
-            self.narrow_if_exclusive(havip, h, &opts, &mut out).await;
-        }
-        Ok(out)
     }
 
-    /// Starts the GARP burst in the background, counting frames into `sent` and reporting each round.
-    fn spawn_burst(
+    /// The initial GARP burst, counting frames into `sent` and reporting each round.
+    async fn announce_burst(
         &self,
         havip: &HavipConfig,
         opts: &ClaimOptions,
-        sent: Arc<AtomicU32>,
-    ) -> tokio::task::JoinHandle<Result<u32, NetError>> {
-        let net = self.net.clone();
-        let (vip, n, spread) = (
+        sent: &AtomicU32,
+    ) -> Result<u32, NetError> {
+        let in_burst = AtomicU32::new(0);
+        let report = |burst_total: u32| {
+            let delta = burst_total - in_burst.swap(burst_total, Ordering::Relaxed);
+            let total = sent.fetch_add(delta, Ordering::Relaxed) + delta;
+            self.emit(opts, havip, Step::Announced { frames: total });
+        };
+        announce_burst_with(
+            self.net.as_ref(),
             havip.vip.addr,
             self.announce.burst,
             self.announce.spread.get(),
-        );
-        let this = self.clone();
-        let (havip, opts) = (havip.clone(), opts.clone());
-        tokio::spawn(async move {
-            let in_burst = AtomicU32::new(0);
-            let report = move |burst_total: u32| {
-                let delta = burst_total - in_burst.swap(burst_total, Ordering::Relaxed);
-                let total = sent.fetch_add(delta, Ordering::Relaxed) + delta;
-                this.emit(&opts, &havip, Step::Announced { frames: total });
-            };
-            announce_burst_with(net.as_ref(), vip, n, spread, &report).await
-        })
+            &report,
+        )
+        .await
     }
 
     async fn associate(
@@ -500,8 +538,17 @@ impl Claimer {
         }
     }
 
-    /// Removes the VIP from the interface if it is there. Needs no API call.
+    /// Removes the VIP from the interface if it is there. Needs no API call. Waits at most
+    /// [`RELEASE_LOCK_WAIT`] for the lock, then releases without it: giving the VIP up is always safe, and a
+    /// stale holder must not keep it because a claim elsewhere on this host is slow.
     pub async fn release(&self, havip: &HavipConfig) -> Result<Change, ClaimError> {
+        let _lock = self
+            .lock(&havip.havip_id, Instant::now() + RELEASE_LOCK_WAIT)
+            .await
+            .inspect_err(
+                |e| warn!(havip = %havip.havip_id, error = %e, "releasing without the lock"),
+            )
+            .ok();
         self.net
             .unbind(havip.vip)
             .await
@@ -509,19 +556,6 @@ impl Claimer {
                 havip: havip.havip_id.clone(),
                 source,
             })
-    }
-}
-
-async fn join_burst(
-    burst: Option<tokio::task::JoinHandle<Result<u32, NetError>>>,
-) -> Result<u32, NetError> {
-    match burst {
-        None => Ok(0),
-        Some(b) => match b.await {
-            Ok(r) => r,
-            // Aborted after a confirm: the rounds it sent were counted as they went out.
-            Err(_) => Ok(0),
-        },
     }
 }
 

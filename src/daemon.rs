@@ -1,16 +1,15 @@
 //! `havip-agent run`: the level-triggered loop that keeps each HAVIP on Sentinel's current master.
 //!
-//! Owns the per-HAVIP tasks: gathering an [`Observation`] from the Sentinel watcher's snapshot, the local
-//! binding and the cloud view; calling the pure [`plan`]; carrying out the actions with the shared claim code
-//! (`claim`), the Redis fence (`fence`), hooks and alerts; timers for re-announcing, verifying and repairing
-//! drift; status and metrics. It does not parse Sentinel replies (`sentinel`), sign requests (`cloud`) or
-//! touch the kernel directly (`net`).
+//! Owns the per-HAVIP tasks and their timing: each task follows the Sentinel watcher's snapshots, feeds its
+//! [`HavipMachine`] (the decision state shared with `migrate-havip`), and carries the planned actions out
+//! with the shared [`Executor`]; timers re-announce, verify the cloud holder and repair local drift. It also
+//! owns status, metrics, hooks and alerts for what it did, and the per-task health beats. It does not parse
+//! Sentinel replies (`sentinel`), decide (`reconcile`), sign requests (`cloud`) or touch the kernel (`net`).
 //!
 //! Every HAVIP has its own task, so a slow cloud call for one never delays another; within a task, every
 //! slow thing (claim, cloud verify, Redis pause) runs in a spawned task that reports back on a channel, so
 //! the loop itself never waits on the network and reacts to the next snapshot at once.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,26 +18,25 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::act::{Executor, FenceSetup};
 use crate::alerts::{Alert, AlertKind, Alerter};
-use crate::claim::{ClaimError, ClaimOptions, ClaimOutcome, Claimer, HavipLock, Progress, Step};
+use crate::claim::{ClaimError, ClaimOptions, ClaimOutcome, Claimer, Progress, Step};
 use crate::cloud::{CloudError, HaVip};
-use crate::config::{Config, FenceAfter, HavipConfig, OnShutdown, Scope};
-use crate::fence::RedisFence;
+use crate::config::{Config, HavipConfig, OnShutdown, Scope};
 use crate::hooks::{HookContext, Hooks};
 use crate::metrics::Metrics;
 use crate::net::Change;
 use crate::node::Identity;
 use crate::reconcile::{
-    Action, CloudHolder, Decision, MasterConfig, Observation, ReleaseReason, plan,
+    Action, CloudHolder, Decision, FORGET_AFTER, HavipMachine, Local, MasterConfig, Policy,
+    ReleaseReason,
 };
+use crate::sentinel::MasterView;
 use crate::sentinel::conn::ConnectOptions;
 use crate::sentinel::snapshot::Snapshot;
 use crate::sentinel::watcher::{ObservedEvent, WatchOptions, Watcher};
-use crate::status::{HavipStatus, Health, StatusHandle, StatusReport, rfc3339};
+use crate::status::{Beat, HavipStatus, Health, StatusHandle, StatusReport, rfc3339};
 
-/// `fence_after = "auto"` when no Sentinel has reported `down-after-milliseconds` yet: a third of Sentinel's
-/// default (30 s).
-const FENCE_AFTER_FALLBACK: Duration = Duration::from_secs(10);
 /// How long a stopping agent lets a running claim finish its first announce before aborting it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -151,7 +149,20 @@ impl Agent {
     pub fn start_with_events(parts: AgentParts, events: broadcast::Sender<AgentEvent>) -> Agent {
         let cfg = parts.config.clone();
         let masters: Vec<String> = cfg.havips.iter().map(|h| h.master.clone()).collect();
-        let (watcher, snaps) = Watcher::spawn_with(&cfg.sentinel, masters, parts.watch.clone());
+        let mut watch_opts = parts.watch.clone();
+        watch_opts.role = Some(ConnectOptions::role_check(&cfg));
+        let sentinel_beats: Vec<Beat> = cfg
+            .sentinel
+            .addresses
+            .iter()
+            .map(|a| parts.health.register(format!("sentinel watch {a}")))
+            .collect();
+        watch_opts.progress = Some(Arc::new(move |i: usize| {
+            if let Some(b) = sentinel_beats.get(i) {
+                b.beat();
+            }
+        }));
+        let (watcher, snaps) = Watcher::spawn_with(&cfg.sentinel, masters, watch_opts);
         let (stop, _) = watch::channel(false);
         parts.status.update(|r| {
             *r = StatusReport {
@@ -170,6 +181,7 @@ impl Agent {
                         ..HavipStatus::default()
                     })
                     .collect(),
+                ..StatusReport::default()
             }
         });
         let mut tasks = Vec::new();
@@ -179,21 +191,16 @@ impl Agent {
             events.clone(),
             parts.metrics.clone(),
             parts.status.clone(),
-            parts.health.clone(),
             cfg.sentinel.poll_interval.get(),
             stop.subscribe(),
         )));
-        let fence_opts = cfg.redis.as_ref().filter(|r| r.pause_writes).map(|r| {
-            let mut opts = ConnectOptions::sentinel(&cfg.sentinel);
-            opts.username = r.username.clone();
-            opts.password = r.password.clone();
-            if !r.tls {
-                opts.tls = None;
-            }
-            (opts, r.address.clone(), r.pause.get())
-        });
+        let fence = cfg
+            .redis
+            .as_ref()
+            .and_then(|r| FenceSetup::from_config(&cfg, parts.identity.address, r.pause.get()));
+        let executor = Executor::new(parts.claimer.clone().with_locks(&cfg.claim.lock_dir), fence);
         for h in &cfg.havips {
-            let task = HavipTask::new(h.clone(), &parts, fence_opts.clone(), events.clone());
+            let task = HavipTask::new(h.clone(), &parts, executor.clone(), events.clone());
             tasks.push(tokio::spawn(task.run(snaps.clone(), stop.subscribe())));
         }
         Agent {
@@ -238,21 +245,20 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Follows the watcher for node-wide things: reachability gauges, status, the watch's health beat, and
+/// Follows the watcher for node-wide things: reachability gauges, Sentinels that do not count, status, and
 /// forwarding Sentinel events to the agent's event stream.
-#[allow(clippy::too_many_arguments)]
 async fn watch_monitor(
     mut snaps: watch::Receiver<Arc<Snapshot>>,
     mut sentinel_events: broadcast::Receiver<ObservedEvent>,
     events: broadcast::Sender<AgentEvent>,
     metrics: Metrics,
     status: StatusHandle,
-    health: Health,
     tick: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flagged: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -279,12 +285,19 @@ async fn watch_monitor(
         let snap = snaps.borrow_and_update().clone();
         let reachable = snap.reachable();
         metrics.set_sentinels_reachable(reachable, snap.total);
+        let outsiders = snap.outsiders();
+        for s in &snap.sentinels {
+            metrics.set_sentinel_uncorroborated(&s.addr, outsiders.contains(&s.addr));
+        }
+        for o in outsiders.iter().filter(|o| !flagged.contains(o)) {
+            warn!(sentinel = %o, "sentinel does not count: its peers do not list it (another deployment under the same master name?); it cannot move the vip");
+        }
+        flagged = outsiders.clone();
         status.update(|r| {
             r.sentinels_reachable = reachable;
             r.sentinels_total = snap.total;
+            r.sentinels_uncorroborated = outsiders;
         });
-        // The watch is alive while this follower of its snapshots runs.
-        health.beat_watch();
     }
 }
 
@@ -305,7 +318,7 @@ enum Done {
 
 struct RunningClaim {
     seq: u64,
-    abort: tokio::task::AbortHandle,
+    task: JoinHandle<()>,
     config: MasterConfig,
     decided_at: Instant,
 }
@@ -313,39 +326,29 @@ struct RunningClaim {
 struct HavipTask {
     h: HavipConfig,
     cfg: Arc<Config>,
-    me: IpAddr,
     node: String,
-    claimer: Claimer,
+    exec: Executor,
+    machine: HavipMachine,
     metrics: Metrics,
     status: StatusHandle,
-    health: Health,
+    beat: Beat,
     hooks: Hooks,
     alerter: Alerter,
     events: broadcast::Sender<AgentEvent>,
-    fence_opts: Option<(ConnectOptions, Option<String>, Duration)>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 
-    started: Instant,
-    remembered: Option<MasterConfig>,
-    known_down_after: Option<Duration>,
     bound: bool,
     cloud: CloudHolder,
     cloud_holder_id: Option<String>,
     in_range: bool,
-    claimed_epoch: Option<u64>,
     claim: Option<RunningClaim>,
     claim_seq: u64,
-    claim_failures: u32,
-    next_claim_at: Option<Instant>,
-    paused: bool,
-    last_pause: Option<Instant>,
     pause_in_flight: bool,
     verify_in_flight: bool,
     last_verify: Option<Instant>,
     last_refresh: Instant,
     last_drift_check: Instant,
-    failover_id: Option<String>,
     last_decision: Option<Decision>,
     last_switch: Option<SystemTime>,
 }
@@ -354,55 +357,58 @@ impl HavipTask {
     fn new(
         h: HavipConfig,
         parts: &AgentParts,
-        fence_opts: Option<(ConnectOptions, Option<String>, Duration)>,
+        exec: Executor,
         events: broadcast::Sender<AgentEvent>,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
-        Self {
-            h,
-            cfg: parts.config.clone(),
+        let cfg = parts.config.clone();
+        let machine = HavipMachine::new(Policy {
             me: parts.identity.address,
+            master: h.master.clone(),
+            fence_after: cfg.sentinel.fence_after,
+            forget_after: FORGET_AFTER,
+            redis_fence: exec.fences(),
+            pause: exec.fence_setup().map_or(Duration::ZERO, |f| f.pause()),
+        });
+        Self {
+            beat: parts.health.register(format!("havip {}", h.havip_id)),
+            h,
+            cfg,
             node: parts.identity.instance_id.clone(),
-            claimer: parts.claimer.clone(),
+            exec,
+            machine,
             metrics: parts.metrics.clone(),
             status: parts.status.clone(),
-            health: parts.health.clone(),
             hooks: parts.hooks.clone(),
             alerter: parts.alerter.clone(),
             events,
-            fence_opts,
             done_tx,
             done_rx,
-            started: now,
-            remembered: None,
-            known_down_after: None,
             bound: false,
             cloud: CloudHolder::Unknown,
             cloud_holder_id: None,
             in_range: false,
-            claimed_epoch: None,
             claim: None,
             claim_seq: 0,
-            claim_failures: 0,
-            next_claim_at: None,
-            paused: false,
-            last_pause: None,
             pause_in_flight: false,
             verify_in_flight: false,
             last_verify: None,
             last_refresh: now,
             last_drift_check: now,
-            failover_id: None,
             last_decision: None,
             last_switch: None,
         }
     }
 
+    fn failover_id(&self) -> Option<String> {
+        self.machine.failover_id().map(str::to_owned)
+    }
+
     fn emit(&self, kind: AgentEventKind) {
         let _ = self.events.send(AgentEvent {
             havip_id: self.h.havip_id.clone(),
-            failover_id: self.failover_id.clone(),
+            failover_id: self.failover_id(),
             at: Instant::now(),
             wall: SystemTime::now(),
             kind,
@@ -416,7 +422,7 @@ impl HavipTask {
             vip: self.h.vip.to_string(),
             master: self.h.master.clone(),
             node: self.node.clone(),
-            failover_id: self.failover_id.clone(),
+            failover_id: self.failover_id(),
             message,
             at: SystemTime::now(),
         });
@@ -428,7 +434,29 @@ impl HavipTask {
             vip: self.h.vip.to_string(),
             master: self.h.master.clone(),
             result: result.into(),
-            failover_id: self.failover_id.clone().unwrap_or_default(),
+            failover_id: self.failover_id().unwrap_or_default(),
+        }
+    }
+
+    /// The local Redis port Sentinel reports for this node (for the write pause), if it named this node.
+    fn redis_port(&self) -> Option<u16> {
+        self.machine
+            .remembered()
+            .filter(|c| c.ip == self.machine.policy().me)
+            .map(|c| c.port)
+    }
+
+    async fn refresh_bound(&mut self) {
+        match self.exec.net().is_bound(self.h.vip).await {
+            Ok(b) => {
+                if b != self.bound {
+                    warn!(havip = %self.h.havip_id, vip = %self.h.vip, bound = b, "local binding changed behind the agent's back");
+                }
+                self.bound = b;
+            }
+            Err(e) => {
+                warn!(havip = %self.h.havip_id, error = %e, "cannot read the interface's addresses")
+            }
         }
     }
 
@@ -437,7 +465,7 @@ impl HavipTask {
         mut snaps: watch::Receiver<Arc<Snapshot>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        match self.claimer.net().is_bound(self.h.vip).await {
+        match self.exec.net().is_bound(self.h.vip).await {
             Ok(b) => self.bound = b,
             Err(e) => {
                 error!(havip = %self.h.havip_id, error = %e, "cannot read the interface's addresses")
@@ -446,8 +474,8 @@ impl HavipTask {
         info!(havip = %self.h.havip_id, master = %self.h.master, vip = %self.h.vip, bound = self.bound, "watching havip");
         self.spawn_verify(true);
         loop {
-            let snap = snaps.borrow_and_update().clone();
-            let wake = self.next_wake(&snap);
+            self.beat.beat();
+            let wake = self.next_wake();
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
@@ -455,146 +483,60 @@ impl HavipTask {
                 r = snaps.changed() => if r.is_err() { break },
                 _ = tokio::time::sleep_until(wake) => {}
             }
-            let snap = snaps.borrow().clone();
+            let snap = snaps.borrow_and_update().clone();
             self.timers(&snap).await;
             self.step(&snap).await;
-            self.health.beat_main();
         }
         self.shutdown().await;
     }
 
-    /// When the loop must wake even without news: the fence deadline, pause renewals, timers.
-    fn next_wake(&self, snap: &Snapshot) -> Instant {
+    /// When the loop must wake even without news: the fence deadline, pause renewals, a claim retry, timers.
+    fn next_wake(&self) -> Instant {
         let now = Instant::now();
         let mut wake = now + self.cfg.sentinel.poll_interval.get();
-        if !snap.has_majority()
-            && let Some(after) = self.fence_after(snap)
+        for at in [self.machine.fence_due_at(), self.machine.retry_at()]
+            .into_iter()
+            .flatten()
         {
-            let at = self.majority_last_seen(snap) + after;
-            if at > now {
-                wake = wake.min(at);
-            }
-        }
-        if self.paused
-            && let Some((_, _, pause)) = &self.fence_opts
-            && let Some(last) = self.last_pause
-        {
-            wake = wake.min(last + *pause / 2);
-        }
-        if let Some(at) = self.next_claim_at {
             wake = wake.min(at.max(now));
+        }
+        if let Some(f) = self.exec.fence_setup()
+            && let Some((o, _)) = self.machine.last()
+            && o.paused
+        {
+            // A pause in force is renewed at half its length while still needed.
+            wake = wake.min(now + f.pause() / 4);
         }
         wake.max(now + Duration::from_millis(1))
     }
 
-    /// The moment the majority of Sentinels was last seen: the (n/2+1)-th most recent answer, counting
-    /// reachable Sentinels as answering now. Sentinels that stalled stop advancing their `last_ok`, so
-    /// this is exact for a lost majority.
-    fn majority_last_seen(&self, snap: &Snapshot) -> Instant {
-        let now = Instant::now();
-        let std_now = std::time::Instant::now();
-        let mut seen: Vec<Instant> = snap
-            .sentinels
-            .iter()
-            .map(|s| {
-                if s.reachable {
-                    now
-                } else {
-                    match s.last_ok {
-                        Some(t) => now
-                            .checked_sub(std_now.saturating_duration_since(t))
-                            .unwrap_or(self.started),
-                        None => self.started,
-                    }
-                }
-            })
-            .map(|t| t.max(self.started))
-            .collect();
-        seen.sort_unstable_by(|a, b| b.cmp(a));
-        let k = snap.total / 2;
-        seen.get(k).copied().unwrap_or(self.started)
-    }
-
-    fn fence_after(&self, snap: &Snapshot) -> Option<Duration> {
-        match self.cfg.sentinel.fence_after {
-            FenceAfter::Hold => None,
-            FenceAfter::After(d) => Some(d),
-            FenceAfter::Auto => Some(
-                snap.min_down_after(&self.h.master)
-                    .or(self.known_down_after)
-                    .map(|d| d / 3)
-                    .unwrap_or(FENCE_AFTER_FALLBACK),
-            ),
-        }
-    }
-
-    fn observe(&mut self, snap: &Snapshot) -> Observation {
-        let reported = snap.newest(&self.h.master).map(|n| MasterConfig {
-            ip: n.ip,
-            port: n.port,
-            epoch: n.epoch,
-        });
-        if let Some(d) = snap.min_down_after(&self.h.master) {
-            self.known_down_after = Some(d);
-        }
-        let majority = snap.has_majority();
-        let cut_off_for = if majority {
-            Duration::ZERO
-        } else {
-            Instant::now().saturating_duration_since(self.majority_last_seen(snap))
-        };
-        let obs = Observation {
-            majority,
-            reported,
-            remembered: self.remembered,
-            cut_off_for,
-            fence_after: self.fence_after(snap),
-            bound: self.bound,
-            cloud: self.cloud,
-            claimed_epoch: self.claimed_epoch,
-            // A claim that failed waits for its retry time as if it were still running.
-            claiming: self.claim.is_some()
-                || self.next_claim_at.is_some_and(|t| Instant::now() < t),
-            paused: self.paused,
-            redis_fence: self.fence_opts.is_some(),
-        };
-        // Remember the newest configuration seen, and start a new failover id when it changes.
-        if let Some(r) = reported {
-            let newer = self.remembered.is_none_or(|m| r.epoch > m.epoch);
-            if newer {
-                if self.remembered.is_some() {
-                    self.last_switch = Some(SystemTime::now());
-                    self.metrics
-                        .set_last_switch(&self.h.havip_id, SystemTime::now());
-                }
-                self.failover_id = Some(format!("{}-{}", self.h.master, r.epoch));
-                self.remembered = Some(r);
-            }
-        }
-        obs
-    }
-
     async fn step(&mut self, snap: &Snapshot) {
-        let obs = self.observe(snap);
-        let decision = plan(self.me, &obs);
-        if decision.fence && self.last_decision.is_none_or(|d| !d.fence) {
-            self.failover_id = Some(format!(
-                "{}-fence-{}",
-                self.h.master,
-                crate::clock::unix_seconds(SystemTime::now())
-            ));
+        let now = Instant::now();
+        let view = snap.view(&self.h.master, now.into_std());
+        let local = Local {
+            bound: self.bound,
+            pause_left: self.pause_left(),
+        };
+        let noticed = self.machine.observe(&view, local, self.cloud, now);
+        if let Some(c) = noticed.switched {
+            info!(havip = %self.h.havip_id, master = %self.h.master, epoch = c.epoch, master_addr = %c.addr(), "new configuration");
         }
+        if let Some(c) = noticed.forgot {
+            warn!(havip = %self.h.havip_id, master = %self.h.master, epoch = c.epoch, master_addr = %c.addr(), after_s = FORGET_AFTER.as_secs(), "a majority of sentinels agrees on an older configuration: forgetting the newer one remembered (sentinels re-provisioned?)");
+        }
+        let decision = self.machine.plan(SystemTime::now());
         if self.last_decision != Some(decision) {
             let actions = decision.actions.to_vec();
             info!(
                 havip = %self.h.havip_id,
                 master = %self.h.master,
-                failover_id = self.failover_id.as_deref().unwrap_or(""),
+                failover_id = self.failover_id().as_deref().unwrap_or(""),
                 epoch = decision.config.map(|c| c.epoch),
                 master_addr = ?decision.config.map(|c| c.ip),
-                majority = obs.majority,
-                reachable = snap.reachable(),
-                total = snap.total,
+                majority = view.majority,
+                members = view.members,
+                total = view.total,
+                pending = ?view.pending.as_ref().map(|p| (p.epoch, p.ip)),
                 desired = decision.desired,
                 fence = decision.fence,
                 bound = self.bound,
@@ -605,7 +547,7 @@ impl HavipTask {
             self.emit(AgentEventKind::Decision {
                 config: decision.config,
                 desired: decision.desired,
-                majority: obs.majority,
+                majority: view.majority,
                 fence: decision.fence,
                 actions,
             });
@@ -614,14 +556,20 @@ impl HavipTask {
         for action in decision.actions.iter() {
             self.act(action).await;
         }
-        self.publish(&decision);
+        self.publish(&decision, &view);
+    }
+
+    fn pause_left(&self) -> Option<Duration> {
+        let f = self.exec.fence_setup()?;
+        crate::fence::PauseLedger::new(&self.cfg.claim.lock_dir)
+            .left(&f.redis_addr(self.redis_port()), SystemTime::now())
     }
 
     async fn act(&mut self, action: Action) {
         match action {
             Action::Claim { config } => self.start_claim(config, "claim"),
             Action::Reannounce => {
-                if let Some(config) = self.remembered {
+                if let Some(config) = self.machine.remembered() {
                     self.alert(
                         AlertKind::CloudMismatch,
                         format!(
@@ -633,21 +581,26 @@ impl HavipTask {
                 }
             }
             Action::AbortClaim => {
-                if let Some(c) = self.claim.take() {
-                    c.abort.abort();
-                    info!(havip = %self.h.havip_id, failover_id = self.failover_id.as_deref().unwrap_or(""), "aborted a running claim: this node is no longer the desired holder");
+                if self.abort_claim().await {
+                    info!(havip = %self.h.havip_id, failover_id = self.failover_id().as_deref().unwrap_or(""), "aborted a running claim: this node is no longer the desired holder");
                 }
-                match self.claimer.net().is_bound(self.h.vip).await {
-                    Ok(b) => self.bound = b,
-                    Err(e) => {
-                        warn!(havip = %self.h.havip_id, error = %e, "cannot read the interface's addresses")
-                    }
-                }
+                self.refresh_bound().await;
             }
             Action::Release { reason } => self.release(reason).await,
             Action::PauseWrites => self.pause(false),
             Action::Unpause => self.pause(true),
         }
+    }
+
+    /// Stops the running claim and waits until its task is gone, so not one more GARP leaves after this.
+    async fn abort_claim(&mut self) -> bool {
+        let Some(c) = self.claim.take() else {
+            return false;
+        };
+        c.task.abort();
+        let _ = c.task.await;
+        self.machine.claim_aborted();
+        true
     }
 
     fn start_claim(&mut self, config: MasterConfig, why: &'static str) {
@@ -657,11 +610,11 @@ impl HavipTask {
         self.claim_seq += 1;
         let seq = self.claim_seq;
         let decided_at = Instant::now();
-        let claimer = self.claimer.clone();
+        let exec = self.exec.clone();
         let h = self.h.clone();
         let done = self.done_tx.clone();
         let events = self.events.clone();
-        let failover_id = self.failover_id.clone();
+        let failover_id = self.failover_id();
         let havip_id = self.h.havip_id.clone();
         let progress: Progress = Arc::new(move |ev| {
             info!(havip = %ev.havip_id, failover_id = failover_id.as_deref().unwrap_or(""), step = ?ev.step, "claim step");
@@ -678,23 +631,20 @@ impl HavipTask {
             known_in_range: self.in_range,
             progress: Some(progress),
         };
-        let lock_dir = self.cfg.claim.lock_dir.clone();
         let confirm_role = self
             .cfg
             .sentinel
             .confirm_role
-            .then(|| ConnectOptions::sentinel(&self.cfg.sentinel));
+            .then(|| ConnectOptions::role_check(&self.cfg));
         info!(
             havip = %self.h.havip_id,
-            failover_id = self.failover_id.as_deref().unwrap_or(""),
+            failover_id = self.failover_id().as_deref().unwrap_or(""),
             epoch = config.epoch,
             why,
             "claiming"
         );
         let task = tokio::spawn(async move {
-            if let Some(mut copts) = confirm_role {
-                copts.password = None;
-                copts.username = None;
+            if let Some(copts) = confirm_role {
                 match crate::sentinel::conn::confirm_role(config.ip, config.port, &copts).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -712,15 +662,13 @@ impl HavipTask {
                     }
                 }
             }
-            let result = match HavipLock::acquire(&lock_dir, &h.havip_id, opts.deadline).await {
-                Ok(_lock) => claimer.claim(&h, opts).await,
-                Err(e) => Err(e),
-            };
+            let result = exec.claim(&h, opts).await;
             let _ = done.send(Done::Claim { seq, result });
         });
+        self.machine.claim_started(config);
         self.claim = Some(RunningClaim {
             seq,
-            abort: task.abort_handle(),
+            task,
             config,
             decided_at,
         });
@@ -732,111 +680,12 @@ impl HavipTask {
                 let Some(claim) = self.claim.take_if(|c| c.seq == seq) else {
                     return; // an aborted claim's late report
                 };
-                let took = claim.decided_at.elapsed();
-                let fid = self.failover_id.clone().unwrap_or_default();
-                match result {
-                    Ok(out) => {
-                        self.bound = true;
-                        self.claim_failures = 0;
-                        self.next_claim_at = None;
-                        self.claimed_epoch = Some(claim.config.epoch);
-                        self.last_refresh = Instant::now();
-                        if out.confirmed {
-                            self.cloud = CloudHolder::ThisNode;
-                            self.cloud_holder_id = Some(self.claimer.instance_id().to_owned());
-                            self.in_range = true;
-                            self.last_verify = Some(Instant::now());
-                        } else {
-                            self.cloud = CloudHolder::Unknown;
-                        }
-                        if out.associated {
-                            self.in_range = true;
-                        }
-                        let ok = out.confirmed;
-                        self.metrics.observe_claim(&self.h.havip_id, took, ok);
-                        self.metrics
-                            .add_garp_frames(&self.h.havip_id, out.frames as u64);
-                        self.metrics
-                            .set_last_switch(&self.h.havip_id, SystemTime::now());
-                        self.last_switch = Some(SystemTime::now());
-                        let result = match (&out.cloud_error, out.confirmed) {
-                            (_, true) => "confirmed".to_owned(),
-                            (Some(e), false) => format!("unconfirmed: {e}"),
-                            (None, false) => "unconfirmed: the cloud did not name this instance before the deadline".to_owned(),
-                        };
-                        info!(
-                            havip = %self.h.havip_id,
-                            failover_id = %fid,
-                            confirmed = out.confirmed,
-                            already_held = out.already_held,
-                            associated = out.associated,
-                            frames = out.frames,
-                            took_ms = took.as_secs_f64() * 1e3,
-                            "claimed"
-                        );
-                        self.emit(AgentEventKind::Claimed {
-                            confirmed: out.confirmed,
-                            frames: out.frames,
-                            took,
-                        });
-                        if !out.already_held {
-                            self.hooks.acquired(self.hook_ctx(result.clone()));
-                            if ok {
-                                self.alert(
-                                    AlertKind::Acquired,
-                                    format!("vip {} is now on this node", self.h.vip),
-                                );
-                            } else {
-                                self.alert(
-                                    AlertKind::CloudUnconfirmed,
-                                    format!("vip bound and announced locally; {result}"),
-                                );
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        self.claim_failures += 1;
-                        let backoff = Duration::from_millis(250)
-                            .saturating_mul(1 << self.claim_failures.min(6))
-                            .min(Duration::from_secs(10));
-                        self.next_claim_at = Some(Instant::now() + backoff);
-                        error!(havip = %self.h.havip_id, failover_id = %fid, error = %e, retry_in_ms = backoff.as_millis() as u64, "claim failed");
-                        self.metrics.observe_claim(&self.h.havip_id, took, false);
-                        self.emit(AgentEventKind::ClaimFailed {
-                            error: e.to_string(),
-                        });
-                        self.alert(AlertKind::ClaimFailed, e.to_string());
-                        if let Ok(b) = self.claimer.net().is_bound(self.h.vip).await {
-                            self.bound = b;
-                        }
-                    }
-                }
+                self.claim_finished(claim, result).await;
             }
-            Done::Verify { result } => {
-                self.verify_in_flight = false;
-                self.last_verify = Some(Instant::now());
-                match result {
-                    Ok(h) => {
-                        self.in_range = self.claimer.may_move(&h);
-                        let mine = h.instance_id.as_deref() == Some(self.claimer.instance_id());
-                        self.cloud = if mine {
-                            CloudHolder::ThisNode
-                        } else {
-                            CloudHolder::Elsewhere
-                        };
-                        self.cloud_holder_id = h.instance_id.clone();
-                        debug!(havip = %self.h.havip_id, holder = ?h.instance_id, in_range = self.in_range, "cloud view");
-                    }
-                    Err(e) => {
-                        warn!(havip = %self.h.havip_id, error = %e, "could not read the havip from the cloud");
-                        self.cloud = CloudHolder::Unknown;
-                    }
-                }
-            }
+            Done::Verify { result } => self.verified(result),
             Done::Pause { unpause, ok } => {
                 self.pause_in_flight = false;
                 if unpause && ok {
-                    self.paused = false;
                     self.emit(AgentEventKind::Unpaused);
                 } else if !unpause && ok {
                     self.emit(AgentEventKind::Paused);
@@ -845,10 +694,114 @@ impl HavipTask {
         }
     }
 
+    async fn claim_finished(
+        &mut self,
+        claim: RunningClaim,
+        result: Result<ClaimOutcome, ClaimError>,
+    ) {
+        let took = claim.decided_at.elapsed();
+        let fid = self.failover_id().unwrap_or_default();
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                let retry_in = self.machine.claim_finished(false, Instant::now());
+                error!(havip = %self.h.havip_id, failover_id = %fid, error = %e, retry_in_ms = retry_in.map(|d| d.as_millis() as u64), "claim failed");
+                self.metrics.observe_claim(&self.h.havip_id, took, false);
+                self.emit(AgentEventKind::ClaimFailed {
+                    error: e.to_string(),
+                });
+                self.alert(AlertKind::ClaimFailed, e.to_string());
+                self.refresh_bound().await;
+                return;
+            }
+        };
+        self.machine.claim_finished(true, Instant::now());
+        self.bound = true;
+        self.last_refresh = Instant::now();
+        if out.confirmed {
+            self.cloud = CloudHolder::ThisNode;
+            self.cloud_holder_id = Some(self.exec.claimer().instance_id().to_owned());
+            self.in_range = true;
+            self.last_verify = Some(Instant::now());
+        } else {
+            self.cloud = CloudHolder::Unknown;
+        }
+        if out.associated {
+            self.in_range = true;
+        }
+        self.metrics
+            .observe_claim(&self.h.havip_id, took, out.confirmed);
+        self.metrics
+            .add_garp_frames(&self.h.havip_id, out.frames as u64);
+        self.metrics
+            .set_last_switch(&self.h.havip_id, SystemTime::now());
+        self.last_switch = Some(SystemTime::now());
+        let result = match (&out.cloud_error, out.confirmed) {
+            (_, true) => "confirmed".to_owned(),
+            (Some(e), false) => format!("unconfirmed: {e}"),
+            (None, false) => {
+                "unconfirmed: the cloud did not name this instance before the deadline".to_owned()
+            }
+        };
+        info!(
+            havip = %self.h.havip_id,
+            failover_id = %fid,
+            epoch = claim.config.epoch,
+            confirmed = out.confirmed,
+            already_held = out.already_held,
+            associated = out.associated,
+            frames = out.frames,
+            took_ms = took.as_secs_f64() * 1e3,
+            "claimed"
+        );
+        self.emit(AgentEventKind::Claimed {
+            confirmed: out.confirmed,
+            frames: out.frames,
+            took,
+        });
+        if !out.already_held {
+            self.hooks.acquired(self.hook_ctx(result.clone()));
+            if out.confirmed {
+                self.alert(
+                    AlertKind::Acquired,
+                    format!("vip {} is now on this node", self.h.vip),
+                );
+            } else {
+                self.alert(
+                    AlertKind::CloudUnconfirmed,
+                    format!("vip bound and announced locally; {result}"),
+                );
+            }
+        }
+    }
+
+    fn verified(&mut self, result: Result<HaVip, CloudError>) {
+        self.verify_in_flight = false;
+        self.last_verify = Some(Instant::now());
+        match result {
+            Ok(h) => {
+                let claimer = self.exec.claimer();
+                self.in_range = claimer.may_move(&h);
+                let mine = h.instance_id.as_deref() == Some(claimer.instance_id());
+                self.cloud = if mine {
+                    CloudHolder::ThisNode
+                } else {
+                    CloudHolder::Elsewhere
+                };
+                self.cloud_holder_id = h.instance_id.clone();
+                debug!(havip = %self.h.havip_id, holder = ?h.instance_id, in_range = self.in_range, "cloud view");
+            }
+            Err(e) => {
+                warn!(havip = %self.h.havip_id, error = %e, "could not read the havip from the cloud");
+                self.cloud = CloudHolder::Unknown;
+            }
+        }
+    }
+
     /// Reads the HAVIP from the cloud in the background. At start (`prepare`), an inclusive-scope node also
     /// adds itself to the drift range, so that a later failover needs no API call before its first GARP.
     fn spawn_verify(&mut self, prepare: bool) {
-        let Some(cloud) = self.claimer.cloud().cloned() else {
+        let Some(cloud) = self.exec.claimer().cloud().cloned() else {
             return;
         };
         if self.verify_in_flight {
@@ -858,7 +811,7 @@ impl HavipTask {
         let done = self.done_tx.clone();
         let id = self.h.havip_id.clone();
         let timeout = self.cfg.cloud.timeout.get();
-        let claimer = self.claimer.clone();
+        let claimer = self.exec.claimer().clone();
         let inclusive = self.h.scope == Scope::Inclusive;
         let ty = self.cfg.node.instance_type;
         tokio::spawn(async move {
@@ -889,30 +842,23 @@ impl HavipTask {
     /// Periodic work: local drift repair, re-announcing while holding, verifying the cloud holder.
     async fn timers(&mut self, snap: &Snapshot) {
         let now = Instant::now();
-        let holding = self.bound && self.claim.is_none() && self.claimed_epoch.is_some();
+        let holding = self.bound && self.claim.is_none() && self.cloud != CloudHolder::Elsewhere;
         if now.duration_since(self.last_drift_check) >= self.cfg.sentinel.poll_interval.get()
             && self.claim.is_none()
         {
             self.last_drift_check = now;
-            match self.claimer.net().is_bound(self.h.vip).await {
-                Ok(b) if b != self.bound => {
-                    warn!(havip = %self.h.havip_id, vip = %self.h.vip, bound = b, "local binding changed behind the agent's back");
-                    self.bound = b;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(havip = %self.h.havip_id, error = %e, "cannot read the interface's addresses")
-                }
-            }
+            self.refresh_bound().await;
         }
+        let desired = self.last_decision.is_some_and(|d| d.desired);
         let refresh = self.cfg.announce.refresh_interval.get();
         if holding
+            && desired
             && !refresh.is_zero()
             && now.duration_since(self.last_refresh) >= refresh
-            && snap.has_majority()
+            && snap.view(&self.h.master, now.into_std()).majority
         {
             self.last_refresh = now;
-            match self.claimer.net().announce_round(self.h.vip.addr).await {
+            match self.exec.net().announce_round(self.h.vip.addr).await {
                 Ok(frames) => self
                     .metrics
                     .add_garp_frames(&self.h.havip_id, frames as u64),
@@ -922,26 +868,19 @@ impl HavipTask {
         let verify_due = self
             .last_verify
             .is_none_or(|t| now.duration_since(t) >= self.cfg.agent.verify_interval.get());
-        if holding && verify_due {
+        if self.bound && self.claim.is_none() && verify_due {
             self.spawn_verify(false);
         }
     }
 
     async fn release(&mut self, reason: ReleaseReason) {
-        let fid = self.failover_id.clone().unwrap_or_default();
-        // Serialise with a concurrent migrate-havip, but never let the lock hold up a release for long.
-        let _lock = HavipLock::acquire(
-            &self.cfg.claim.lock_dir,
-            &self.h.havip_id,
-            Instant::now() + Duration::from_millis(500),
-        )
-        .await
-        .inspect_err(|e| warn!(havip = %self.h.havip_id, error = %e, "releasing without the lock"))
-        .ok();
-        match self.claimer.release(&self.h).await {
+        // A claim still running would announce after the release: stop it first, and wait until it is gone.
+        self.abort_claim().await;
+        let fid = self.failover_id().unwrap_or_default();
+        match self.exec.release(&self.h).await {
             Ok(change) => {
                 self.bound = false;
-                self.claimed_epoch = None;
+                self.machine.released();
                 self.cloud = CloudHolder::Unknown;
                 info!(havip = %self.h.havip_id, failover_id = %fid, reason = reason.as_str(), removed = change == Change::Applied, "released");
                 self.emit(AgentEventKind::Released {
@@ -973,50 +912,33 @@ impl HavipTask {
         }
     }
 
-    /// Pauses writes (renewing at half the pause length while still needed) or lifts the pause.
+    /// Pauses writes or lifts the pause, in the background (one command at a time).
     fn pause(&mut self, unpause: bool) {
-        let Some((opts, addr, pause)) = self.fence_opts.clone() else {
+        if self.pause_in_flight || !self.exec.fences() {
             return;
-        };
-        if self.pause_in_flight {
-            return;
-        }
-        let now = Instant::now();
-        if !unpause
-            && self.paused
-            && self
-                .last_pause
-                .is_some_and(|t| now.duration_since(t) < pause / 2)
-        {
-            return;
-        }
-        let port = self
-            .remembered
-            .filter(|c| c.ip == self.me)
-            .map(|c| c.port)
-            .unwrap_or(6379);
-        let addr = addr.unwrap_or_else(|| std::net::SocketAddr::new(self.me, port).to_string());
-        let fence = RedisFence::new(opts, addr, pause);
-        if !unpause {
-            self.paused = true;
-            self.last_pause = Some(now);
         }
         self.pause_in_flight = true;
+        let exec = self.exec.clone();
+        let port = self.redis_port();
         let done = self.done_tx.clone();
         let id = self.h.havip_id.clone();
-        let fid = self.failover_id.clone().unwrap_or_default();
+        let fid = self.failover_id().unwrap_or_default();
+        let pause_ms = self
+            .exec
+            .fence_setup()
+            .map_or(0, |f| f.pause().as_millis() as u64);
         tokio::spawn(async move {
             let r = if unpause {
-                fence.unpause().await
+                exec.unpause(port).await
             } else {
-                fence.pause_writes().await
+                exec.pause(port).await
             };
             match &r {
-                Ok(()) if unpause => {
-                    info!(havip = %id, failover_id = %fid, redis = %fence.addr(), "lifted the write pause: the majority names this node again")
+                Ok(redis) if unpause => {
+                    info!(havip = %id, failover_id = %fid, redis = %redis, "lifted the write pause: the majority names this node again")
                 }
-                Ok(()) => {
-                    info!(havip = %id, failover_id = %fid, redis = %fence.addr(), pause_ms = fence.pause_length().as_millis() as u64, "paused writes on the local redis: cut off from the sentinel majority")
+                Ok(redis) => {
+                    info!(havip = %id, failover_id = %fid, redis = %redis, pause_ms, "paused writes on the local redis: cut off from the sentinel majority")
                 }
                 Err(e) => {
                     warn!(havip = %id, failover_id = %fid, error = %e, "redis fence command failed")
@@ -1029,7 +951,7 @@ impl HavipTask {
         });
     }
 
-    fn publish(&self, d: &Decision) {
+    fn publish(&self, d: &Decision, view: &MasterView) {
         let id = &self.h.havip_id;
         self.metrics.set_desired(id, d.desired);
         self.metrics.set_local_holder(id, self.bound);
@@ -1039,11 +961,8 @@ impl HavipTask {
             CloudHolder::Elsewhere => Some(!self.bound),
         };
         self.metrics.set_cloud_match(id, cloud_matches);
-        let majority_master = d
-            .config
-            .map(|c| std::net::SocketAddr::new(c.ip, c.port).to_string());
         self.status.update_havip(id, |s| {
-            s.majority_master = majority_master;
+            s.majority_master = d.config.map(|c| c.addr().to_string());
             s.epoch = d.config.map(|c| c.epoch);
             s.desired_holder = d.desired;
             s.local_bound = self.bound;
@@ -1051,7 +970,11 @@ impl HavipTask {
             s.cloud_matches = cloud_matches;
             s.last_switch = self.last_switch.map(rfc3339);
             s.fenced = d.fence;
-            s.failover_id = self.failover_id.clone();
+            s.failover_id = self.failover_id();
+            s.pending_master = view
+                .pending
+                .as_ref()
+                .map(|p| format!("{} epoch {}", p.addr(), p.epoch));
         });
     }
 
@@ -1069,7 +992,8 @@ impl HavipTask {
                     }
                     Ok(Some(_)) => continue,
                     _ => {
-                        c.abort.abort();
+                        c.task.abort();
+                        let _ = c.task.await;
                         break;
                     }
                 }
@@ -1079,7 +1003,7 @@ impl HavipTask {
             OnShutdown::Keep => {
                 info!(havip = %self.h.havip_id, bound = self.bound, "stopping: keeping the vip as it is (agent.on_shutdown = keep)");
             }
-            OnShutdown::Release => match self.claimer.release(&self.h).await {
+            OnShutdown::Release => match self.exec.release(&self.h).await {
                 Ok(change) => {
                     info!(havip = %self.h.havip_id, removed = change == Change::Applied, "stopping: released the vip (agent.on_shutdown = release)")
                 }
@@ -1102,62 +1026,42 @@ pub enum StartError {
     Transient(anyhow::Error),
 }
 
-/// `havip-agent run`: builds the real parts, starts the agent and the HTTP endpoint, talks to systemd
-/// (`READY=1`, `WATCHDOG=1` from the main loop, `STOPPING=1`), and runs until SIGTERM or SIGINT.
+/// `havip-agent run`: builds the real parts (through `boot`, like every front door), starts the agent and
+/// the HTTP endpoint, talks to systemd (`READY=1`, `WATCHDOG=1` while every task makes progress,
+/// `STOPPING=1`), and runs until SIGTERM or SIGINT.
 pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
     use anyhow::Context;
     let perm = |e: anyhow::Error| StartError::Permanent(e);
-    let cfg = Arc::new(Config::load(config_path).map_err(|e| perm(e.into()))?);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let clock = crate::clock::system();
-    let metadata =
-        crate::metadata::MetadataClient::new(&cfg.cloud.metadata_endpoint, Duration::from_secs(2))
-            .map_err(|e| perm(e.into()))?;
-    let identity = crate::node::resolve_identity(&cfg, &metadata)
-        .await
-        .context("resolving this node's identity")
-        .map_err(StartError::Transient)?;
+    let boot = crate::boot::boot(config_path).await.map_err(|e| {
+        if e.is_transient() {
+            StartError::Transient(e.into())
+        } else {
+            StartError::Permanent(e.into())
+        }
+    })?;
+    let cfg = boot.cfg.clone();
+    let identity = boot.identity.clone();
     crate::net::require_capabilities().map_err(|e| perm(e.into()))?;
     let net = crate::net::KernelNet::open(&cfg.node.interface)
         .await
         .map_err(|e| perm(e.into()))?;
     let metrics = Metrics::new();
     let env = |k: &str| std::env::var(k).ok();
-    let cloud = match crate::credentials::CredentialProvider::resolve(
-        &env,
-        &cfg.cloud,
-        &metadata,
-        clock.clone(),
-    )
-    .await
-    {
-        Ok(creds) => {
-            info!(source = %creds.source(), "cloud credentials resolved");
-            Some(
-                crate::cloud::VpcClient::new(&cfg.cloud, creds, clock)
-                    .map_err(|e| perm(e.into()))?
-                    .with_observer(Arc::new(metrics.clone())),
-            )
+    let cloud = boot.cloud(&env, Some(Arc::new(metrics.clone()))).await;
+    match (&cloud.client, &cloud.problem) {
+        (_, Some(p @ crate::boot::CloudProblem::Client(_))) => {
+            return Err(perm(anyhow::anyhow!("{p}")));
         }
-        Err(e) if e.is_retryable() => {
-            // The metadata service is down right now: start anyway (local bind and announce work) and
-            // look the role up again on each API call.
-            warn!(error = %e, "cloud credentials not available yet; the cam role will be looked up on first use");
-            let creds =
-                crate::credentials::CredentialProvider::deferred_role(&metadata, clock.clone());
-            Some(
-                crate::cloud::VpcClient::new(&cfg.cloud, creds, clock)
-                    .map_err(|e| perm(e.into()))?
-                    .with_observer(Arc::new(metrics.clone())),
-            )
+        (Some(_), Some(p)) => {
+            warn!(error = %p, "cloud credentials not available yet; the cam role will be looked up on first use")
         }
-        Err(e) => {
-            error!(error = %e, "no cloud credentials: running local-only (bind and announce); the drift range and moves cannot be confirmed");
-            None
+        (None, Some(p)) => {
+            error!(error = %p, "no cloud credentials: running local-only (bind and announce); the drift range and moves cannot be confirmed")
         }
-    };
+        _ => {}
+    }
     let claimer = Claimer::new(
-        cloud,
+        cloud.client,
         Arc::new(net),
         identity.instance_id.clone(),
         cfg.node.instance_type,
@@ -1165,7 +1069,7 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
         cfg.cloud.timeout.get(),
     );
     let status = StatusHandle::new(StatusReport::default());
-    let health = Health::new(Duration::from_secs(10).max(cfg.sentinel.poll_interval.get() * 5));
+    let health = Health::new(Duration::from_secs(3).max(cfg.sentinel.poll_interval.get() * 3));
     let parts = AgentParts {
         config: cfg.clone(),
         identity: identity.clone(),
@@ -1223,14 +1127,26 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
     let watchdog = sd_notify::watchdog_enabled();
     let ping_every = watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(5));
     let mut tick = tokio::time::interval(ping_every.max(Duration::from_millis(100)));
+    let mut was_healthy = true;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("sigterm: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { info!("sigint: stopping"); break; }
             _ = tick.tick() => {
-                // The watchdog is fed only while the HAVIP loops are alive; a stuck loop gets restarted.
-                if watchdog.is_some() && health.is_healthy() {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                // The watchdog is fed only while every task makes progress; a stuck one gets us restarted.
+                match health.check() {
+                    Ok(()) => {
+                        was_healthy = true;
+                        if watchdog.is_some() {
+                            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                        }
+                    }
+                    Err(why) => {
+                        if was_healthy {
+                            error!(reason = %why, "a task stopped making progress: /healthz is red and the watchdog is no longer fed");
+                        }
+                        was_healthy = false;
+                    }
                 }
             }
         }

@@ -1,15 +1,18 @@
 //! The Redis-level fence: pause writes on the local Redis while this node is cut off from the Sentinel majority.
 //!
-//! Owns the two commands (`CLIENT PAUSE <ms> WRITE`, `CLIENT UNPAUSE`). It does not decide *when* to fence
-//! (see `reconcile`) and connects with the same ACL/TLS/timeout handling as the Sentinel connections
-//! (`sentinel::conn`).
+//! Owns the two commands (`CLIENT PAUSE <ms> WRITE`, `CLIENT UNPAUSE`) behind the [`WriteFence`] trait, and
+//! the [`PauseLedger`]: a record in `claim.lock_dir` of the pause in force on each local Redis, so the
+//! daemon and `migrate-havip` see each other's pauses (Redis 7.0 does not report one) and either can lift a
+//! pause the other set when the rule says so. It does not decide *when* to fence (see `reconcile`) and
+//! connects with the same ACL/TLS/timeout handling as the Sentinel connections (`sentinel::conn`).
 //!
 //! Why: after losing the majority, an isolated master still accepts writes from clients that reach it over
 //! existing connections; Sentinel is about to promote another replica and turn this one into a replica, which
 //! discards those writes. A pause that expires by itself (and is renewed while still cut off) cannot leave
 //! the Redis stuck if the agent dies.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::sentinel::SentinelError;
 use crate::sentinel::conn::{ConnectOptions, connect};
@@ -35,6 +38,98 @@ pub enum FenceError {
         /// Why.
         source: redis::RedisError,
     },
+}
+
+/// Pausing and unpausing writes on the local Redis: the effect the executor drives. Implemented by
+/// [`RedisFence`]; tests may record instead.
+#[async_trait::async_trait]
+pub trait WriteFence: Send + Sync + std::fmt::Debug {
+    /// The Redis, for logs and the ledger.
+    fn addr(&self) -> &str;
+    /// The length of one pause.
+    fn pause_length(&self) -> Duration;
+    /// Pauses writes for [`WriteFence::pause_length`].
+    async fn pause_writes(&self) -> Result<(), FenceError>;
+    /// Lifts any pause.
+    async fn unpause(&self) -> Result<(), FenceError>;
+}
+
+#[async_trait::async_trait]
+impl WriteFence for RedisFence {
+    fn addr(&self) -> &str {
+        RedisFence::addr(self)
+    }
+    fn pause_length(&self) -> Duration {
+        RedisFence::pause_length(self)
+    }
+    async fn pause_writes(&self) -> Result<(), FenceError> {
+        RedisFence::pause_writes(self).await
+    }
+    async fn unpause(&self) -> Result<(), FenceError> {
+        RedisFence::unpause(self).await
+    }
+}
+
+/// Where the pause in force on each local Redis is written down: `<dir>/pause-<host>_<port>` holding the
+/// wall-clock end of the pause in Unix milliseconds. Written with a rename, so a reader never sees half a
+/// file; a missing, unreadable or past entry means "no pause".
+#[derive(Debug, Clone)]
+pub struct PauseLedger {
+    dir: PathBuf,
+}
+
+impl PauseLedger {
+    /// A ledger in `dir` (`claim.lock_dir`).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn path(&self, redis: &str) -> PathBuf {
+        let name: String = redis
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("pause-{name}"))
+    }
+
+    /// How much longer the recorded pause of `redis` lasts at `now`, if one is in force.
+    pub fn left(&self, redis: &str, now: SystemTime) -> Option<Duration> {
+        let text = std::fs::read_to_string(self.path(redis)).ok()?;
+        let until = SystemTime::UNIX_EPOCH + Duration::from_millis(text.trim().parse().ok()?);
+        until.duration_since(now).ok().filter(|d| !d.is_zero())
+    }
+
+    /// Records a pause of `redis` that ends at `until`.
+    pub fn record(&self, redis: &str, until: SystemTime) -> std::io::Result<()> {
+        let ms = until
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let path = self.path(redis);
+        let tmp = tmp_path(&path);
+        std::fs::write(&tmp, ms.to_string())?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Forgets the pause of `redis` (it was lifted).
+    pub fn clear(&self, redis: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(redis)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
 }
 
 /// Pauses and unpauses writes on one Redis.
@@ -98,5 +193,34 @@ impl RedisFence {
     /// `CLIENT UNPAUSE`.
     pub async fn unpause(&self) -> Result<(), FenceError> {
         self.run("CLIENT UNPAUSE", &["UNPAUSE".into()]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_reports_a_pause_until_it_ends_and_forgets_a_lifted_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = PauseLedger::new(dir.path());
+        let now = SystemTime::now();
+        assert_eq!(ledger.left("198.18.0.1:6379", now), None);
+        ledger
+            .record("198.18.0.1:6379", now + Duration::from_secs(30))
+            .unwrap();
+        let left = ledger.left("198.18.0.1:6379", now).unwrap();
+        assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
+        assert_eq!(ledger.left("198.18.0.2:6379", now), None, "per redis");
+        assert_eq!(
+            ledger.left("198.18.0.1:6379", now + Duration::from_secs(31)),
+            None,
+            "ended"
+        );
+        ledger.clear("198.18.0.1:6379").unwrap();
+        ledger.clear("198.18.0.1:6379").unwrap();
+        assert_eq!(ledger.left("198.18.0.1:6379", now), None);
+        std::fs::write(dir.path().join("pause-198.18.0.1_6379"), "garbage").unwrap();
+        assert_eq!(ledger.left("198.18.0.1:6379", now), None);
     }
 }

@@ -104,5 +104,7 @@ async fn get_healthz(State(s): State<AppState>) -> Response {
 }
 
 async fn get_status(State(s): State<AppState>) -> Response {
-    axum::Json(s.status.snapshot()).into_response()
+    let mut report = s.status.snapshot();
+    report.unhealthy = s.health.stale();
+    axum::Json(report).into_response()
 }

@@ -3,7 +3,9 @@
 //! The library owns all logic; the binaries in `src/bin/` parse arguments, set up logging and map results to
 //! exit codes.
 
+pub mod act;
 pub mod alerts;
+pub mod boot;
 pub mod check;
 pub mod claim;
 pub mod clock;

@@ -71,6 +71,11 @@ struct EventLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SentinelLabel {
+    sentinel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -103,6 +108,7 @@ struct Inner {
     fence_releases: Family<HavipLabel, Counter>,
     sentinels_reachable: Gauge,
     sentinels_configured: Gauge,
+    sentinel_uncorroborated: Family<SentinelLabel, Gauge>,
     alert_failures: Family<SinkLabel, Counter>,
     alert_dropped: Family<SinkLabel, Counter>,
     hook_failures: Family<EventLabel, Counter>,
@@ -222,6 +228,12 @@ impl Metrics {
             "Sentinels listed in the configuration",
             sentinels_configured.clone(),
         );
+        let sentinel_uncorroborated = Family::<SentinelLabel, Gauge>::default();
+        registry.register(
+            "sentinel_uncorroborated",
+            "1 while a reachable Sentinel does not count: its peers do not list it (another deployment under the same master name), or the newer configuration it alone reports is not corroborated",
+            sentinel_uncorroborated.clone(),
+        );
         let alert_failures = Family::<SinkLabel, Counter>::default();
         registry.register(
             "alert_delivery_failures",
@@ -264,6 +276,7 @@ impl Metrics {
                 fence_releases,
                 sentinels_reachable,
                 sentinels_configured,
+                sentinel_uncorroborated,
                 alert_failures,
                 alert_dropped,
                 hook_failures,
@@ -319,6 +332,16 @@ impl Metrics {
         self.inner
             .sentinels_configured
             .set(i64::try_from(total).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the Sentinel configured as `sentinel` is reachable but does not count (see the help text).
+    pub fn set_sentinel_uncorroborated(&self, sentinel: &str, uncorroborated: bool) {
+        self.inner
+            .sentinel_uncorroborated
+            .get_or_create(&SentinelLabel {
+                sentinel: sentinel.to_owned(),
+            })
+            .set(i64::from(uncorroborated));
     }
 
     /// Records when this node last acquired or released `havip`.

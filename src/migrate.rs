@@ -1,9 +1,15 @@
 //! `migrate-havip`: the claim or release step as a one-shot command.
 //!
 //! A drop-in Sentinel `client-reconfig-script` (`<master-name> <role> <state> <from-ip> <from-port> <to-ip>
-//! <to-port>`) and an operator's tool (`--master NAME --to IP`). Owns argument validation, the exit-code
-//! contract Sentinel depends on, the per-HAVIP lock and `--dry-run`. The claim itself is the shared code in
-//! `claim`, the same the daemon runs.
+//! <to-port>`), a `notification-script`, and an operator's tool (`--master NAME --to IP`). Owns argument
+//! validation, the exit-code contract Sentinel depends on, and `--dry-run`/`--force`. Everything else is the
+//! daemon's pipeline run for one step: `boot` to start, `sentinel::probe` to observe, a fresh
+//! `reconcile::HavipMachine` to decide, `act::Executor` to act.
+//!
+//! Arguments are wake-ups, never orders: Sentinel replays a script that failed with its original arguments
+//! for hours. In Sentinel's form the command asks the Sentinels what is true now and acts on that: it claims
+//! only if the majority names this host, releases only if it names another, and says the call was
+//! superseded when its arguments disagree. Without a majority it changes nothing and exits 1.
 //!
 //! Exit codes (`reference/sentinel.md`: exit 1 is retried after 30 s, exit >= 2 is not):
 //! - 0: done, or nothing was needed;
@@ -22,14 +28,18 @@ use clap::Parser;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::claim::{ClaimError, ClaimOptions, Claimer, HavipLock};
-use crate::cloud::VpcClient;
+use crate::act::{Executor, FenceSetup};
+use crate::boot::{Boot, CloudProblem, boot_with};
+use crate::claim::{ClaimError, ClaimOptions, Claimer};
 use crate::config::{Config, HavipConfig, resolve_path};
-use crate::credentials::CredentialProvider;
 use crate::logging::LogFormat;
-use crate::metadata::MetadataClient;
 use crate::net::{Change, KernelNet, LocalNet, NetError};
-use crate::node::{Identity, resolve_identity};
+use crate::reconcile::{
+    Action, CloudHolder, Decision, FORGET_AFTER, HavipMachine, Local, MasterConfig, Policy,
+    ReleaseReason,
+};
+use crate::sentinel::conn::ConnectOptions;
+use crate::sentinel::{MasterView, probe};
 
 /// Exit code: done, or nothing needed.
 pub const EXIT_OK: u8 = 0;
@@ -42,8 +52,8 @@ pub const EXIT_PERMANENT: u8 = 2;
 ///
 /// As Sentinel's client-reconfig-script it is called with seven arguments:
 /// <master-name> <role> <state> <from-ip> <from-port> <to-ip> <to-port>.
-/// If <to-ip> is this node's address it claims the VIP, otherwise it releases it.
-/// Operators use `--master NAME --to IP` instead.
+/// It asks the Sentinels who is master now: it claims the VIP if they name this node, releases it if they
+/// name another, and says so when the arguments are stale. Operators use `--master NAME --to IP`.
 #[derive(Debug, Parser)]
 #[command(name = "migrate-havip", version, about, long_about = None)]
 pub struct Args {
@@ -61,9 +71,12 @@ pub struct Args {
     /// The new master's address (operator form). This node's address claims; any other releases.
     #[arg(long, value_name = "IP", requires = "master")]
     pub to: Option<IpAddr>,
-    /// Print the plan and change nothing.
+    /// Print what the Sentinels say and the plan, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Operator form: act on --to even when the Sentinels name another master (or cannot be reached).
+    #[arg(long, requires = "master")]
+    pub force: bool,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -257,24 +270,6 @@ fn check_master_name(what: &str, name: &str) -> Result<(), ArgError> {
     Ok(())
 }
 
-/// What the command is going to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
-    /// `to-ip` is this node: claim.
-    Claim,
-    /// `to-ip` is another node: release.
-    Release,
-}
-
-/// Picks claim or release.
-pub fn plan_for(req: &Request, me: &Identity) -> Plan {
-    if req.to_ip == me.address {
-        Plan::Claim
-    } else {
-        Plan::Release
-    }
-}
-
 /// A failure with its exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -310,6 +305,13 @@ pub async fn run(args: Args) -> u8 {
     }
 }
 
+/// How long Sentinel's form waits for a majority of the Sentinels before giving up with exit 1.
+const MAJORITY_WAIT: Duration = Duration::from_secs(2);
+/// How often the Sentinels are asked again while waiting.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// The longest the notification-script waits for evidence inside one call (Sentinel kills it at 60 s).
+const NOTIFY_MAX_WAIT: Duration = Duration::from_secs(50);
+
 async fn run_inner(args: Args) -> Result<(), Failure> {
     // Arguments first: a bad call makes no API call and touches no interface.
     if args.master.is_none() && args.sentinel_args.len() == 2 {
@@ -325,70 +327,503 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
         return notified(&args, n).await;
     }
     let req = validate(&args).map_err(permanent)?;
-    let path = resolve_path(
-        args.config.as_deref(),
-        std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
-    );
-    let cfg = Config::load(&path).map_err(permanent)?;
-    let havip = cfg.havip_for_master(&req.master).cloned().ok_or_else(|| {
-        permanent(anyhow::anyhow!(
-            "unknown master name {:?}: no [[havip]] in {} has master = {:?}",
+    let one = OneShot::start(&args, &req.master).await?;
+    let Some(one) = one else {
+        return Err(permanent(anyhow::anyhow!(
+            "unknown master name {:?}: no [[havip]] in the config has master = {:?}",
             req.master,
-            path.display(),
             req.master
-        ))
-    })?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let metadata = MetadataClient::new(&cfg.cloud.metadata_endpoint, Duration::from_secs(2))
-        .map_err(permanent)?;
-    let me = resolve_identity(&cfg, &metadata).await.map_err(transient)?;
-    let plan = plan_for(&req, &me);
+        )));
+    };
+    let claim_wanted = req.to_ip == one.boot.identity.address;
+    let view = one.observe_with_majority(MAJORITY_WAIT).await;
+    let named = view.newest.as_ref().map(|n| n.config());
     info!(
         master = %req.master,
-        havip = %havip.havip_id,
+        havip = %one.havip.havip_id,
         to = %req.to_ip,
-        me = %me.address,
+        me = %one.boot.identity.address,
         role = req.sentinel.as_ref().map(|s| s.role.as_str()).unwrap_or("operator"),
-        plan = ?plan,
+        majority = view.majority,
+        sentinels_name = ?named.map(|c| c.addr()),
+        epoch = ?named.map(|c| c.epoch),
         "migrate-havip"
     );
-
     if args.dry_run {
-        print_plan(plan, &cfg, &havip, &me, &req);
+        one.print_dry_run(&view, Some(&req));
         return Ok(());
     }
+    if req.sentinel.is_none() {
+        return operator(&args, &req, &one, &view, claim_wanted).await;
+    }
+    if !view.majority {
+        return Err(transient(anyhow::anyhow!(
+            "{}: only {} of {} sentinels reachable (and counted): not acting on a call the majority cannot confirm; nothing changed",
+            one.havip.havip_id,
+            view.members,
+            view.total
+        )));
+    }
+    let Some(named) = named else {
+        return Err(transient(anyhow::anyhow!(
+            "{}: the sentinels report no corroborated configuration for {:?}; nothing changed",
+            one.havip.havip_id,
+            req.master
+        )));
+    };
+    if (named.ip == one.boot.identity.address) != claim_wanted {
+        warn!(
+            havip = %one.havip.havip_id,
+            to = %req.to_ip,
+            sentinels_name = %named.addr(),
+            epoch = named.epoch,
+            "superseded: the call names {} but the sentinels now name {} (epoch {}); acting on what they say now",
+            req.to_ip,
+            named.addr(),
+            named.epoch
+        );
+        println!(
+            "{}: call superseded: it names {}, the sentinels now name {} (epoch {})",
+            one.havip.havip_id,
+            req.to_ip,
+            named.addr(),
+            named.epoch
+        );
+    }
+    let mut machine = one.machine(NOTIFY_PAUSE);
+    let local = one.local(Some(named.port)).await?;
+    machine.observe(&view, local, CloudHolder::Unknown, Instant::now());
+    let decision = machine.plan(std::time::SystemTime::now());
+    one.execute(&decision, Some(named.port)).await
+}
 
-    let net = open_interface(&cfg).await?;
-    let deadline = Instant::now() + cfg.claim.deadline.get();
-    // An unusable lock directory is permanent (exit 2): retrying cannot fix it. A busy lock is not.
-    let _lock = HavipLock::acquire(&cfg.claim.lock_dir, &havip.havip_id, deadline)
-        .await
-        .map_err(claim_failure)?;
-
-    match plan {
-        Plan::Release => {
-            let claimer = Claimer::new(
-                None,
-                net,
-                me.instance_id.clone(),
-                cfg.node.instance_type,
-                cfg.announce.clone(),
-                cfg.cloud.timeout.get(),
-            );
-            let change = claimer.release(&havip).await.map_err(claim_failure)?;
-            let what = if change == Change::Applied {
-                "removed"
-            } else {
-                "was not bound: nothing to do"
-            };
-            info!(havip = %havip.havip_id, vip = %havip.vip, "released: {what}");
-            println!(
-                "{}: vip {} {what} on {}",
-                havip.havip_id, havip.vip, cfg.node.interface
-            );
-            Ok(())
+/// The operator form: refuses (exit 2) when the Sentinels name another master, unless `--force`.
+async fn operator(
+    args: &Args,
+    req: &Request,
+    one: &OneShot,
+    view: &MasterView,
+    claim_wanted: bool,
+) -> Result<(), Failure> {
+    let named = view.newest.as_ref().map(|n| n.config());
+    if !args.force {
+        if !view.majority {
+            return Err(transient(anyhow::anyhow!(
+                "refusing: only {} of {} sentinels reachable, so nobody can confirm that {} is the master of {:?}; --force acts anyway",
+                view.members,
+                view.total,
+                req.to_ip,
+                req.master
+            )));
         }
-        Plan::Claim => claim(&cfg, &havip, &me, &metadata, net, deadline).await,
+        match named {
+            Some(c) if c.ip == req.to_ip => {}
+            other => {
+                return Err(permanent(anyhow::anyhow!(
+                    "refusing: the sentinels name {} as the master of {:?}, not {}; --force acts anyway",
+                    other.map_or_else(
+                        || "no address".to_owned(),
+                        |c| format!("{} (epoch {})", c.addr(), c.epoch)
+                    ),
+                    req.master,
+                    req.to_ip
+                )));
+            }
+        }
+    } else if named.is_none_or(|c| c.ip != req.to_ip) {
+        warn!(havip = %one.havip.havip_id, to = %req.to_ip, sentinels_name = ?named.map(|c| c.addr()), "--force: acting against what the sentinels say");
+    }
+    let action = if claim_wanted {
+        Action::Claim {
+            config: MasterConfig {
+                ip: req.to_ip,
+                port: named.map_or(6379, |c| c.port),
+                epoch: named.map_or(0, |c| c.epoch),
+            },
+        }
+    } else {
+        Action::Release {
+            reason: ReleaseReason::Demoted,
+        }
+    };
+    one.act(action, named.map(|c| c.port)).await
+}
+
+/// Notification-script mode: the fence `migrate-havip` alone can give, on evidence. On a reachability event
+/// it samples the Sentinels repeatedly: as soon as a majority answers, it acts on what they say (re-bind and
+/// lift a pause if they name this node); if the majority stays out of sight for `fence_after` across the
+/// samples, it releases the VIP and pauses writes, like the daemon (one machine, one rule).
+async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
+    let Some(one) = OneShot::start(args, &n.master).await? else {
+        info!(event = %n.event, master = %n.master, "notification for a master without a [[havip]]: nothing to do");
+        return Ok(());
+    };
+    let mut machine = one.machine(NOTIFY_PAUSE);
+    let started = Instant::now();
+    let mut samples = 0u32;
+    loop {
+        let view = one.observe().await;
+        samples += 1;
+        if args.dry_run {
+            one.print_dry_run(&view, None);
+            return Ok(());
+        }
+        let port = view
+            .newest
+            .as_ref()
+            .map(|n| n.config())
+            .or(machine.remembered())
+            .filter(|c| c.ip == one.boot.identity.address)
+            .map(|c| c.port);
+        let local = one.local(port).await?;
+        machine.observe(&view, local, CloudHolder::Unknown, Instant::now());
+        let decision = machine.plan(std::time::SystemTime::now());
+        let waited = started.elapsed();
+        info!(
+            event = %n.event,
+            master = %n.master,
+            havip = %one.havip.havip_id,
+            members = view.members,
+            total = view.total,
+            majority = view.majority,
+            bound = local.bound,
+            samples,
+            waited_ms = waited.as_millis() as u64,
+            actions = ?decision.actions.to_vec(),
+            "notification"
+        );
+        if view.majority || decision.fence {
+            if decision.fence {
+                println!(
+                    "{}: fenced after {} samples over {:?}: {} of {} sentinels reachable",
+                    one.havip.havip_id, samples, waited, view.members, view.total
+                );
+            }
+            return one.execute(&decision, port).await;
+        }
+        let Some(due) = machine.fence_due_at() else {
+            info!(havip = %one.havip.havip_id, "cut off from the sentinel majority, fence_after = hold: nothing to do");
+            return Ok(());
+        };
+        if due.saturating_duration_since(started) > NOTIFY_MAX_WAIT {
+            warn!(havip = %one.havip.havip_id, fence_after_s = machine.fence_after().map(|d| d.as_secs()), "cut off from the sentinel majority, but fence_after is longer than a notification may wait; the daemon fences, this call does not");
+            return Ok(());
+        }
+        tokio::time::sleep_until(due.min(Instant::now() + SAMPLE_EVERY)).await;
+    }
+}
+
+/// What one run needs: the boot, the HAVIP, and the executor (opened lazily: a dry run needs no
+/// capability).
+struct OneShot {
+    boot: Boot,
+    havip: HavipConfig,
+}
+
+impl OneShot {
+    /// Boots (config, identity) and finds the `[[havip]]` of `master` (None if there is none).
+    async fn start(args: &Args, master: &str) -> Result<Option<OneShot>, Failure> {
+        let path = resolve_path(
+            args.config.as_deref(),
+            std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
+        );
+        let cfg = Config::load(&path).map_err(permanent)?;
+        let Some(havip) = cfg.havip_for_master(master).cloned() else {
+            return Ok(None);
+        };
+        let boot = boot_with(Arc::new(cfg)).await.map_err(|e| {
+            if e.is_transient() {
+                transient(e)
+            } else {
+                permanent(e)
+            }
+        })?;
+        Ok(Some(OneShot { boot, havip }))
+    }
+
+    fn machine(&self, pause: Duration) -> HavipMachine {
+        HavipMachine::new(Policy {
+            me: self.boot.identity.address,
+            master: self.havip.master.clone(),
+            fence_after: self.boot.cfg.sentinel.fence_after,
+            forget_after: FORGET_AFTER,
+            redis_fence: self.fence(pause).is_some(),
+            pause,
+        })
+    }
+
+    fn fence(&self, pause: Duration) -> Option<FenceSetup> {
+        FenceSetup::from_config(&self.boot.cfg, self.boot.identity.address, pause)
+    }
+
+    /// Asks every Sentinel once.
+    async fn observe(&self) -> MasterView {
+        let cfg = &self.boot.cfg;
+        let snap = probe(
+            &cfg.sentinel,
+            std::slice::from_ref(&self.havip.master),
+            &ConnectOptions::role_check(cfg),
+        )
+        .await;
+        snap.view(&self.havip.master, std::time::Instant::now())
+    }
+
+    /// Asks until a majority answers, at most for `wait`.
+    async fn observe_with_majority(&self, wait: Duration) -> MasterView {
+        let until = Instant::now() + wait;
+        loop {
+            let view = self.observe().await;
+            if view.majority || Instant::now() + SAMPLE_EVERY > until {
+                return view;
+            }
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
+    }
+
+    async fn executor(&self) -> Result<(Executor, Option<CloudProblem>), Failure> {
+        let cfg = &self.boot.cfg;
+        let net = open_interface(cfg).await?;
+        let cloud = self
+            .boot
+            .cloud(&|k: &str| std::env::var(k).ok(), None)
+            .await;
+        let claimer = Claimer::new(
+            cloud.client,
+            net,
+            self.boot.identity.instance_id.clone(),
+            cfg.node.instance_type,
+            cfg.announce.clone(),
+            cfg.cloud.timeout.get(),
+        )
+        .with_locks(&cfg.claim.lock_dir);
+        Ok((
+            Executor::new(claimer, self.fence(NOTIFY_PAUSE)),
+            cloud.problem,
+        ))
+    }
+
+    /// This node's side: the binding (needs the interface) and any write pause in force.
+    async fn local(&self, port: Option<u16>) -> Result<Local, Failure> {
+        let net = KernelNet::open(&self.boot.cfg.node.interface)
+            .await
+            .map_err(net_failure)?;
+        let bound = net.is_bound(self.havip.vip).await.map_err(net_failure)?;
+        let pause_left = self.fence(NOTIFY_PAUSE).and_then(|f| {
+            crate::fence::PauseLedger::new(&self.boot.cfg.claim.lock_dir)
+                .left(&f.redis_addr(port), std::time::SystemTime::now())
+        });
+        Ok(Local { bound, pause_left })
+    }
+
+    /// Carries out a decision's actions in order.
+    async fn execute(&self, d: &Decision, port: Option<u16>) -> Result<(), Failure> {
+        if d.actions.is_empty() {
+            println!(
+                "{}: nothing to do ({})",
+                self.havip.havip_id,
+                if d.desired {
+                    "this node holds the vip"
+                } else {
+                    "the vip is not on this node"
+                }
+            );
+        }
+        for a in d.actions.iter() {
+            self.act(a, port).await?;
+        }
+        Ok(())
+    }
+
+    async fn act(&self, action: Action, port: Option<u16>) -> Result<(), Failure> {
+        let id = &self.havip.havip_id;
+        match action {
+            Action::Claim { .. } => {
+                let (exec, problem) = self.executor().await?;
+                self.claim(&exec, problem).await
+            }
+            Action::Release { reason } => {
+                let (exec, _) = self.executor().await?;
+                let change = exec.release(&self.havip).await.map_err(claim_failure)?;
+                let what = if change == Change::Applied {
+                    "removed"
+                } else {
+                    "was not bound: nothing to do"
+                };
+                info!(havip = %id, vip = %self.havip.vip, reason = reason.as_str(), "released: {what}");
+                println!(
+                    "{id}: vip {} {what} on {} ({})",
+                    self.havip.vip,
+                    self.boot.cfg.node.interface,
+                    reason.as_str()
+                );
+                Ok(())
+            }
+            Action::PauseWrites | Action::Unpause => {
+                let Some(f) = self.fence(NOTIFY_PAUSE) else {
+                    return Ok(());
+                };
+                let exec = Executor::new(
+                    Claimer::new(
+                        None,
+                        open_interface(&self.boot.cfg).await?,
+                        self.boot.identity.instance_id.clone(),
+                        self.boot.cfg.node.instance_type,
+                        self.boot.cfg.announce.clone(),
+                        self.boot.cfg.cloud.timeout.get(),
+                    ),
+                    Some(f),
+                );
+                let unpause = action == Action::Unpause;
+                let r = if unpause {
+                    exec.unpause(port).await
+                } else {
+                    exec.pause(port).await
+                };
+                match r {
+                    Ok(redis) if unpause => println!("{id}: write pause lifted on {redis}"),
+                    Ok(redis) => println!("{id}: writes paused on {redis} for {NOTIFY_PAUSE:?}"),
+                    Err(e) => warn!(havip = %id, error = %e, "redis fence command failed"),
+                }
+                Ok(())
+            }
+            Action::AbortClaim | Action::Reannounce => Ok(()),
+        }
+    }
+
+    async fn claim(&self, exec: &Executor, problem: Option<CloudProblem>) -> Result<(), Failure> {
+        let cfg = &self.boot.cfg;
+        let havip = &self.havip;
+        let deadline = Instant::now() + cfg.claim.deadline.get();
+        let out = exec
+            .claim(
+                havip,
+                ClaimOptions {
+                    deadline,
+                    known_in_range: false,
+                    progress: None,
+                },
+            )
+            .await
+            .map_err(claim_failure)?;
+        if exec.claimer().cloud().is_none() {
+            warn!(havip = %havip.havip_id, "vip bound and announced locally, but no cloud client: the drift range and the move could not be confirmed");
+            let e = anyhow::anyhow!(
+                "{}",
+                problem
+                    .as_ref()
+                    .map_or_else(|| "no cloud client".to_owned(), |p| p.to_string())
+            )
+            .context(format!(
+                "{}: vip {} bound and announced locally, but the cloud could not be used",
+                havip.havip_id, havip.vip
+            ));
+            return Err(if problem.is_some_and(|p| p.is_transient()) {
+                transient(e)
+            } else {
+                permanent(e)
+            });
+        }
+        if out.already_held {
+            println!(
+                "{}: vip {} already held by this node ({}): nothing to do",
+                havip.havip_id, havip.vip, self.boot.identity.instance_id
+            );
+            return Ok(());
+        }
+        if out.confirmed {
+            println!(
+                "{}: vip {} claimed by {}{}; {} GARP frames; cloud confirms",
+                havip.havip_id,
+                havip.vip,
+                self.boot.identity.instance_id,
+                if out.associated {
+                    " (added to the drift range)"
+                } else {
+                    ""
+                },
+                out.frames
+            );
+            return Ok(());
+        }
+        let msg = format!(
+            "{}: vip {} bound and announced locally ({} GARP frames), but the drift range and the move could not be confirmed",
+            havip.havip_id, havip.vip, out.frames
+        );
+        match out.cloud_error {
+            Some(e) if e.is_auth() || !e.is_retryable() => {
+                Err(permanent(anyhow::Error::from(e).context(msg)))
+            }
+            Some(e) => Err(transient(anyhow::Error::from(e).context(msg))),
+            None => Err(transient(anyhow::anyhow!(
+                "{msg}: DescribeHaVips did not name {} before the {} deadline",
+                self.boot.identity.instance_id,
+                cfg.claim.deadline
+            ))),
+        }
+    }
+
+    fn print_dry_run(&self, view: &MasterView, req: Option<&Request>) {
+        let cfg = &self.boot.cfg;
+        let me = &self.boot.identity;
+        println!("dry run: nothing will be changed");
+        println!(
+            "node: instance {} address {} interface {}",
+            me.instance_id, me.address, cfg.node.interface
+        );
+        println!(
+            "havip {} vip {} master {} scope {:?}",
+            self.havip.havip_id, self.havip.vip, self.havip.master, self.havip.scope
+        );
+        println!(
+            "sentinels: {} of {} reachable and counted{}",
+            view.members,
+            view.total,
+            if view.outsiders.is_empty() {
+                String::new()
+            } else {
+                format!("; not counted: {}", view.outsiders.join(", "))
+            }
+        );
+        match &view.newest {
+            Some(n) => println!(
+                "sentinels name {} as master of {} (epoch {})",
+                n.addr(),
+                self.havip.master,
+                n.epoch
+            ),
+            None => println!(
+                "sentinels name no corroborated master of {}",
+                self.havip.master
+            ),
+        }
+        if let Some(p) = &view.pending {
+            println!(
+                "pending (not corroborated): {} epoch {} reported by {}",
+                p.addr(),
+                p.epoch,
+                p.reported_by.join(", ")
+            );
+        }
+        let names_me = view.newest.as_ref().is_some_and(|n| n.ip == me.address);
+        let plan = match (view.majority, names_me) {
+            (false, _) => "change nothing: no majority of the sentinels is in sight",
+            (true, true) => {
+                "claim: bind, DescribeHaVips (+ AssociateHaVipInstance if not in range), GARP, confirm"
+            }
+            (true, false) => {
+                "release: remove the vip from the interface if it is bound (no API call)"
+            }
+        };
+        println!("plan: {plan}");
+        if let Some(r) = req
+            && (r.to_ip == me.address) != names_me
+            && r.sentinel.is_some()
+        {
+            println!(
+                "the call's <to-ip> {} is superseded by what the sentinels say",
+                r.to_ip
+            );
+        }
     }
 }
 
@@ -408,270 +843,6 @@ fn claim_failure(e: ClaimError) -> Failure {
     }
 }
 
-async fn claim(
-    cfg: &Config,
-    havip: &HavipConfig,
-    me: &Identity,
-    metadata: &MetadataClient,
-    net: Arc<dyn LocalNet>,
-    deadline: Instant,
-) -> Result<(), Failure> {
-    let clock = crate::clock::system();
-    // Credentials that cannot be found are a configuration problem, but the local part must still happen.
-    // A metadata service that does not answer (the CVM role lookup) is the exception: a retry may work.
-    let (cloud, cred_error, cred_retryable) = match CredentialProvider::resolve(
-        &|k: &str| std::env::var(k).ok(),
-        &cfg.cloud,
-        metadata,
-        clock.clone(),
-    )
-    .await
-    {
-        Ok(creds) => match VpcClient::new(&cfg.cloud, creds, clock) {
-            Ok(c) => (Some(c), None, false),
-            Err(e) => (None, Some(anyhow::Error::from(e)), false),
-        },
-        Err(e) => {
-            let retryable = e.is_retryable();
-            (None, Some(anyhow::Error::from(e)), retryable)
-        }
-    };
-    let claimer = Claimer::new(
-        cloud,
-        net,
-        me.instance_id.clone(),
-        cfg.node.instance_type,
-        cfg.announce.clone(),
-        cfg.cloud.timeout.get(),
-    );
-    let out = claimer
-        .claim(
-            havip,
-            ClaimOptions {
-                deadline,
-                known_in_range: false,
-                progress: None,
-            },
-        )
-        .await
-        .map_err(claim_failure)?;
-    if let Some(e) = cred_error {
-        warn!(havip = %havip.havip_id, "vip bound and announced locally, but no cloud credentials: the drift range and the move could not be confirmed");
-        let e = e.context(format!(
-            "{}: vip {} bound and announced locally, but the cloud could not be used",
-            havip.havip_id, havip.vip
-        ));
-        return Err(if cred_retryable {
-            transient(e)
-        } else {
-            permanent(e)
-        });
-    }
-    if out.already_held {
-        println!(
-            "{}: vip {} already held by this node ({}): nothing to do",
-            havip.havip_id, havip.vip, me.instance_id
-        );
-        return Ok(());
-    }
-    if out.confirmed {
-        println!(
-            "{}: vip {} claimed by {}{}; {} GARP frames; cloud confirms",
-            havip.havip_id,
-            havip.vip,
-            me.instance_id,
-            if out.associated {
-                " (added to the drift range)"
-            } else {
-                ""
-            },
-            out.frames
-        );
-        return Ok(());
-    }
-    let msg = format!(
-        "{}: vip {} bound and announced locally ({} GARP frames), but the drift range and the move could not be confirmed",
-        havip.havip_id, havip.vip, out.frames
-    );
-    match out.cloud_error {
-        Some(e) if e.is_auth() || !e.is_retryable() => {
-            Err(permanent(anyhow::Error::from(e).context(msg)))
-        }
-        Some(e) => Err(transient(anyhow::Error::from(e).context(msg))),
-        None => Err(transient(anyhow::anyhow!(
-            "{msg}: DescribeHaVips did not name {} before the {} deadline",
-            me.instance_id,
-            cfg.claim.deadline
-        ))),
-    }
-}
-
-/// Notification-script mode: the fence `migrate-havip` alone can give. When this host's Sentinel reports an
-/// instance down or back, ask every Sentinel: if the majority is out of sight, release the VIP and pause
-/// writes on the local Redis (an isolated old master must not keep taking writes that Sentinel will
-/// discard, nor answer ARP for the VIP when its link returns); if the majority is back and still names this
-/// node, bind the VIP again and lift the pause. The decision is the daemon's (`reconcile::plan`).
-async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
-    use crate::reconcile::{Action, CloudHolder, Observation, plan};
-    let path = resolve_path(
-        args.config.as_deref(),
-        std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
-    );
-    let cfg = Config::load(&path).map_err(permanent)?;
-    let Some(havip) = cfg.havip_for_master(&n.master).cloned() else {
-        info!(event = %n.event, master = %n.master, "notification for a master without a [[havip]]: nothing to do");
-        return Ok(());
-    };
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let metadata = MetadataClient::new(&cfg.cloud.metadata_endpoint, Duration::from_secs(2))
-        .map_err(permanent)?;
-    let me = resolve_identity(&cfg, &metadata).await.map_err(transient)?;
-
-    // What every Sentinel says now. A Sentinel that answers (even without this master) is reachable.
-    let answers = futures::future::join_all(
-        cfg.sentinel
-            .addresses
-            .iter()
-            .map(|a| crate::sentinel::conn::query(a, &cfg.sentinel, &havip.master)),
-    )
-    .await;
-    let mut reachable = 0;
-    let mut newest: Option<crate::reconcile::MasterConfig> = None;
-    for a in &answers {
-        match a {
-            Ok(m) => {
-                reachable += 1;
-                let c = crate::reconcile::MasterConfig {
-                    ip: m.ip,
-                    port: m.port,
-                    epoch: m.config_epoch,
-                };
-                newest = Some(c.newest(newest));
-            }
-            Err(e) if !e.is_link() => reachable += 1,
-            Err(_) => {}
-        }
-    }
-    let majority = reachable > cfg.sentinel.addresses.len() / 2;
-    if args.dry_run {
-        println!(
-            "dry run: {} of {} sentinels reachable; newest config {:?}; nothing changed",
-            reachable,
-            cfg.sentinel.addresses.len(),
-            newest
-        );
-        return Ok(());
-    }
-    let net = open_interface(&cfg).await?;
-    let bound = net.is_bound(havip.vip).await.map_err(net_failure)?;
-    let names_me = newest.is_some_and(|c| c.ip == me.address);
-    let fence = cfg.redis.as_ref().filter(|r| r.pause_writes).map(|r| {
-        let port = newest
-            .filter(|c| c.ip == me.address)
-            .map_or(6379, |c| c.port);
-        let addr = r
-            .address
-            .clone()
-            .unwrap_or_else(|| std::net::SocketAddr::new(me.address, port).to_string());
-        crate::fence::RedisFence::new(
-            crate::sentinel::conn::ConnectOptions::redis(r, &cfg.sentinel),
-            addr,
-            NOTIFY_PAUSE,
-        )
-    });
-    let obs = Observation {
-        majority,
-        reported: newest,
-        remembered: None,
-        // The local Sentinel already waited down-after-milliseconds before this +sdown; a majority still out
-        // of sight now is reason enough.
-        cut_off_for: if majority {
-            Duration::ZERO
-        } else {
-            Duration::MAX
-        },
-        fence_after: match cfg.sentinel.fence_after {
-            crate::config::FenceAfter::Hold => None,
-            _ => Some(Duration::ZERO),
-        },
-        bound,
-        cloud: CloudHolder::Unknown,
-        // Bound already counts as claimed: a notification re-binds, it does not re-claim.
-        claimed_epoch: if bound { newest.map(|c| c.epoch) } else { None },
-        claiming: false,
-        // A pause of ours may be in place (set by an earlier notification): lift it when this node is wanted.
-        paused: fence.is_some() && majority && names_me,
-        redis_fence: fence.is_some(),
-    };
-    let decision = plan(me.address, &obs);
-    info!(
-        event = %n.event,
-        master = %n.master,
-        havip = %havip.havip_id,
-        reachable,
-        total = cfg.sentinel.addresses.len(),
-        majority,
-        bound,
-        actions = ?decision.actions.to_vec(),
-        "notification"
-    );
-    let deadline = Instant::now() + cfg.claim.deadline.get();
-    let _lock = HavipLock::acquire(&cfg.claim.lock_dir, &havip.havip_id, deadline)
-        .await
-        .map_err(claim_failure)?;
-    for action in decision.actions.iter() {
-        match action {
-            Action::Claim { .. } => {
-                claim(&cfg, &havip, &me, &metadata, net.clone(), deadline).await?;
-            }
-            Action::Release { reason } => {
-                let change = net.unbind(havip.vip).await.map_err(net_failure)?;
-                warn!(havip = %havip.havip_id, reason = reason.as_str(), removed = change == Change::Applied, "released the vip: {} of {} sentinels reachable", reachable, cfg.sentinel.addresses.len());
-                println!(
-                    "{}: vip {} released ({}): {reachable} of {} sentinels reachable",
-                    havip.havip_id,
-                    havip.vip,
-                    reason.as_str(),
-                    cfg.sentinel.addresses.len()
-                );
-            }
-            Action::PauseWrites => {
-                if let Some(f) = &fence {
-                    match f.pause_writes().await {
-                        Ok(()) => println!(
-                            "{}: writes paused on {} for {:?}",
-                            havip.havip_id,
-                            f.addr(),
-                            NOTIFY_PAUSE
-                        ),
-                        Err(e) => {
-                            warn!(havip = %havip.havip_id, error = %e, "could not pause writes")
-                        }
-                    }
-                }
-            }
-            Action::Unpause => {
-                if let Some(f) = &fence
-                    && let Err(e) = f.unpause().await
-                {
-                    warn!(havip = %havip.havip_id, error = %e, "could not lift the write pause");
-                }
-            }
-            Action::AbortClaim | Action::Reannounce => {}
-        }
-    }
-    // Majority back and naming another node: this is an old master Sentinel is about to convert into a
-    // replica; a pause left from the fence would only hold up its resync.
-    if majority
-        && !names_me
-        && let Some(f) = &fence
-        && let Err(e) = f.unpause().await
-    {
-        warn!(havip = %havip.havip_id, error = %e, "could not lift the write pause");
-    }
-    Ok(())
-}
-
 /// Checks the two capabilities, then opens `node.interface` (netlink + packet socket).
 async fn open_interface(cfg: &Config) -> Result<Arc<dyn LocalNet>, Failure> {
     crate::net::require_capabilities().map_err(permanent)?;
@@ -679,47 +850,6 @@ async fn open_interface(cfg: &Config) -> Result<Arc<dyn LocalNet>, Failure> {
         .await
         .map_err(net_failure)?;
     Ok(Arc::new(net))
-}
-
-fn print_plan(plan: Plan, cfg: &Config, havip: &HavipConfig, me: &Identity, req: &Request) {
-    println!("dry run: nothing will be changed");
-    println!(
-        "node: instance {} address {} interface {}",
-        me.instance_id, me.address, cfg.node.interface
-    );
-    println!(
-        "havip {} vip {} master {} scope {:?}: new master {}",
-        havip.havip_id, havip.vip, havip.master, havip.scope, req.to_ip
-    );
-    match plan {
-        Plan::Claim => {
-            println!(
-                "1. bind {} on {} (netlink; a no-op if already bound)",
-                havip.vip, cfg.node.interface
-            );
-            println!(
-                "2. DescribeHaVips {}; AssociateHaVipInstance {} only if it is not in the drift range",
-                havip.havip_id, me.instance_id
-            );
-            println!(
-                "3. gratuitous ARP for {}: {} rounds (request + reply) over {}",
-                havip.vip.addr, cfg.announce.burst, cfg.announce.spread
-            );
-            println!(
-                "4. confirm with DescribeHaVips that the holder is {}, re-announcing until {}",
-                me.instance_id, cfg.claim.deadline
-            );
-            if havip.scope == crate::config::Scope::Exclusive {
-                println!("5. remove every other instance from the drift range (scope exclusive)");
-            }
-        }
-        Plan::Release => {
-            println!(
-                "1. remove {} from {} if it is bound (no API call)",
-                havip.vip, cfg.node.interface
-            );
-        }
-    }
 }
 
 #[cfg(test)]

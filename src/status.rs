@@ -29,6 +29,13 @@ pub struct StatusReport {
     pub sentinels_total: usize,
     /// One entry per `[[havip]]`, in config order.
     pub havips: Vec<HavipStatus>,
+    /// Reachable Sentinels that do not count: their peers do not list them (another deployment), or they
+    /// alone report a configuration nothing corroborates. Filled by the daemon and by `status --direct`.
+    #[serde(default)]
+    pub sentinels_uncorroborated: Vec<String>,
+    /// Tasks that stopped making progress (the reason `/healthz` is red), filled when `/status` is served.
+    #[serde(default)]
+    pub unhealthy: Vec<String>,
 }
 
 /// One `[[havip]]` as this node sees it.
@@ -58,6 +65,9 @@ pub struct HavipStatus {
     pub fenced: bool,
     /// The failover id of the last switch.
     pub failover_id: Option<String>,
+    /// A newer configuration (`ip:port epoch N`) only one Sentinel reports, not corroborated yet.
+    #[serde(default)]
+    pub pending_master: Option<String>,
 }
 
 /// The daemon's live [`StatusReport`], shared with the HTTP server. Cheap to clone.
@@ -110,76 +120,100 @@ impl StatusHandle {
     }
 }
 
-/// Liveness of the two loops that must keep running: the main (reconcile) loop and the Sentinel watch.
-/// Each beats on every iteration; `/healthz` is healthy only while both beats are younger than `max_age`.
+/// Liveness of every task that must keep making progress: each HAVIP task and each Sentinel watcher
+/// registers a [`Beat`] and beats on every turn of its loop. `/healthz` is healthy only while every
+/// registered beat is younger than `max_age`; a task that hangs or panicked stops beating and is named.
 /// Uses `tokio::time::Instant`, so paused test time moves it too. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Health {
     max_age: Duration,
-    beats: Arc<Mutex<Beats>>,
+    beats: Arc<Mutex<std::collections::BTreeMap<String, Option<Instant>>>>,
 }
 
-#[derive(Debug, Default)]
-struct Beats {
-    main: Option<Instant>,
-    watch: Option<Instant>,
+/// One task's beat; see [`Health`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    name: String,
+    beats: Arc<Mutex<std::collections::BTreeMap<String, Option<Instant>>>>,
+}
+
+impl Beat {
+    /// The task made progress.
+    pub fn beat(&self) {
+        self.beats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(self.name.clone(), Some(Instant::now()));
+    }
 }
 
 impl Health {
     /// Beats older than `max_age` make the agent unhealthy. Pick a few loop periods (the daemon's loops
-    /// run at least every `sentinel.poll_interval`); the systemd watchdog uses its own, separate timer.
+    /// turn at least every `sentinel.poll_interval`); the systemd watchdog is fed only while healthy.
     pub fn new(max_age: Duration) -> Self {
         Self {
             max_age,
-            beats: Arc::new(Mutex::new(Beats::default())),
+            beats: Arc::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Beats> {
+    /// Registers a task named `name` (e.g. `havip havip-xxxx`, `sentinel 198.18.0.1:26379`); it counts
+    /// as stale until its first beat.
+    pub fn register(&self, name: impl Into<String>) -> Beat {
+        let name = name.into();
         self.beats
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.clone(), None);
+        Beat {
+            name,
+            beats: self.beats.clone(),
+        }
     }
 
-    /// The main loop is alive.
-    pub fn beat_main(&self) {
-        self.lock().main = Some(Instant::now());
-    }
-
-    /// The Sentinel watch is alive (it produced a snapshot, even one with every Sentinel unreachable:
-    /// unreachable Sentinels are reported by `/status`, not by `/healthz`).
-    pub fn beat_watch(&self) {
-        self.lock().watch = Some(Instant::now());
-    }
-
-    /// `Ok` while both beats are fresh; otherwise why not, e.g. `"main loop: last beat 12.3s ago (max 5s)"`.
-    pub fn check(&self) -> Result<(), String> {
-        let beats = self.lock();
+    /// The tasks that stopped making progress, each with why: `havip havip-1: last beat 12.3s ago (max 3s)`.
+    pub fn stale(&self) -> Vec<String> {
+        let beats = self
+            .beats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        let mut problems = Vec::new();
-        for (what, beat) in [("main loop", beats.main), ("sentinel watch", beats.watch)] {
-            match beat {
-                None => problems.push(format!("{what}: no beat yet")),
+        beats
+            .iter()
+            .filter_map(|(what, beat)| match beat {
+                None => Some(format!("{what}: no beat yet")),
                 Some(at) => {
-                    let age = now.saturating_duration_since(at);
-                    if age > self.max_age {
-                        problems.push(format!(
+                    let age = now.saturating_duration_since(*at);
+                    (age > self.max_age).then(|| {
+                        format!(
                             "{what}: last beat {:.1}s ago (max {:.1}s)",
                             age.as_secs_f64(),
                             self.max_age.as_secs_f64()
-                        ));
-                    }
+                        )
+                    })
                 }
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+            })
+            .collect()
     }
 
-    /// Whether both beats are fresh.
+    /// `Ok` while every registered task is fresh (and at least one is registered); otherwise why not.
+    pub fn check(&self) -> Result<(), String> {
+        let stale = self.stale();
+        if !stale.is_empty() {
+            return Err(stale.join("; "));
+        }
+        let none = self
+            .beats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty();
+        if none {
+            return Err("no task registered yet".into());
+        }
+        Ok(())
+    }
+
+    /// Whether every registered task is fresh.
     pub fn is_healthy(&self) -> bool {
         self.check().is_ok()
     }
@@ -280,6 +314,21 @@ pub fn render_table(report: &StatusReport) -> String {
     }
     if rows.is_empty() {
         out.push_str("(no [[havip]] configured)\n");
+    }
+    for h in &report.havips {
+        if let Some(p) = &h.pending_master {
+            let _ = writeln!(out, "{}: pending, not corroborated: {p}", h.havip_id);
+        }
+    }
+    if !report.sentinels_uncorroborated.is_empty() {
+        let _ = writeln!(
+            out,
+            "sentinels not counted (their peers do not list them): {}",
+            report.sentinels_uncorroborated.join(", ")
+        );
+    }
+    if !report.unhealthy.is_empty() {
+        let _ = writeln!(out, "unhealthy: {}", report.unhealthy.join("; "));
     }
     out
 }
@@ -397,6 +446,7 @@ mod tests {
                     last_switch: Some("2025-01-02T03:04:05Z".into()),
                     fenced: false,
                     failover_id: Some("f-0001".into()),
+                    pending_master: None,
                 },
                 HavipStatus {
                     havip_id: "havip-22222222".into(),
@@ -405,6 +455,8 @@ mod tests {
                     ..HavipStatus::default()
                 },
             ],
+            sentinels_uncorroborated: vec![],
+            unhealthy: vec![],
         }
     }
 
@@ -448,6 +500,22 @@ mod tests {
         assert!(t.contains("ins-aaaa (mismatch)"), "{t}");
         assert!(t.contains("missing (desired)"), "{t}");
         assert!(t.contains("yes"), "{t}");
+        r.havips[1].pending_master = Some("172.16.2.9:6379 epoch 999999".into());
+        r.sentinels_uncorroborated = vec!["172.16.2.9:26379".into()];
+        r.unhealthy = vec!["havip havip-22222222: last beat 9.0s ago (max 3.0s)".into()];
+        let t = render_table(&r);
+        assert!(
+            t.contains("havip-22222222: pending, not corroborated: 172.16.2.9:6379 epoch 999999"),
+            "{t}"
+        );
+        assert!(
+            t.contains("sentinels not counted (their peers do not list them): 172.16.2.9:26379"),
+            "{t}"
+        );
+        assert!(
+            t.contains("unhealthy: havip havip-22222222: last beat"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -468,22 +536,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn health_needs_both_beats_fresh() {
+    async fn health_names_every_task_that_stopped_beating() {
         let h = Health::new(Duration::from_secs(5));
+        assert!(h.check().unwrap_err().contains("no task registered"));
+        let a = h.register("havip havip-1");
+        let b = h.register("sentinel 198.18.0.1:26379");
         let e = h.check().unwrap_err();
         assert!(
-            e.contains("main loop: no beat yet") && e.contains("sentinel watch"),
+            e.contains("havip havip-1: no beat yet") && e.contains("sentinel 198.18.0.1:26379"),
             "{e}"
         );
-        h.beat_main();
-        h.beat_watch();
+        a.beat();
+        b.beat();
         assert!(h.is_healthy());
         tokio::time::advance(Duration::from_secs(4)).await;
-        h.beat_main();
+        a.beat();
         tokio::time::advance(Duration::from_secs(2)).await;
         let e = h.check().unwrap_err();
-        assert!(e.starts_with("sentinel watch: last beat 6.0s ago"), "{e}");
-        assert!(!e.contains("main loop"), "{e}");
+        assert!(
+            e.starts_with("sentinel 198.18.0.1:26379: last beat 6.0s ago"),
+            "{e}"
+        );
+        assert!(!e.contains("havip-1"), "{e}");
+        assert_eq!(h.stale().len(), 1);
     }
 
     #[test]

@@ -6,16 +6,12 @@
 //! API (read-only). The table itself is `status::render_table`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cloud::VpcClient;
 use crate::config::Config;
-use crate::credentials::CredentialProvider;
-use crate::metadata::MetadataClient;
 use crate::net::{KernelNet, LocalNet};
-use crate::node::resolve_identity;
+use crate::sentinel::conn::ConnectOptions;
 use crate::status::{HavipStatus, StatusReport, fetch_status, render_table, status_url};
 
 /// Arguments of `havip-agent status`.
@@ -74,14 +70,13 @@ pub async fn run(path: &Path, args: StatusArgs) -> u8 {
     0
 }
 
-/// The status as this node would see it, from the sources themselves (no agent needed).
+/// The status as this node would see it, from the sources themselves (no agent needed): the same start-up
+/// path (`boot`), the same Sentinel reading (`sentinel::probe` and `Snapshot::view`) as the daemon.
 pub async fn compute(cfg: &Config) -> StatusReport {
-    crate::cloud::install_tls_provider();
-    let metadata = MetadataClient::new(&cfg.cloud.metadata_endpoint, Duration::from_secs(2)).ok();
-    let identity = match &metadata {
-        Some(m) => resolve_identity(cfg, m).await.ok(),
-        None => None,
-    };
+    let boot = crate::boot::boot_with(std::sync::Arc::new(cfg.clone()))
+        .await
+        .ok();
+    let identity = boot.as_ref().map(|b| b.identity.clone());
     let mut report = StatusReport {
         node: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_owned())
@@ -97,47 +92,20 @@ pub async fn compute(cfg: &Config) -> StatusReport {
         sentinels_total: cfg.sentinel.addresses.len(),
         ..StatusReport::default()
     };
-
-    // Sentinel: the newest configuration any reachable Sentinel reports, per master.
-    let mut reachable = 0;
-    let mut newest: Vec<Option<crate::sentinel::MasterInfo>> = vec![None; cfg.havips.len()];
-    for addr in &cfg.sentinel.addresses {
-        let mut answered = false;
-        for (i, h) in cfg.havips.iter().enumerate() {
-            if let Ok(m) = crate::sentinel::conn::query(addr, &cfg.sentinel, &h.master).await {
-                answered = true;
-                if newest[i]
-                    .as_ref()
-                    .is_none_or(|n| m.config_epoch > n.config_epoch)
-                {
-                    newest[i] = Some(m);
-                }
-            }
-        }
-        if answered
-            || crate::sentinel::conn::ping(addr, &cfg.sentinel)
-                .await
-                .is_ok()
-        {
-            reachable += 1;
-        }
-    }
-    report.sentinels_reachable = reachable;
-    let majority = reachable > cfg.sentinel.addresses.len() / 2;
+    let masters: Vec<String> = cfg.havips.iter().map(|h| h.master.clone()).collect();
+    let snap =
+        crate::sentinel::probe(&cfg.sentinel, &masters, &ConnectOptions::role_check(cfg)).await;
+    report.sentinels_reachable = snap.reachable();
+    report.sentinels_uncorroborated = snap.outsiders();
 
     let net = KernelNet::open(&cfg.node.interface).await.ok();
-    let cloud = match (&metadata, identity.is_some()) {
-        (Some(m), true) => {
-            let env = |k: &str| std::env::var(k).ok();
-            match CredentialProvider::resolve(&env, &cfg.cloud, m, crate::clock::system()).await {
-                Ok(c) => VpcClient::new(&cfg.cloud, c, crate::clock::system()).ok(),
-                Err(_) => None,
-            }
-        }
-        _ => None,
+    let cloud = match &boot {
+        Some(b) => b.cloud(&|k: &str| std::env::var(k).ok(), None).await.client,
+        None => None,
     };
-    for (i, h) in cfg.havips.iter().enumerate() {
-        let m = &newest[i];
+    for h in &cfg.havips {
+        let view = snap.view(&h.master, std::time::Instant::now());
+        let m = view.newest.as_ref();
         let local_bound = match &net {
             Some(n) => n.is_bound(h.vip).await.unwrap_or(false),
             None => false,
@@ -150,10 +118,10 @@ pub async fn compute(cfg: &Config) -> StatusReport {
                 .and_then(|v| v.instance_id),
             None => None,
         };
-        let desired = majority
+        let desired = view.majority
             && identity
                 .as_ref()
-                .zip(m.as_ref())
+                .zip(m)
                 .is_some_and(|(id, m)| m.ip == id.address);
         let cloud_matches = cloud_holder.as_ref().map(|holder| {
             let mine = identity
@@ -165,17 +133,19 @@ pub async fn compute(cfg: &Config) -> StatusReport {
             havip_id: h.havip_id.clone(),
             master: h.master.clone(),
             vip: h.vip.to_string(),
-            majority_master: m.as_ref().map(|m| m.addr().to_string()),
-            epoch: m.as_ref().map(|m| m.config_epoch),
+            majority_master: m.map(|m| m.addr().to_string()),
+            epoch: m.map(|m| m.epoch),
             desired_holder: desired,
             local_bound,
             cloud_holder,
             cloud_matches,
             last_switch: None,
             fenced: false,
-            failover_id: m
+            failover_id: m.map(|m| format!("{}-{}", h.master, m.epoch)),
+            pending_master: view
+                .pending
                 .as_ref()
-                .map(|m| format!("{}-{}", h.master, m.config_epoch)),
+                .map(|p| format!("{} epoch {}", p.addr(), p.epoch)),
         });
     }
     report

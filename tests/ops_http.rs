@@ -81,7 +81,10 @@ fn report() -> StatusReport {
             last_switch: Some("2025-01-02T03:04:05Z".into()),
             fenced: false,
             failover_id: Some("f-1".into()),
+            pending_master: None,
         }],
+        sentinels_uncorroborated: vec![],
+        unhealthy: vec![],
     }
 }
 
@@ -167,24 +170,27 @@ async fn metrics_endpoint_serves_every_family_with_labels_and_values() {
 }
 
 #[tokio::test]
-async fn healthz_is_200_while_both_beats_are_fresh_then_503_with_a_reason() {
+async fn healthz_is_200_while_every_task_beats_then_503_naming_the_stuck_one() {
     let health = Health::new(Duration::from_millis(1000));
     let srv = start(Metrics::new(), StatusHandle::default(), health.clone()).await;
     let url = format!("{}/healthz", srv.base);
+    let havip = health.register("havip havip-1");
+    let watch = health.register("sentinel watch 198.18.0.1:26379");
 
     let (code, _, body) = get(&url).await;
     assert_eq!(code, 503, "no beat yet: {body}");
     assert!(body.contains("no beat yet"), "{body}");
 
-    health.beat_main();
-    health.beat_watch();
+    havip.beat();
+    watch.beat();
     let (code, _, body) = get(&url).await;
     assert_eq!(code, 200, "{body}");
 
-    // The main loop keeps beating, the Sentinel watch stops: healthz must turn 503 naming it.
+    // The HAVIP task keeps beating, the Sentinel watcher stops: healthz must turn 503 naming it, and
+    // /status must name it too.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let body = loop {
-        health.beat_main();
+        havip.beat();
         let (code, _, body) = get(&url).await;
         if code == 503 {
             break body;
@@ -196,10 +202,17 @@ async fn healthz_is_200_while_both_beats_are_fresh_then_503_with_a_reason() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(body.contains("sentinel watch: last beat"), "{body}");
-    assert!(!body.contains("main loop"), "{body}");
+    assert!(
+        body.contains("sentinel watch 198.18.0.1:26379: last beat"),
+        "{body}"
+    );
+    assert!(!body.contains("havip-1"), "{body}");
+    let (_, _, status) = get(&format!("{}/status", srv.base)).await;
+    let report: StatusReport = serde_json::from_str(&status).unwrap();
+    assert_eq!(report.unhealthy.len(), 1, "{status}");
+    assert!(report.unhealthy[0].starts_with("sentinel watch 198.18.0.1:26379"));
 
-    health.beat_watch();
+    watch.beat();
     assert_eq!(get(&url).await.0, 200);
 }
 

@@ -90,7 +90,7 @@ async fn watcher_reports_the_master_the_epoch_and_a_majority() {
     assert_eq!(newest.reported_by, lab.sentinel_addrs());
     assert!(newest.first_seen.is_some());
     assert_eq!(
-        snap.min_down_after(&master),
+        snap.view(&master, std::time::Instant::now()).down_after,
         Some(Duration::from_millis(1000))
     );
     for s in &snap.sentinels {

@@ -61,6 +61,22 @@ impl ConnectOptions {
     }
 }
 
+impl ConnectOptions {
+    /// How to reach a Redis of the deployment for `ROLE` (corroboration, `confirm_role`): the `[redis]`
+    /// credentials when configured (a deployment's Redis usually share `requirepass`), otherwise the
+    /// Sentinel's TLS setting without credentials.
+    pub fn role_check(cfg: &crate::config::Config) -> Self {
+        match &cfg.redis {
+            Some(r) => Self::redis(r, &cfg.sentinel),
+            None => Self {
+                username: None,
+                password: None,
+                ..Self::sentinel(&cfg.sentinel)
+            },
+        }
+    }
+}
+
 /// Installs rustls' ring provider once; the redis crate's TLS needs a process default.
 fn install_crypto_provider() {
     // An error only means a provider is already installed.
@@ -308,68 +324,77 @@ pub(crate) async fn ping_conn(
     }
 }
 
-/// Asks `SENTINEL MASTER` and `SENTINEL GET-MASTER-ADDR-BY-NAME` for every name in one pipeline, within
-/// `timeout`. The outer error is the link's (the whole answer is missing); the inner results are per master
-/// (one master's bad answer does not spoil the others).
+/// One Sentinel's answer to [`query_masters`].
+#[derive(Debug, Clone)]
+pub struct SentinelAnswer {
+    /// Its run id (`SENTINEL MYID`), when it gave a usable one.
+    pub myid: Option<String>,
+    /// Per asked master, in the order asked: its view, or what was wrong with that part of the answer.
+    pub masters: Vec<Result<MasterInfo, ReplyError>>,
+}
+
+/// Asks `SENTINEL MYID` once, then `SENTINEL MASTER`, `SENTINEL GET-MASTER-ADDR-BY-NAME` and
+/// `SENTINEL SENTINELS` for every name, in one pipeline within `timeout`. The outer error is the link's (the
+/// whole answer is missing); the inner results are per master (one master's bad answer does not spoil the
+/// others). A failed `SENTINEL SENTINELS` or `MYID` only leaves `peers`/`myid` unknown.
 pub async fn query_masters(
     conn: &mut MultiplexedConnection,
     addr: &str,
     names: &[String],
     timeout: Duration,
-) -> Result<Vec<Result<MasterInfo, ReplyError>>, SentinelError> {
+) -> Result<SentinelAnswer, SentinelError> {
     use redis::aio::ConnectionLike;
     let peer = sentinel_peer(addr);
     if names.is_empty() {
-        return Ok(Vec::new());
+        return Ok(SentinelAnswer {
+            myid: None,
+            masters: Vec::new(),
+        });
     }
     let mut pipe = redis::pipe();
+    pipe.cmd("SENTINEL").arg("MYID");
     for name in names {
         pipe.cmd("SENTINEL").arg("MASTER").arg(name);
         pipe.cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(name);
+        pipe.cmd("SENTINEL").arg("SENTINELS").arg(name);
     }
-    let expected = names.len() * 2;
+    let expected = 1 + names.len() * 3;
+    let link = |detail: String| SentinelError::Link {
+        peer: peer.clone(),
+        what: "query",
+        detail,
+    };
+    let timed_out = || SentinelError::Timeout {
+        peer: peer.clone(),
+        what: "query",
+        after: timeout,
+    };
     let values =
         match tokio::time::timeout(timeout, conn.req_packed_commands(&pipe, 0, expected)).await {
-            Err(_) => {
-                return Err(SentinelError::Timeout {
-                    peer,
-                    what: "query",
-                    after: timeout,
-                });
-            }
-            Ok(Err(e)) if e.is_timeout() => {
-                return Err(SentinelError::Timeout {
-                    peer,
-                    what: "query",
-                    after: timeout,
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(SentinelError::Link {
-                    peer,
-                    what: "query",
-                    detail: e.to_string(),
-                });
-            }
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) if e.is_timeout() => return Err(timed_out()),
+            Ok(Err(e)) => return Err(link(e.to_string())),
             Ok(Ok(values)) => values,
         };
     if values.len() != expected {
-        return Err(SentinelError::Link {
-            peer,
-            what: "query",
-            detail: format!(
-                "pipeline gave {} replies, expected {expected}",
-                values.len()
-            ),
-        });
+        return Err(link(format!(
+            "pipeline gave {} replies, expected {expected}",
+            values.len()
+        )));
     }
-    Ok(names
+    let myid = parse::parse_myid_reply(&values[0]).ok();
+    let masters = names
         .iter()
-        .zip(values.chunks_exact(2))
-        .map(|(name, pair)| parse::master_info(name, &pair[0], &pair[1]))
-        .collect())
+        .zip(values[1..].chunks_exact(3))
+        .map(|(name, r)| {
+            let mut info = parse::master_info(name, &r[0], &r[1])?;
+            info.peers = parse::parse_sentinels_reply(&r[2]).ok();
+            Ok(info)
+        })
+        .collect();
+    Ok(SentinelAnswer { myid, masters })
 }
 
 /// Asks one master of the Sentinel on `conn` (see [`query_masters`]).
@@ -379,8 +404,8 @@ pub async fn query_master(
     name: &str,
     timeout: Duration,
 ) -> Result<MasterInfo, SentinelError> {
-    let mut answers = query_masters(conn, addr, &[name.to_owned()], timeout).await?;
-    match answers.pop() {
+    let mut answer = query_masters(conn, addr, &[name.to_owned()], timeout).await?;
+    match answer.masters.pop() {
         Some(Ok(info)) => Ok(info),
         Some(Err(source)) => Err(SentinelError::Reply {
             peer: sentinel_peer(addr),

@@ -1,14 +1,15 @@
 //! Watching Redis Sentinel: who is master, by the newest configuration, and can we still see a majority.
 //!
 //! Owns everything that talks to Sentinel: the reply and event parsers ([`parse`]), connections with
-//! ACL/TLS and hard timeouts ([`conn`]), the per-Sentinel watch tasks ([`watcher`]) and the view they
-//! publish ([`snapshot`]). It does not decide what to do with that view (claiming, releasing, fencing):
+//! ACL/TLS and hard timeouts ([`conn`]), the per-Sentinel watch tasks ([`watcher`]), the one-shot
+//! [`probe`] that gives the same view, and that view with its reading rules ([`snapshot`]). It does not decide what to do with that view (claiming, releasing, fencing):
 //! that is the reconciler's job.
 //!
 //! The rules it implements (see `shared/reference/sentinel.md`):
 //! - Events are only wake-ups. Every event, every (re)connect and every `poll_interval`, each Sentinel is
 //!   asked `SENTINEL MASTER` + `SENTINEL GET-MASTER-ADDR-BY-NAME`, and its answer is published at once.
-//! - The newest configuration (highest `config-epoch` among reachable Sentinels) names the master.
+//! - The newest *corroborated* configuration (highest `config-epoch` among member Sentinels, confirmed by a
+//!   second Sentinel or by `ROLE` at the named address) names the master; see [`snapshot`].
 //! - A Sentinel that does not answer within `timeout` is unreachable, and both its connections are dropped,
 //!   so silently stalled links are noticed in a few hundred milliseconds.
 
@@ -17,14 +18,16 @@ use std::time::Duration;
 
 pub mod conn;
 pub mod parse;
+pub mod probe;
 pub mod snapshot;
 pub mod watcher;
 
 pub use conn::{
     ConnectOptions, confirm_role, connect, connect_redis, ping, query, query_master, query_masters,
 };
-pub use parse::{EventError, ReplyError, parse_event};
-pub use snapshot::{Newest, SentinelState, Snapshot};
+pub use parse::{EventError, PeerSentinel, ReplyError, parse_event};
+pub use probe::probe;
+pub use snapshot::{Corroboration, MasterConfig, MasterView, Newest, SentinelState, Snapshot};
 pub use watcher::{ObservedEvent, WatchOptions, Watcher};
 
 /// The Pub/Sub channels the watcher subscribes to: `+switch-master` and every event worth waking up for.
@@ -51,7 +54,7 @@ pub const WATCHED_CHANNELS: &[&str] = &[
 pub fn watcher_acl_rules() -> String {
     let mut rules = String::from(
         "resetchannels -@all +sentinel|master +sentinel|get-master-addr-by-name +sentinel|sentinels \
-         +subscribe +ping +auth +hello",
+         +sentinel|myid +subscribe +ping +auth +hello",
     );
     for ch in WATCHED_CHANNELS {
         rules.push_str(" &");
@@ -86,6 +89,9 @@ pub struct MasterInfo {
     pub num_other_sentinels: u32,
     /// `quorum`.
     pub quorum: u32,
+    /// The other Sentinels it lists for this master (`SENTINEL SENTINELS`); `None` when that answer failed
+    /// (an ACL without `sentinel|sentinels`, garbage).
+    pub peers: Option<Vec<PeerSentinel>>,
 }
 
 impl MasterInfo {

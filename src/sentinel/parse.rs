@@ -19,6 +19,10 @@ pub const CMD_MASTER: &str = "SENTINEL MASTER";
 pub const CMD_ADDR: &str = "SENTINEL GET-MASTER-ADDR-BY-NAME";
 /// `ROLE`, for error messages.
 pub const CMD_ROLE: &str = "ROLE";
+/// `SENTINEL SENTINELS <name>`, for error messages.
+pub const CMD_SENTINELS: &str = "SENTINEL SENTINELS";
+/// `SENTINEL MYID`, for error messages.
+pub const CMD_MYID: &str = "SENTINEL MYID";
 
 /// Longest bad value quoted in an error: garbage can be large.
 const QUOTE_MAX: usize = 64;
@@ -370,7 +374,75 @@ pub fn master_info(
         failover_in_progress,
         num_other_sentinels: fields.num_other_sentinels,
         quorum: fields.quorum,
+        peers: None,
     })
+}
+
+/// One other Sentinel as a Sentinel lists it in `SENTINEL SENTINELS <name>`: the peers it exchanges hellos
+/// with for that master. Used to tell a Sentinel of this deployment from one that only shares the master name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSentinel {
+    /// `ip` (the peer's announced address).
+    pub ip: IpAddr,
+    /// `port`.
+    pub port: u16,
+    /// `runid`: the peer's `SENTINEL MYID`.
+    pub runid: String,
+}
+
+/// Parses a `SENTINEL SENTINELS <name>` reply: an array of field/value entries. Entries without a usable
+/// `ip`/`port`/`runid` make the whole reply an error, so a garbled list never vouches for anyone.
+pub fn parse_sentinels_reply(v: &Value) -> Result<Vec<PeerSentinel>, ReplyError> {
+    let command = CMD_SENTINELS;
+    let items = match unwrap_reply(command, v)? {
+        Value::Array(items) | Value::Set(items) => items,
+        other => {
+            return Err(ReplyError::WrongType {
+                command,
+                expected: "an array of sentinel entries",
+                got: describe(other),
+            });
+        }
+    };
+    items
+        .iter()
+        .map(|entry| {
+            let pairs = pairs(command, entry)?;
+            let get = |field: &'static str| -> Result<String, ReplyError> {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == field)
+                    .and_then(|(_, v)| text(v))
+                    .map(Cow::into_owned)
+                    .ok_or(ReplyError::MissingField { command, field })
+            };
+            Ok(PeerSentinel {
+                ip: parse_ip(command, "ip", &get("ip")?)?,
+                port: parse_port(command, "port", &get("port")?)?,
+                runid: get("runid")?,
+            })
+        })
+        .collect()
+}
+
+/// Parses a `SENTINEL MYID` reply: the Sentinel's 40-hex-digit run id.
+pub fn parse_myid_reply(v: &Value) -> Result<String, ReplyError> {
+    let command = CMD_MYID;
+    let id = text(unwrap_reply(command, v)?).ok_or_else(|| ReplyError::WrongType {
+        command,
+        expected: "a string",
+        got: describe(v),
+    })?;
+    if id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.into_owned())
+    } else {
+        Err(ReplyError::BadField {
+            command,
+            field: "id".into(),
+            value: quote(&id),
+            problem: "not a 40-digit hex run id",
+        })
+    }
 }
 
 /// Parses a `ROLE` reply and returns the role: `master`, `slave` or `sentinel`.
@@ -610,6 +682,7 @@ mod tests {
                 failover_in_progress: true,
                 num_other_sentinels: 2,
                 quorum: 2,
+                peers: None,
             }
         );
     }
@@ -755,6 +828,61 @@ mod tests {
                 err.starts_with("SENTINEL GET-MASTER-ADDR-BY-NAME"),
                 "{label}: {err:?}"
             );
+        }
+    }
+
+    #[test]
+    fn sentinels_reply_lists_the_peers_and_rejects_garbled_entries() {
+        let entry = |ip: &str, port: &str, runid: &str| {
+            Value::Array(
+                [
+                    ("name", runid),
+                    ("ip", ip),
+                    ("port", port),
+                    ("runid", runid),
+                ]
+                .iter()
+                .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                .collect(),
+            )
+        };
+        let id = "a".repeat(40);
+        let ok = Value::Array(vec![entry("198.18.0.2", "26379", &id)]);
+        assert_eq!(
+            parse_sentinels_reply(&ok).unwrap(),
+            vec![PeerSentinel {
+                ip: "198.18.0.2".parse().unwrap(),
+                port: 26379,
+                runid: id.clone(),
+            }]
+        );
+        assert_eq!(
+            parse_sentinels_reply(&Value::Array(vec![])).unwrap(),
+            vec![]
+        );
+        for (bad, want) in [
+            (Value::Okay, "expected an array"),
+            (
+                Value::Array(vec![entry("host.example", "26379", &id)]),
+                "not an IP",
+            ),
+            (Value::Array(vec![entry("198.18.0.2", "0", &id)]), "port"),
+            (
+                Value::Array(vec![bulk("x")]),
+                "expected an array of field/value",
+            ),
+        ] {
+            let e = parse_sentinels_reply(&bad).unwrap_err().to_string();
+            assert!(e.contains("SENTINEL SENTINELS") && e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn myid_reply_must_be_a_run_id() {
+        let id = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(parse_myid_reply(&bulk(id)).unwrap(), id);
+        for bad in [Value::Okay, bulk("short"), Value::Nil, Value::Int(7)] {
+            assert!(parse_myid_reply(&bad).is_err(), "{bad:?}");
         }
     }
 
@@ -959,6 +1087,8 @@ mod tests {
             );
             let _ = master_info("mymaster", &v, &v);
             let _ = parse_role_reply(&v);
+            let _ = parse_sentinels_reply(&Value::Array(vec![v.clone()]));
+            let _ = parse_myid_reply(&v);
         }
     }
 }

@@ -17,13 +17,14 @@ use redis::aio::PubSubStream;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use super::conn::SentinelAnswer;
 use super::conn::{self, ConnectOptions, sentinel_peer};
-use super::snapshot::{SentinelState, Snapshot};
-use super::{Event, MasterInfo, SentinelError, WATCHED_CHANNELS, parse_event};
+use super::snapshot::{MasterConfig, SentinelState, Snapshot};
+use super::{Event, SentinelError, WATCHED_CHANNELS, parse_event};
 use crate::config::SentinelConfig;
 
 /// Knobs beyond the config, mostly for tests and the demo.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WatchOptions {
     /// Subscribe to events. Off: the watcher relies on polls alone.
     pub subscribe: bool,
@@ -33,6 +34,26 @@ pub struct WatchOptions {
     pub resubscribe_delay: Duration,
     /// How many [`ObservedEvent`]s a slow [`Watcher::events`] receiver may lag behind before it loses some.
     pub event_capacity: usize,
+    /// How to reach a Redis for the `ROLE` that corroborates a configuration only one Sentinel reports
+    /// (credentials from `[redis]`). Default: the Sentinel's TLS setting, no credentials.
+    pub role: Option<ConnectOptions>,
+    /// Called with the Sentinel's index every time its task makes progress (a loop turn, a reconnect
+    /// attempt): the daemon's per-watcher health beat.
+    pub progress: Option<Progress>,
+}
+
+/// See [`WatchOptions::progress`].
+pub type Progress = Arc<dyn Fn(usize) + Send + Sync>;
+
+impl std::fmt::Debug for WatchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchOptions")
+            .field("subscribe", &self.subscribe)
+            .field("resubscribe_delay", &self.resubscribe_delay)
+            .field("event_capacity", &self.event_capacity)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for WatchOptions {
@@ -41,6 +62,8 @@ impl Default for WatchOptions {
             subscribe: true,
             resubscribe_delay: Duration::ZERO,
             event_capacity: 1024,
+            role: None,
+            progress: None,
         }
     }
 }
@@ -89,6 +112,7 @@ struct Shared {
     addrs: Vec<String>,
     masters: Vec<String>,
     connect: ConnectOptions,
+    role: ConnectOptions,
     timing: Timing,
     opts: WatchOptions,
     state: Mutex<Inner>,
@@ -192,6 +216,11 @@ impl Shared {
             }),
             addrs,
             masters,
+            role: opts.role.clone().unwrap_or_else(|| ConnectOptions {
+                username: None,
+                password: None,
+                ..ConnectOptions::sentinel(cfg)
+            }),
             connect: ConnectOptions::sentinel(cfg),
             timing: Timing {
                 timeout: cfg.timeout.get(),
@@ -209,6 +238,12 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data behind; keep going with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn progress(&self, idx: usize) {
+        if let Some(p) = &self.opts.progress {
+            p(idx);
+        }
     }
 
     fn wake_all(&self) {
@@ -267,19 +302,15 @@ impl Shared {
     }
 
     /// Records one answer of Sentinel `idx` and publishes it if anything changed.
-    fn record_answer(
-        &self,
-        idx: usize,
-        answers: Vec<(String, Result<MasterInfo, super::ReplyError>)>,
-    ) {
+    fn record_answer(&self, idx: usize, answer: SentinelAnswer) {
         let addr = &self.addrs[idx];
         let now = Instant::now();
         let mut masters = HashMap::new();
         let mut errors = Vec::new();
-        for (name, answer) in answers {
+        for (name, answer) in self.masters.iter().zip(answer.masters) {
             match answer {
                 Ok(info) => {
-                    masters.insert(name, info);
+                    masters.insert(name.clone(), info);
                 }
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
@@ -297,11 +328,13 @@ impl Shared {
                 tracing::warn!(sentinel = %addr, error = %e, "ignoring bad sentinel answer");
             }
             for (name, info) in &masters {
-                let same = s.masters.get(name).is_some_and(|old| {
-                    (old.config_epoch, old.ip, old.port) == (info.config_epoch, info.ip, info.port)
-                });
+                let same = s
+                    .masters
+                    .get(name)
+                    .is_some_and(|old| MasterConfig::of(old) == MasterConfig::of(info));
                 if !same {
                     s.master_since.insert(name.clone(), now);
+                    s.role_confirmed.remove(name);
                     tracing::info!(
                         sentinel = %addr,
                         master = %name,
@@ -313,13 +346,45 @@ impl Shared {
                 }
             }
             s.master_since.retain(|name, _| masters.contains_key(name));
-            let changed = !was_reachable || s.masters != masters;
+            s.role_confirmed
+                .retain(|name, _| masters.contains_key(name));
+            let changed = !was_reachable || s.masters != masters || s.myid != answer.myid;
             s.reachable = true;
             s.last_ok = Some(now);
             s.masters = masters;
+            s.myid = answer.myid;
             s.error = error;
             changed
         });
+    }
+
+    /// Asks `ROLE` at every address Sentinel `idx` alone reports (see [`Snapshot::needs_role_check`]) and
+    /// publishes a confirmation. One round trip on a LAN: the pre-switch announce keeps its lead.
+    async fn corroborate(&self, idx: usize) {
+        let snap = self.snapshots.borrow().clone();
+        for master in &self.masters {
+            let Some(at) = snap.needs_role_check(idx, master) else {
+                continue;
+            };
+            let confirmed = match conn::confirm_role(at.ip(), at.port(), &self.role).await {
+                Ok(master_role) => master_role,
+                Err(e) => {
+                    tracing::debug!(sentinel = %self.addrs[idx], master = %master, redis = %at, error = %e, "role check failed");
+                    false
+                }
+            };
+            if confirmed {
+                self.update(idx, |s| {
+                    // Only if the Sentinel still reports that address.
+                    let still = s.masters.get(master).is_some_and(|m| m.addr() == at);
+                    if still {
+                        tracing::info!(sentinel = %self.addrs[idx], master = %master, redis = %at, "role confirms the configuration only this sentinel reports so far");
+                        s.role_confirmed.insert(master.clone(), true);
+                    }
+                    still
+                });
+            }
+        }
     }
 
     fn on_message(&self, idx: usize, msg: redis::Msg) {
@@ -382,6 +447,7 @@ async fn run(shared: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) {
     // back a subscription the options say to keep away.
     let mut sub_hold: Option<tokio::time::Instant> = None;
     loop {
+        shared.progress(idx);
         match session(&shared, idx, &mut stop, &mut failures, &mut sub_hold).await {
             End::Stop => return,
             End::Failed(e) => {
@@ -410,8 +476,9 @@ async fn query(
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> Result<(), SentinelError> {
     let addr = &shared.addrs[idx];
-    let answers = conn::query_masters(conn, addr, &shared.masters, shared.timing.timeout).await?;
-    shared.record_answer(idx, shared.masters.iter().cloned().zip(answers).collect());
+    let answer = conn::query_masters(conn, addr, &shared.masters, shared.timing.timeout).await?;
+    shared.record_answer(idx, answer);
+    shared.corroborate(idx).await;
     Ok(())
 }
 
@@ -458,6 +525,7 @@ async fn session(
 
     let result: Result<(), SentinelError> = async {
         loop {
+            shared.progress(idx);
             tokio::select! {
                 biased;
                 _ = stop.changed() => return Ok(()),
@@ -523,6 +591,7 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sentinel::MasterInfo;
 
     fn info(epoch: u64, ip: &str) -> MasterInfo {
         MasterInfo {
@@ -535,6 +604,7 @@ mod tests {
             failover_in_progress: false,
             num_other_sentinels: 2,
             quorum: 2,
+            peers: None,
         }
     }
 
@@ -545,7 +615,10 @@ mod tests {
         let shared = Shared::new(&cfg, vec!["m".into()], WatchOptions::default());
         let rx = shared.snapshots.subscribe();
         let seq = || rx.borrow().seq;
-        let answer = |r: Result<MasterInfo, super::super::ReplyError>| vec![("m".to_owned(), r)];
+        let answer = |r: Result<MasterInfo, super::super::ReplyError>| SentinelAnswer {
+            myid: None,
+            masters: vec![r],
+        };
         assert_eq!(seq(), 0);
 
         shared.record_answer(0, answer(Ok(info(1, "10.0.0.1"))));
@@ -566,7 +639,11 @@ mod tests {
         assert_eq!(seq(), 2, "a new epoch publishes");
         let snap = rx.borrow().clone();
         assert!(snap.sentinels[0].master_since["m"] > first);
-        assert_eq!(snap.newest("m").unwrap().epoch, 2);
+        assert_eq!(
+            snap.view("m", Instant::now()).pending.unwrap().epoch,
+            2,
+            "one sentinel alone: pending until corroborated"
+        );
 
         let bad = super::super::ReplyError::MissingField {
             command: "SENTINEL MASTER",
