@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use havip_agent::claim::{ClaimOptions, ClaimOutcome, Step, StepEvent};
-use havip_agent::config::{HavipConfig, Scope};
+use havip_agent::claim::{ClaimOptions, ClaimOutcome, Claimer, Step, StepEvent};
+use havip_agent::config::{AnnounceConfig, Dur, HavipConfig, InstanceType, Scope};
 use havip_agent::fake::{Association, FakeCloud, GarpWatch, HavipSpec, watch_garp};
 use havip_agent::net::{ArpCapture, ArpOp, CapturedFrame, Change, KernelNet, LocalNet};
 use migrate_support::*;
@@ -524,4 +524,114 @@ fn exclusive_scope_does_not_narrow_when_the_move_is_not_confirmed() {
         assert!(h.kernel.is_bound(vip()).await.unwrap(), "and bound");
         assert_eq!(h.fake.havip(HAVIP_ID).unwrap().associations.len(), 2);
     });
+}
+
+/// A claimer like [`claimer`], announcing in bursts of `burst` rounds over `spread`.
+fn claimer_with_burst(
+    net: Arc<dyn LocalNet>,
+    instance_id: &str,
+    endpoint: &str,
+    burst: u32,
+    spread: Duration,
+) -> Claimer {
+    Claimer::new(
+        Some(vpc_client(endpoint)),
+        net,
+        instance_id,
+        InstanceType::Cvm,
+        AnnounceConfig {
+            burst,
+            spread: Dur(spread),
+            ..announce()
+        },
+        Duration::from_secs(2),
+    )
+}
+
+fn is_for(vip: Ipv4Addr) -> impl Fn(&CapturedFrame) -> bool {
+    move |f| f.frame.sender_ip == vip || f.frame.target_ip == vip
+}
+
+/// A claim that is aborted (the daemon drops a claim when Sentinel moves the master on, or at shutdown)
+/// must stop announcing: a GARP burst that outlives it keeps pulling the VIP to a node that gave up the
+/// claim, against the new master's announcements.
+///
+/// Fails while `Claimer::claim` runs its burst as a detached task (`spawn_burst` in src/claim.rs).
+#[test]
+fn aborted_claim_sends_no_further_garp() {
+    const BURST: u32 = 10;
+    const SPREAD: Duration = Duration::from_secs(2);
+    /// Longer than what is left of the spread when the abort comes.
+    const LISTEN: Duration = Duration::from_millis(2500);
+    let ns = ns_with_nics("clm-abort", &[("eth0", "peer0")]);
+    let (before, after, aborted) = ns.block_on(|| async {
+        // No GARP watcher: the holder never moves, so the claim is never confirmed and keeps announcing.
+        let h = Here::new(false).await;
+        h.fake.add_havip(
+            HavipSpec::new(HAVIP_ID, vip_addr())
+                .associate("ins-a")
+                .holder("ins-b"),
+        );
+        let c = claimer_with_burst(h.net(), "ins-a", &h.fake.endpoint(), BURST, SPREAD);
+        let havip = havip_config(Scope::Inclusive);
+        let claim = tokio::spawn(async move {
+            c.claim(
+                &havip,
+                ClaimOptions {
+                    deadline: Instant::now() + patience(),
+                    known_in_range: false,
+                    progress: None,
+                },
+            )
+            .await
+        });
+
+        // The burst has begun once its first frame is on the wire.
+        let first = h
+            .capture
+            .collect_until(1, Instant::now() + patience(), is_for(vip_addr()))
+            .await
+            .expect("capture");
+        assert_eq!(first.len(), 1, "the claim sent no GARP");
+
+        // Abort in the middle of the burst, and wait until the claim future is dropped.
+        claim.abort();
+        let joined = claim.await;
+        let aborted = Instant::now();
+        assert!(
+            joined.as_ref().is_err_and(|e| e.is_cancelled()),
+            "the claim ended by itself before the abort: {joined:?}"
+        );
+
+        // Whatever was sent before the abort is captured before the marker; everything after it was
+        // sent after the abort.
+        let before = h.frames_until_marker(vip_addr()).await;
+        let keep = is_for(vip_addr());
+        let mut after = Vec::new();
+        while let Ok(f) = tokio::time::timeout_at(aborted + LISTEN, h.capture.recv()).await {
+            let f = f.expect("capture");
+            if keep(&f) {
+                after.push(f);
+            }
+        }
+        (before, after, aborted)
+    });
+    let late: Vec<String> = after
+        .iter()
+        .map(|f| {
+            format!(
+                "{:?} captured {:?} after the abort",
+                f.frame.op,
+                f.at.saturating_duration_since(aborted)
+            )
+        })
+        .collect();
+    assert!(
+        after.is_empty(),
+        "{} ARP frames for the VIP were sent after the claim was aborted and dropped \
+         (the burst of {BURST} rounds over {SPREAD:?} went on): {late:#?}; \
+         before the abort, after the first frame: {} frames",
+        after.len(),
+        before.len()
+    );
 }

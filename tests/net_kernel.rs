@@ -2,7 +2,9 @@
 //! (`eth0` = the NIC the agent uses, `peer0` = the wire where captures listen). Addresses: 198.18.0.0/15.
 //! Needs root and iproute2; fails with a message naming what is missing otherwise.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use havip_agent::config::VipCidr;
@@ -431,4 +433,159 @@ fn concurrent_binds_and_unbinds_apply_once_and_never_fail() {
     assert_eq!(applied(&binds), 1, "{binds:?}");
     assert_eq!(applied(&unbinds), 1, "{unbinds:?}");
     assert!(ns.ipv4_addrs("eth0").unwrap().is_empty());
+}
+
+/// The daemon runs one task per HAVIP over one `KernelNet`: their reads and writes overlap on one netlink
+/// socket, where the kernel runs one dump at a time and refuses a second one with EBUSY while the first is
+/// still being read. Every call must still succeed, and every answer must be fresh: a task that bound an
+/// address sees it bound right after.
+///
+/// How many addresses a dump needs to span more than one read depends on the kernel (on some, any address
+/// does); with `FILL` addresses on the interface every address dump spans several, and `ROUNDS` reads per
+/// task keep the tasks overlapping. Before `KernelNet` serialised its dumps this failed with EBUSY in every
+/// run (kernel 6.18).
+#[test]
+fn concurrent_reads_and_writes_over_one_kernel_net_all_succeed_and_stay_fresh() {
+    const HOST: &str = "198.18.0.2/24";
+    const FILL: usize = 300;
+    const ROUNDS: usize = 5;
+    let ns = nic_ns("dumps");
+    ns.add_addr("eth0", HOST).unwrap();
+    // One /32 each in 198.19.0.0/16, added in one `ip -batch` run.
+    let fill: Vec<VipCidr> = (0..FILL)
+        .map(|i| cidr(&format!("198.19.{}.{}/32", i / 200, i % 200 + 1)))
+        .collect();
+    let mut batch = tempfile::NamedTempFile::new().unwrap();
+    for v in &fill {
+        writeln!(batch, "addr add {v} dev eth0").unwrap();
+    }
+    batch.flush().unwrap();
+    ns.ip(&["-batch", batch.path().to_str().unwrap()])
+        .expect("adding the fill addresses");
+    // Bound before and unbound concurrently; bound concurrently. One /24 each: deleting the primary
+    // address of a subnet takes its secondaries with it.
+    let gone: Vec<VipCidr> = (1..=4)
+        .map(|i| cidr(&format!("198.18.{}.1/24", 10 + i)))
+        .collect();
+    let added: Vec<VipCidr> = (1..=4)
+        .map(|i| cidr(&format!("198.18.{}.1/24", 20 + i)))
+        .collect();
+    for v in &gone {
+        ns.add_addr("eth0", &v.to_string()).unwrap();
+    }
+    let host = cidr(HOST);
+    // Like the daemon: one task per caller on a multi-thread runtime, all sharing one KernelNet.
+    let rt = ns.runtime(2).expect("a tokio runtime in the namespace");
+    let (reads, binds, unbinds, last) = rt.block_on(async {
+        let (gone, added) = (gone.clone(), added.clone());
+        rt.spawn(async move {
+            let net = Arc::new(KernelNet::open("eth0").await.expect("open eth0"));
+            // 40 readers, ROUNDS reads each: half ask about the host address, half list every address.
+            let reads: Vec<_> = (0..40)
+                .map(|i| {
+                    let net = net.clone();
+                    tokio::spawn(async move {
+                        let mut seen = true;
+                        for _ in 0..ROUNDS {
+                            seen &= if i % 2 == 0 {
+                                net.is_bound(host).await?
+                            } else {
+                                net.addresses().await?.iter().any(|a| a.addr == host.addr)
+                            };
+                        }
+                        Ok::<_, NetError>(seen)
+                    })
+                })
+                .collect();
+            // Writers: bind then look (must see it), unbind then look (must not).
+            let binds: Vec<_> = added
+                .iter()
+                .map(|&v| {
+                    let net = net.clone();
+                    tokio::spawn(async move {
+                        let change = net.bind(v).await?;
+                        Ok::<_, NetError>((change, net.is_bound(v).await?))
+                    })
+                })
+                .collect();
+            let unbinds: Vec<_> = gone
+                .iter()
+                .map(|&v| {
+                    let net = net.clone();
+                    tokio::spawn(async move {
+                        let change = net.unbind(v).await?;
+                        Ok::<_, NetError>((change, net.is_bound(v).await?))
+                    })
+                })
+                .collect();
+            let reads = join_tasks(reads).await;
+            let binds = join_tasks(binds).await;
+            let unbinds = join_tasks(unbinds).await;
+            (reads, binds, unbinds, net.addresses().await)
+        })
+        .await
+        .expect("the test task")
+    });
+    drop(rt);
+    // Every error first, so a failure shows how many calls failed and why.
+    let mut failed: Vec<String> = reads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("read {i}: {e}")))
+        .collect();
+    for (what, v, r) in added
+        .iter()
+        .zip(&binds)
+        .map(|(v, r)| ("bind", v, r))
+        .chain(gone.iter().zip(&unbinds).map(|(v, r)| ("unbind", v, r)))
+    {
+        if let Err(e) = r {
+            failed.push(format!("{what} {v}: {e}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} tasks failed: {failed:#?}",
+        failed.len(),
+        reads.len() + binds.len() + unbinds.len()
+    );
+    assert!(
+        reads.iter().all(|r| matches!(r, Ok(true))),
+        "every read saw {HOST}"
+    );
+    for (v, r) in added.iter().zip(binds) {
+        let (change, bound) = r.expect("checked above");
+        assert_eq!(change, Change::Applied, "bind {v}");
+        assert!(bound, "{v} not bound right after its bind: a stale dump");
+    }
+    for (v, r) in gone.iter().zip(unbinds) {
+        let (change, bound) = r.expect("checked above");
+        assert_eq!(change, Change::Applied, "unbind {v}");
+        assert!(
+            !bound,
+            "{v} still bound right after its unbind: a stale dump"
+        );
+    }
+    let mut want: Vec<VipCidr> = std::iter::once(host)
+        .chain(added.iter().copied())
+        .chain(fill.iter().copied())
+        .collect();
+    want.sort_by_key(|v| v.addr);
+    let mut last = last.expect("final addresses");
+    last.sort_by_key(|v| v.addr);
+    assert_eq!(last, want, "what KernelNet lists at the end");
+    let mut listed = ns.ipv4_addrs("eth0").unwrap();
+    listed.sort();
+    let mut want: Vec<String> = want.iter().map(|v| v.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want, "what `ip` lists at the end");
+}
+
+/// The results of `tasks`, in order; a task that panicked fails the test.
+async fn join_tasks<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("a test task panicked"))
+        .collect()
 }

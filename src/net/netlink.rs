@@ -6,9 +6,33 @@
 //!
 //! Privileges: reading needs none; `bind`/`unbind` need `CAP_NET_ADMIN`, `announce_round` needs
 //! `CAP_NET_RAW`. A kernel `EPERM` becomes [`NetError::MissingCapability`] with a hint how to grant it.
+//!
+//! # One address dump at a time
+//!
+//! The daemon shares one `KernelNet` between its per-HAVIP tasks, so their `is_bound`, `bind` and `unbind`
+//! calls (each of which lists the interface's addresses first) overlap on one netlink socket. Listing
+//! addresses is a netlink *dump*, and the kernel runs one dump per socket at a time: a dump request that
+//! arrives while an earlier dump on the same socket has not been read to its end is refused with `EBUSY`
+//! ("Device or resource busy"). The netlink connection task (netlink-proto, under rtnetlink) sends the next
+//! queued request whenever it is woken, not only after the previous dump's last reply, so concurrent callers
+//! do collide. With 20 HAVIPs that happened hundreds of times in one failover, and every refused check
+//! waited for the caller's next tick, delaying claims by seconds.
+//!
+//! So the IPv4 address dump is serialised and single-flight (`KernelNet::dump_v4`): a caller notes when
+//! it asked, then takes a lock; if a dump that *started after* that moment has completed meanwhile, it
+//! takes that dump's result (concurrent callers share one dump, and none gets a view older than its own
+//! request), otherwise it dumps itself and leaves the result for the callers queued behind it. A transient
+//! refusal (`EBUSY`, `EINTR`, `EAGAIN`; e.g. the remainder of a dump whose caller was cancelled is still
+//! being drained) is retried a few milliseconds later, 5 tries in all.
+//!
+//! The interface lookup by name (`KernelNet::link`) is not a dump: with a name, rtnetlink sends a plain
+//! `RTM_GETLINK` request (no `NLM_F_DUMP`) answered by one message, which the kernel serves beside a
+//! running dump. It stays a per-operation round trip, so a re-created interface is followed at once.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
@@ -27,6 +51,22 @@ struct Link {
     mac: [u8; 6],
 }
 
+/// A netlink request refused with a transient errno is sent this many times in all before the error counts.
+const TRANSIENT_TRIES: u32 = 5;
+/// The wait before the first retry; it doubles for each further one (1, 2, 4, 8 ms).
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(1);
+
+/// A completed IPv4 address dump (see the module docs, "One address dump at a time").
+#[derive(Debug)]
+struct Dump {
+    /// When it was started: before its request was sent.
+    started: Instant,
+    /// The interface it was filtered to.
+    index: u32,
+    /// The interface's IPv4 address messages, in kernel order.
+    messages: Arc<Vec<AddressMessage>>,
+}
+
 /// Binds the VIP on a real interface of the calling thread's network namespace and announces it.
 ///
 /// `open` must run inside a tokio runtime: the netlink connection is a task spawned on it (and aborted when
@@ -37,6 +77,9 @@ pub struct KernelNet {
     handle: Handle,
     connection: tokio::task::JoinHandle<()>,
     link: Mutex<Link>,
+    /// Held for the whole of an address dump, so that one runs at a time on this socket; holds the last
+    /// completed one, for the callers that queued while it ran.
+    dump: tokio::sync::Mutex<Option<Dump>>,
     /// Opened on the first announcement, so that reading and binding work without `CAP_NET_RAW`; reopened
     /// only if the interface was re-created under the same name (new index).
     garp: Mutex<Option<Arc<GarpSender>>>,
@@ -71,6 +114,7 @@ impl KernelNet {
             handle,
             connection,
             link: Mutex::new(link),
+            dump: tokio::sync::Mutex::new(None),
             garp: Mutex::new(None),
         })
     }
@@ -107,6 +151,7 @@ impl KernelNet {
 
     /// Looks the interface up by name again. One netlink round trip; it keeps the index and MAC right if the
     /// interface was re-created (e.g. a NIC driver reload) while a long-running daemon holds this value.
+    /// Not a dump (see the module docs), so it needs no serialising.
     async fn link(&self) -> Result<Link, NetError> {
         let fresh = resolve(&self.handle, &self.ifname).await?;
         let mut cached = self.link.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,15 +168,42 @@ impl KernelNet {
         Ok(fresh)
     }
 
-    /// The IPv4 address messages of interface `index`.
-    async fn dump_v4(&self, index: u32) -> Result<Vec<AddressMessage>, NetError> {
+    /// The IPv4 address messages of interface `index`, from a dump that started after this call: its own, or
+    /// one that a concurrent caller started after this call and that completed while this one waited for the
+    /// lock. One dump runs at a time on this socket (see the module docs).
+    async fn dump_v4(&self, index: u32) -> Result<Arc<Vec<AddressMessage>>, NetError> {
+        let asked = Instant::now();
+        let mut last = self.dump.lock().await;
+        if let Some(d) = last.as_ref()
+            // Strictly later: a dump started at the very instant of the request might have been sent
+            // before what the caller did just before asking.
+            && d.started > asked
+            && d.index == index
+        {
+            return Ok(Arc::clone(&d.messages));
+        }
+        let started = Instant::now();
+        let messages = Arc::new(
+            retry_transient(|| self.dump_v4_once(index))
+                .await
+                .map_err(|e| self.map_err(e, "listing the addresses of"))?,
+        );
+        *last = Some(Dump {
+            started,
+            index,
+            messages: Arc::clone(&messages),
+        });
+        Ok(messages)
+    }
+
+    /// One address dump request. Call it only with the [`KernelNet::dump`] lock held.
+    async fn dump_v4_once(&self, index: u32) -> Result<Vec<AddressMessage>, rtnetlink::Error> {
         let mut req = self.handle.address().get().set_link_index_filter(index);
         req.message_mut().header.family = AddressFamily::Inet;
         req.execute()
             .try_filter(|m| futures::future::ready(m.header.family == AddressFamily::Inet))
             .try_collect()
             .await
-            .map_err(|e| self.map_err(e, "listing the addresses of"))
     }
 
     /// The address messages on the interface whose local address is exactly `addr`.
@@ -139,8 +211,9 @@ impl KernelNet {
         Ok(self
             .dump_v4(index)
             .await?
-            .into_iter()
+            .iter()
             .filter(|m| local_v4(m) == Some(addr))
+            .cloned()
             .collect())
     }
 
@@ -244,14 +317,13 @@ impl LocalNet for KernelNet {
 
 /// Index and MAC of `ifname`.
 async fn resolve(handle: &Handle, ifname: &str) -> Result<Link, NetError> {
-    let msg: Option<LinkMessage> = handle
-        .link()
-        .get()
-        .match_name(ifname)
-        .execute()
-        .try_next()
-        .await
-        .map_err(|e| map_netlink_error(e, ifname, "looking up"))?;
+    // `match_name` makes this a single `RTM_GETLINK` request, not a dump.
+    let msg: Option<LinkMessage> = retry_transient(|| async {
+        let mut replies = handle.link().get().match_name(ifname).execute();
+        replies.try_next().await
+    })
+    .await
+    .map_err(|e| map_netlink_error(e, ifname, "looking up"))?;
     let msg = msg.ok_or_else(|| NetError::NoSuchInterface(ifname.to_owned()))?;
     if msg.header.link_layer_type != LinkLayerType::Ether {
         return Err(NetError::UnsupportedInterface {
@@ -290,6 +362,35 @@ fn local_v4(m: &AddressMessage) -> Option<Ipv4Addr> {
         })
     };
     pick(true).or_else(|| pick(false))
+}
+
+/// Runs the read-only request `op` again while the kernel refuses it with a transient errno (see
+/// [`is_transient`]), [`TRANSIENT_TRIES`] times in all, waiting 1, 2, 4, 8 ms in between: such a refusal
+/// clears within milliseconds and must not wait for the caller's next tick.
+async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, rtnetlink::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, rtnetlink::Error>>,
+{
+    let mut wait = FIRST_RETRY_WAIT;
+    let mut tries = 1;
+    loop {
+        match op().await {
+            Err(e) if tries < TRANSIENT_TRIES && is_transient(&e) => {
+                tracing::debug!(error = %e, tries, "transient netlink refusal; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A refusal that goes away by itself in a moment: `EBUSY` (another dump still running on the socket),
+/// `EINTR`, `EAGAIN`.
+fn is_transient(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(libc::EBUSY | libc::EINTR | libc::EAGAIN))
 }
 
 /// The errno of a kernel NACK (positive), if `e` is one.
@@ -376,6 +477,51 @@ mod tests {
             e,
             "netlink: adding 198.18.0.1/24 to interface \"eth0\": Invalid argument (os error 22)"
         );
+    }
+
+    #[test]
+    fn busy_interrupted_and_again_are_transient_and_others_are_not() {
+        for errno in [libc::EBUSY, libc::EINTR, libc::EAGAIN] {
+            assert!(is_transient(&error_message(errno)), "errno {errno}");
+        }
+        for errno in [libc::EPERM, libc::ENODEV, libc::EINVAL, libc::EEXIST] {
+            assert!(!is_transient(&error_message(errno)), "errno {errno}");
+        }
+    }
+
+    /// Runs `retry_transient` over answers taken from `script` in turn; returns its result and the tries.
+    async fn retried(script: Vec<Result<u32, i32>>) -> (Result<u32, Option<i32>>, usize) {
+        let tries = std::cell::Cell::new(0);
+        let out = retry_transient(|| {
+            let answer = script[tries.get()];
+            tries.set(tries.get() + 1);
+            async move { answer.map_err(error_message) }
+        })
+        .await;
+        (out.map_err(|e| errno(&e)), tries.get())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_refusal_is_retried_within_milliseconds() {
+        let start = tokio::time::Instant::now();
+        let (out, tries) = retried(vec![Err(libc::EBUSY), Err(libc::EINTR), Ok(7)]).await;
+        assert_eq!((out, tries), (Ok(7), 3));
+        // Paused clock: exactly the two waits, 1 ms then 2 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_transient_refusal_is_reported_after_five_tries() {
+        let start = tokio::time::Instant::now();
+        let (out, tries) = retried(vec![Err(libc::EBUSY); 6]).await;
+        assert_eq!((out, tries), (Err(Some(libc::EBUSY)), 5));
+        assert_eq!(start.elapsed(), Duration::from_millis(1 + 2 + 4 + 8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_errors_are_not_retried() {
+        let (out, tries) = retried(vec![Err(libc::EPERM), Ok(1)]).await;
+        assert_eq!((out, tries), (Err(Some(libc::EPERM)), 1));
     }
 
     #[test]

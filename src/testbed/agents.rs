@@ -51,6 +51,9 @@ pub struct FleetSpec {
     pub extra_toml: String,
     /// Extra `[sentinel]` keys (e.g. `fence_after = "500ms"`).
     pub sentinel_toml: String,
+    /// More `ip:port` entries for every agent's `[sentinel] addresses`, after the lab's own (e.g. a Sentinel
+    /// of another deployment that an operator listed by mistake).
+    pub extra_sentinels: Vec<String>,
     /// Configure `[redis]`, so fencing also pauses writes.
     pub redis_fence: bool,
     /// Watcher knobs.
@@ -72,6 +75,7 @@ impl Default for FleetSpec {
             initial_range: Vec::new(),
             extra_toml: String::new(),
             sentinel_toml: String::new(),
+            extra_sentinels: Vec::new(),
             redis_fence: true,
             watch: WatchOptions::default(),
             external: None,
@@ -193,6 +197,7 @@ impl Fleet {
             let sentinels: Vec<String> = lab
                 .sentinel_addrs()
                 .iter()
+                .chain(&spec.extra_sentinels)
                 .map(|a| format!("\"{a}\""))
                 .collect();
             let text = format!(
