@@ -10,12 +10,13 @@ use std::time::Duration;
 use havip_agent::alerts::Alerter;
 use havip_agent::claim::{Claimer, Step};
 use havip_agent::cloud::VpcClient;
-use havip_agent::config::Config;
+use havip_agent::config::{Config, VipCidr};
 use havip_agent::credentials::{Credential, CredentialProvider};
 use havip_agent::daemon::{Agent, AgentEvent, AgentEventKind, AgentParts};
 use havip_agent::fake::{FakeCloud, FakeVpcNet, Fault, FaultKind, HavipSpec};
 use havip_agent::hooks::Hooks;
 use havip_agent::metrics::Metrics;
+use havip_agent::net::{Change, LocalNet, NetError};
 use havip_agent::node::Identity;
 use havip_agent::secret::Secret;
 use havip_agent::sentinel::watcher::WatchOptions;
@@ -69,6 +70,22 @@ impl Drop for Node {
 
 /// One agent for both HAVIPs (both masters), this node at `ME`.
 async fn start_agent(cloud: &FakeCloud, sentinels: &[FakeSentinel]) -> Node {
+    start_agent_with(
+        cloud,
+        sentinels,
+        |n| Arc::new(n),
+        Health::new(Duration::from_secs(10)),
+    )
+    .await
+}
+
+/// [`start_agent`] with the agent's interface wrapped by `wrap` and its health given.
+async fn start_agent_with(
+    cloud: &FakeCloud,
+    sentinels: &[FakeSentinel],
+    wrap: impl FnOnce(FakeVpcNet) -> Arc<dyn LocalNet>,
+    health: Health,
+) -> Node {
     havip_agent::cloud::install_tls_provider();
     let mac = [0x02, 0, 0x5e, 0x20, 0, 1];
     cloud.add_instance("ins-a", mac);
@@ -128,7 +145,7 @@ lock_dir = "{lock}"
     let net = FakeVpcNet::new("eth0", mac, cloud.clone());
     let claimer = Claimer::new(
         Some(vpc),
-        Arc::new(net.clone()),
+        wrap(net.clone()),
         "ins-a",
         config.node.instance_type,
         config.announce.clone(),
@@ -143,7 +160,7 @@ lock_dir = "{lock}"
         claimer,
         metrics: metrics.clone(),
         status: StatusHandle::new(StatusReport::default()),
-        health: Health::new(Duration::from_secs(10)),
+        health,
         hooks: Hooks::with_metrics(&config.hooks, metrics.clone()),
         alerter: Alerter::new(&config.alerts, metrics),
         watch: WatchOptions::default(),
@@ -309,4 +326,90 @@ async fn a_sentinel_answering_garbage_is_ignored_and_the_agent_keeps_following_t
     })
     .await;
     assert!(!is_bound(&node.net, FAST.2) && !is_bound(&node.net, SLOW.2));
+}
+
+/// The fake interface, except that `is_bound` for the FAST HAVIP's VIP never returns once `hang` is set: that
+/// HAVIP's task is stuck on it while the other keeps going.
+#[derive(Debug)]
+struct HangingNet {
+    inner: FakeVpcNet,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl LocalNet for HangingNet {
+    fn interface(&self) -> &str {
+        self.inner.interface()
+    }
+    async fn is_bound(&self, vip: VipCidr) -> Result<bool, NetError> {
+        if self.hang.load(std::sync::atomic::Ordering::Relaxed) && vip.addr.to_string() == FAST.2 {
+            std::future::pending::<()>().await;
+        }
+        self.inner.is_bound(vip).await
+    }
+    async fn bind(&self, vip: VipCidr) -> Result<Change, NetError> {
+        self.inner.bind(vip).await
+    }
+    async fn unbind(&self, vip: VipCidr) -> Result<Change, NetError> {
+        self.inner.unbind(vip).await
+    }
+    async fn announce_round(&self, vip: Ipv4Addr) -> Result<u32, NetError> {
+        self.inner.announce_round(vip).await
+    }
+}
+
+// Regression: all HAVIP tasks shared one heartbeat, so a hung task left /healthz (and the watchdog) green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_havip_task_that_hangs_turns_health_red_naming_it() {
+    let cloud = FakeCloud::start().await;
+    start_cloud_havips(&cloud);
+    let sentinels = fake_sentinels(master(ME, 1), None);
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = Health::new(Duration::from_secs(3));
+    let h = hang.clone();
+    let mut node = start_agent_with(
+        &cloud,
+        &sentinels,
+        move |inner| Arc::new(HangingNet { inner, hang: h }),
+        health.clone(),
+    )
+    .await;
+    let mut confirmed = BTreeSet::new();
+    next_event(&mut node, "confirmed claims of both HAVIPs", |e| {
+        if matches!(
+            e.kind,
+            AgentEventKind::Claimed {
+                confirmed: true,
+                ..
+            }
+        ) {
+            confirmed.insert(e.havip_id.clone());
+        }
+        (confirmed.len() == 2).then_some(())
+    })
+    .await;
+    assert!(health.is_healthy(), "{:?}", health.check());
+
+    // The FAST task now blocks in its next drift check (every poll_interval = 1 s); the SLOW one goes on.
+    hang.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let why = loop {
+        if let Err(why) = health.check() {
+            break why;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health stayed green with hung havip tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(why.contains(&format!("havip {}", FAST.1)), "{why}");
+    assert!(
+        !why.contains(SLOW.1),
+        "the other task still makes progress: {why}"
+    );
+    assert!(
+        !why.contains("sentinel watch"),
+        "the watchers still make progress: {why}"
+    );
 }
