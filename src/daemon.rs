@@ -494,11 +494,14 @@ impl HavipTask {
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
         let mut wake = now + self.cfg.sentinel.poll_interval.get();
+        // Only moments still ahead: a fence already due or a retry already allowed is acted on by the step
+        // that saw it, and waking for it again would spin.
         for at in [self.machine.fence_due_at(), self.machine.retry_at()]
             .into_iter()
             .flatten()
+            .filter(|at| *at > now)
         {
-            wake = wake.min(at.max(now));
+            wake = wake.min(at);
         }
         if let Some(f) = self.exec.fence_setup()
             && let Some((o, _)) = self.machine.last()

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::sentinel::SentinelError;
-use crate::sentinel::conn::{ConnectOptions, connect};
+use crate::sentinel::conn::{ConnectOptions, connect_redis};
 
 /// Why a fence command failed.
 #[derive(Debug, thiserror::Error)]
@@ -162,13 +162,12 @@ impl RedisFence {
     }
 
     async fn run(&self, command: &'static str, args: &[String]) -> Result<(), FenceError> {
-        let mut c =
-            connect(&self.addr, &self.opts)
-                .await
-                .map_err(|source| FenceError::Connect {
-                    addr: self.addr.clone(),
-                    source,
-                })?;
+        let mut c = connect_redis(&self.addr, &self.opts)
+            .await
+            .map_err(|source| FenceError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
         let mut cmd = redis::cmd("CLIENT");
         for a in args {
             cmd.arg(a);

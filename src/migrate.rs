@@ -651,10 +651,10 @@ impl OneShot {
                 };
                 info!(havip = %id, vip = %self.havip.vip, reason = reason.as_str(), "released: {what}");
                 println!(
-                    "{id}: vip {} {what} on {} ({})",
+                    "{id}: released ({}): vip {} {what} on {}",
+                    reason.as_str(),
                     self.havip.vip,
-                    self.boot.cfg.node.interface,
-                    reason.as_str()
+                    self.boot.cfg.node.interface
                 );
                 Ok(())
             }
@@ -749,6 +749,10 @@ impl OneShot {
             "{}: vip {} bound and announced locally ({} GARP frames), but the drift range and the move could not be confirmed",
             havip.havip_id, havip.vip, out.frames
         );
+        if let Some(p) = problem.filter(|p| p.is_transient()) {
+            // The CAM role was deferred (metadata service down, see `boot`): a retry may find it.
+            return Err(transient(anyhow::Error::from(p).context(msg)));
+        }
         match out.cloud_error {
             Some(e) if e.is_auth() || !e.is_retryable() => {
                 Err(permanent(anyhow::Error::from(e).context(msg)))
@@ -805,16 +809,38 @@ impl OneShot {
             );
         }
         let names_me = view.newest.as_ref().is_some_and(|n| n.ip == me.address);
-        let plan = match (view.majority, names_me) {
-            (false, _) => "change nothing: no majority of the sentinels is in sight",
+        let vip = &self.havip.vip;
+        let ifname = &cfg.node.interface;
+        match (view.majority, names_me) {
+            (false, _) => {
+                println!("plan: change nothing: no majority of the sentinels is in sight")
+            }
             (true, true) => {
-                "claim: bind, DescribeHaVips (+ AssociateHaVipInstance if not in range), GARP, confirm"
+                println!("plan: claim");
+                println!("1. bind {vip} on {ifname} (netlink; a no-op if already bound)");
+                println!(
+                    "2. DescribeHaVips {}; AssociateHaVipInstance {} only if it is not in the drift range",
+                    self.havip.havip_id, me.instance_id
+                );
+                println!(
+                    "3. gratuitous ARP for {}: {} rounds (request + reply) over {}",
+                    vip.addr, cfg.announce.burst, cfg.announce.spread
+                );
+                println!(
+                    "4. confirm with DescribeHaVips that the holder is {}, re-announcing until {}",
+                    me.instance_id, cfg.claim.deadline
+                );
+                if self.havip.scope == crate::config::Scope::Exclusive {
+                    println!(
+                        "5. remove every other instance from the drift range (scope exclusive)"
+                    );
+                }
             }
             (true, false) => {
-                "release: remove the vip from the interface if it is bound (no API call)"
+                println!("plan: release");
+                println!("1. remove {vip} from {ifname} if it is bound (no API call)");
             }
-        };
-        println!("plan: {plan}");
+        }
         if let Some(r) = req
             && (r.to_ip == me.address) != names_me
             && r.sentinel.is_some()

@@ -206,6 +206,24 @@ async fn next_event<T>(
         .unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
 }
 
+/// Waits until both HAVIPs' claims are confirmed by the cloud.
+async fn both_confirmed(node: &mut Node) {
+    let mut confirmed = BTreeSet::new();
+    next_event(node, "confirmed claims of both HAVIPs", |e| {
+        if matches!(
+            e.kind,
+            AgentEventKind::Claimed {
+                confirmed: true,
+                ..
+            }
+        ) {
+            confirmed.insert(e.havip_id.clone());
+        }
+        (confirmed.len() == 2).then_some(())
+    })
+    .await;
+}
+
 fn is_bound(net: &FakeVpcNet, vip: &str) -> bool {
     let vip: Ipv4Addr = vip.parse().unwrap();
     net.recording().bound().iter().any(|b| b.addr == vip)
@@ -293,20 +311,7 @@ async fn a_sentinel_answering_garbage_is_ignored_and_the_agent_keeps_following_t
     let mut node = start_agent(&cloud, &sentinels).await;
 
     // Two good Sentinels of three are a majority: both HAVIPs are claimed despite the third's garbage.
-    let mut confirmed = BTreeSet::new();
-    next_event(&mut node, "confirmed claims of both HAVIPs", |e| {
-        if matches!(
-            e.kind,
-            AgentEventKind::Claimed {
-                confirmed: true,
-                ..
-            }
-        ) {
-            confirmed.insert(e.havip_id.clone());
-        }
-        (confirmed.len() == 2).then_some(())
-    })
-    .await;
+    both_confirmed(&mut node).await;
     // Let the garbage keep coming for a while (polls every second), then fail over away from this node:
     // the agent is still alive and follows.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -374,20 +379,7 @@ async fn a_havip_task_that_hangs_turns_health_red_naming_it() {
         health.clone(),
     )
     .await;
-    let mut confirmed = BTreeSet::new();
-    next_event(&mut node, "confirmed claims of both HAVIPs", |e| {
-        if matches!(
-            e.kind,
-            AgentEventKind::Claimed {
-                confirmed: true,
-                ..
-            }
-        ) {
-            confirmed.insert(e.havip_id.clone());
-        }
-        (confirmed.len() == 2).then_some(())
-    })
-    .await;
+    both_confirmed(&mut node).await;
     assert!(health.is_healthy(), "{:?}", health.check());
 
     // The FAST task now blocks in its next drift check (every poll_interval = 1 s); the SLOW one goes on.

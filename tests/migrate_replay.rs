@@ -9,7 +9,7 @@
 mod migrate_support;
 
 use std::cell::Cell;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,22 +25,6 @@ const EPOCH: u64 = 4242;
 
 /// One deployment at a time: each is six processes, and this machine may have two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn nic(i: usize) -> String {
-    format!("n{i}")
-}
-
-fn peer(i: usize) -> String {
-    format!("p{i}")
-}
-
-fn instance(i: usize) -> String {
-    format!("ins-{i}")
-}
-
-fn address(i: usize) -> IpAddr {
-    format!("127.0.0.{}", 11 + i).parse().unwrap()
-}
 
 /// The namespace, the fake cloud, the GARP watchers, one config per node and the real Sentinel deployment.
 /// Node 0 is the master (as the Sentinels say), holds the VIP on `n0` and is the only instance in the drift
@@ -62,7 +46,8 @@ struct Deployment {
 
 impl Deployment {
     async fn start(prefix: &str) -> Deployment {
-        let pairs: Vec<(String, String)> = (0..NODES).map(|i| (nic(i), peer(i))).collect();
+        let pairs: Vec<(String, String)> =
+            (0..NODES).map(|i| (node_nic(i), node_peer(i))).collect();
         let pair_refs: Vec<(&str, &str)> = pairs
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
@@ -70,20 +55,22 @@ impl Deployment {
         let ns = ns_with_nics(prefix, &pair_refs);
         let fake = fake_in(&ns).await;
         for i in 0..NODES {
-            fake.add_instance(&instance(i), ns.mac(&nic(i)).unwrap());
+            fake.add_instance(&node_instance(i), ns.mac(&node_nic(i)).unwrap());
         }
         fake.add_havip(
             HavipSpec::new(HAVIP_ID, vip_addr())
-                .associate(instance(0))
-                .holder(instance(0)),
+                .associate(node_instance(0))
+                .holder(node_instance(0)),
         );
-        ns.add_addr(&nic(0), VIP).unwrap();
-        let watches: Vec<_> = (0..NODES).map(|i| watch_in(&ns, &fake, &peer(i))).collect();
+        ns.add_addr(&node_nic(0), VIP).unwrap();
+        let watches: Vec<_> = (0..NODES)
+            .map(|i| watch_in(&ns, &fake, &node_peer(i)))
+            .collect();
         let lab = RedisLab::start(LabSpec {
             hosts: Some(
                 (0..NODES)
                     .map(|i| LabHost {
-                        ip: address(i),
+                        ip: node_address(i),
                         netns: Some(ns.name().to_owned()),
                     })
                     .collect(),
@@ -110,9 +97,9 @@ impl Deployment {
             .map(|i| {
                 let mut node =
                     NodeFile::new(&fake.endpoint(), &dir.path().join(format!("lock-{i}")));
-                node.instance_id = instance(i);
-                node.address = address(i).to_string();
-                node.interface = nic(i);
+                node.instance_id = node_instance(i);
+                node.address = node_address(i).to_string();
+                node.interface = node_nic(i);
                 node.sentinels = lab.sentinel_addrs();
                 node.write(dir.path(), &format!("node-{i}.toml"))
             })
@@ -140,9 +127,9 @@ impl Deployment {
             MASTER.to_owned(),
             role.to_owned(),
             "start".to_owned(),
-            address(from).to_string(),
+            node_address(from).to_string(),
             self.port(from),
-            address(to).to_string(),
+            node_address(to).to_string(),
             self.port(to),
         ]
     }
@@ -159,7 +146,7 @@ impl Deployment {
 
     fn vip_bound(&self, i: usize) -> bool {
         self.ns
-            .ipv4_addrs(&nic(i))
+            .ipv4_addrs(&node_nic(i))
             .unwrap()
             .contains(&VIP.to_owned())
     }
@@ -169,7 +156,7 @@ impl Deployment {
     fn garps(&self, i: usize) -> Vec<GarpSeen> {
         self.markers.set(self.markers.get() + 1);
         let marker = Ipv4Addr::new(198, 18, 0, 200 + self.markers.get());
-        let ifname = nic(i);
+        let ifname = node_nic(i);
         tokio::task::block_in_place(|| {
             self.ns.block_on(|| async move {
                 let net = KernelNet::open(&ifname).await.unwrap();
@@ -220,7 +207,7 @@ async fn a_replayed_release_keeps_the_vip_on_the_host_the_sentinels_name_as_mast
     if !d.vip_bound(0) {
         problems.push(format!(
             "the vip was removed from {} although every sentinel names this host ({}) as master",
-            nic(0),
+            node_nic(0),
             d.lab.redis_addr(0)
         ));
     }
@@ -230,7 +217,7 @@ async fn a_replayed_release_keeps_the_vip_on_the_host_the_sentinels_name_as_mast
     assert!(problems.is_empty(), "{problems:#?}\n{}", r.show());
     assert_eq!(
         d.fake.havip(HAVIP_ID).unwrap().instance_id,
-        Some(instance(0)),
+        Some(node_instance(0)),
         "{:?}",
         d.fake.moves()
     );
@@ -256,7 +243,7 @@ async fn a_replayed_claim_on_a_host_the_sentinels_do_not_name_binds_nothing_call
     if d.vip_bound(1) {
         problems.push(format!(
             "the vip was bound on {} although the sentinels name {} as master",
-            nic(1),
+            node_nic(1),
             d.lab.redis_addr(0)
         ));
     }
@@ -269,7 +256,7 @@ async fn a_replayed_claim_on_a_host_the_sentinels_do_not_name_binds_nothing_call
         problems.push(format!(
             "{} gratuitous ARP frames for the vip on {}: {garps:?}",
             garps.len(),
-            nic(1)
+            node_nic(1)
         ));
     }
     if !r.stderr.contains("superseded") {
@@ -279,7 +266,7 @@ async fn a_replayed_claim_on_a_host_the_sentinels_do_not_name_binds_nothing_call
     assert!(d.vip_bound(0), "the master lost the vip");
     assert_eq!(
         d.fake.havip(HAVIP_ID).unwrap().instance_id,
-        Some(instance(0)),
+        Some(node_instance(0)),
         "{:?}",
         d.fake.moves()
     );
@@ -310,7 +297,7 @@ async fn the_operator_form_refuses_a_move_the_sentinels_contradict_unless_forced
         ));
     }
     if d.vip_bound(1) {
-        problems.push(format!("the vip was bound on {}", nic(1)));
+        problems.push(format!("the vip was bound on {}", node_nic(1)));
     }
     let associate = d.associate_calls();
     if !associate.is_empty() {
@@ -339,7 +326,7 @@ async fn the_operator_form_refuses_a_move_the_sentinels_contradict_unless_forced
     assert!(!d.garps(1).is_empty(), "--force bound without announcing");
     assert_eq!(
         d.fake.havip(HAVIP_ID).unwrap().instance_id,
-        Some(instance(1)),
+        Some(node_instance(1)),
         "{:?}",
         d.fake.moves()
     );

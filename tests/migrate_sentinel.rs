@@ -6,7 +6,6 @@
 
 mod migrate_support;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use havip_agent::fake::HavipSpec;
@@ -16,22 +15,10 @@ use tokio::time::Instant;
 
 const NODES: usize = 3;
 
-fn nic(i: usize) -> String {
-    format!("n{i}")
-}
-
-fn instance(i: usize) -> String {
-    format!("ins-{i}")
-}
-
-fn address(i: usize) -> IpAddr {
-    format!("127.0.0.{}", 11 + i).parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_moves_the_vip_to_the_new_master_through_the_reconfig_script() {
     // Arrange: the namespace, its three NICs and the fake cloud inside it.
-    let pairs: Vec<(String, String)> = (0..NODES).map(|i| (nic(i), format!("p{i}"))).collect();
+    let pairs: Vec<(String, String)> = (0..NODES).map(|i| (node_nic(i), format!("p{i}"))).collect();
     let pair_refs: Vec<(&str, &str)> = pairs
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
@@ -39,15 +26,15 @@ async fn sentinel_failover_moves_the_vip_to_the_new_master_through_the_reconfig_
     let ns = ns_with_nics("mig-sentinel", &pair_refs);
     let fake = fake_in(&ns).await;
     for i in 0..NODES {
-        fake.add_instance(&instance(i), ns.mac(&nic(i)).unwrap());
+        fake.add_instance(&node_instance(i), ns.mac(&node_nic(i)).unwrap());
     }
     // Node 0 is the master and holds the VIP; only it is in the drift range.
     fake.add_havip(
         HavipSpec::new(HAVIP_ID, vip_addr())
-            .associate(instance(0))
-            .holder(instance(0)),
+            .associate(node_instance(0))
+            .holder(node_instance(0)),
     );
-    ns.add_addr(&nic(0), VIP).unwrap();
+    ns.add_addr(&node_nic(0), VIP).unwrap();
     let _watches: Vec<_> = (0..NODES)
         .map(|i| watch_in(&ns, &fake, &format!("p{i}")))
         .collect();
@@ -60,7 +47,7 @@ async fn sentinel_failover_moves_the_vip_to_the_new_master_through_the_reconfig_
         hosts: Some(
             (0..NODES)
                 .map(|i| LabHost {
-                    ip: address(i),
+                    ip: node_address(i),
                     netns: Some(ns.name().to_owned()),
                 })
                 .collect(),
@@ -86,9 +73,9 @@ async fn sentinel_failover_moves_the_vip_to_the_new_master_through_the_reconfig_
     // The configs are read when the script runs, after the failover; the lab picked the ports.
     for (i, cfg) in configs.iter().enumerate() {
         let mut node = NodeFile::new(&fake.endpoint(), &dir.path().join(format!("lock-{i}")));
-        node.instance_id = instance(i);
-        node.address = address(i).to_string();
-        node.interface = nic(i);
+        node.instance_id = node_instance(i);
+        node.address = node_address(i).to_string();
+        node.interface = node_nic(i);
         node.sentinels = lab.sentinel_addrs();
         node.write(dir.path(), cfg.file_name().unwrap().to_str().unwrap());
     }
@@ -139,22 +126,22 @@ async fn sentinel_failover_moves_the_vip_to_the_new_master_through_the_reconfig_
     assert!(writes[0].signature_valid, "{:?}", writes[0].signature_error);
     assert_eq!(
         writes[0].body["HaVipAssociationSet"][0]["InstanceId"],
-        instance(w).as_str()
+        node_instance(w).as_str()
     );
     // The VIP is on the winner's interface only, and the cloud names the winner.
     for i in 0..NODES {
-        let addrs = ns.ipv4_addrs(&nic(i)).unwrap();
+        let addrs = ns.ipv4_addrs(&node_nic(i)).unwrap();
         assert_eq!(
             addrs.contains(&VIP.to_owned()),
             i == w,
             "node {i} ({}) has {addrs:?}; winner is node {w}\n{}",
-            nic(i),
+            node_nic(i),
             script_output(&lab)
         );
     }
     assert_eq!(
         fake.havip(HAVIP_ID).unwrap().instance_id,
-        Some(instance(w)),
+        Some(node_instance(w)),
         "{:?}",
         fake.moves()
     );

@@ -25,6 +25,26 @@ use havip_agent::net::LocalNet;
 use havip_agent::secret::Secret;
 use havip_agent::testbed::netns::Netns;
 
+/// Sentinel-deployment tests (`migrate_sentinel`, `migrate_replay`): node `i`'s NIC in the namespace.
+pub fn node_nic(i: usize) -> String {
+    format!("n{i}")
+}
+
+/// Node `i`'s NIC's veth peer (where its GARPs are watched).
+pub fn node_peer(i: usize) -> String {
+    format!("p{i}")
+}
+
+/// Node `i`'s instance id in the fake cloud.
+pub fn node_instance(i: usize) -> String {
+    format!("ins-{i}")
+}
+
+/// Node `i`'s Redis address (loopback inside the namespace, announced to Sentinel).
+pub fn node_address(i: usize) -> std::net::IpAddr {
+    format!("127.0.0.{}", 11 + i).parse().unwrap()
+}
+
 /// The key pair the fake accepts.
 pub const SECRET_ID: &str = "AKIDmigratetest0001";
 /// Its secret half (never printed by the code under test).
