@@ -287,8 +287,7 @@ impl Alerter {
         let client = if configs.is_empty() {
             None
         } else {
-            // reqwest is built without a default TLS provider; installing one twice is harmless.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            crate::cloud::install_tls_provider();
             match reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .build()

@@ -39,7 +39,7 @@ use crate::reconcile::{
     ReleaseReason,
 };
 use crate::sentinel::conn::ConnectOptions;
-use crate::sentinel::{MasterView, probe};
+use crate::sentinel::{MasterView, probe_until};
 
 /// Exit code: done, or nothing needed.
 pub const EXIT_OK: u8 = 0;
@@ -336,7 +336,16 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
         )));
     };
     let claim_wanted = req.to_ip == one.boot.identity.address;
-    let view = one.observe_with_majority(MAJORITY_WAIT).await;
+    let view = one
+        .observe_with_majority(MAJORITY_WAIT, |v| {
+            // A majority that already confirms the call decides it: no need to wait for a Sentinel that
+            // is out of sight (its timeout would delay the first GARP).
+            v.majority
+                && v.newest
+                    .as_ref()
+                    .is_some_and(|n| (n.ip == one.boot.identity.address) == claim_wanted)
+        })
+        .await;
     let named = view.newest.as_ref().map(|n| n.config());
     info!(
         master = %req.master,
@@ -462,7 +471,8 @@ async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
     let started = Instant::now();
     let mut samples = 0u32;
     loop {
-        let view = one.observe().await;
+        // A majority in sight decides at once; its absence only after every Sentinel had its chance.
+        let view = one.observe(|v| v.majority).await;
         samples += 1;
         if args.dry_run {
             one.print_dry_run(&view, None);
@@ -498,6 +508,15 @@ async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
                     "{}: fenced after {} samples over {:?}: {} of {} sentinels reachable",
                     one.havip.havip_id, samples, waited, view.members, view.total
                 );
+            }
+            let mut decision = decision;
+            if local.bound {
+                // A notification re-binds a VIP a fence removed; a bound one is the reconfig script's and the
+                // daemon's to claim. Re-claiming it here would keep announcing (and hold the lock) for a
+                // whole claim deadline on a host Sentinel may be failing away from.
+                decision
+                    .actions
+                    .retain(|a| !matches!(a, Action::Claim { .. }));
             }
             return one.execute(&decision, port).await;
         }
@@ -556,23 +575,35 @@ impl OneShot {
         FenceSetup::from_config(&self.boot.cfg, self.boot.identity.address, pause)
     }
 
-    /// Asks every Sentinel once.
-    async fn observe(&self) -> MasterView {
+    /// Asks every Sentinel once, returning early when `enough` says the answers so far decide.
+    async fn observe(&self, enough: impl Fn(&MasterView) -> bool) -> MasterView {
         let cfg = &self.boot.cfg;
-        let snap = probe(
+        let master = &self.havip.master;
+        let asked = std::time::Instant::now();
+        let snap = probe_until(
             &cfg.sentinel,
-            std::slice::from_ref(&self.havip.master),
+            std::slice::from_ref(master),
             &ConnectOptions::role_check(cfg),
+            |s| enough(&s.view(master, std::time::Instant::now())),
         )
         .await;
-        snap.view(&self.havip.master, std::time::Instant::now())
+        let mut view = snap.view(master, std::time::Instant::now());
+        if !view.majority && view.cut_off_for.is_none() {
+            // No majority answered from the moment the question was asked: that much is evidence.
+            view.cut_off_for = Some(asked.elapsed());
+        }
+        view
     }
 
-    /// Asks until a majority answers, at most for `wait`.
-    async fn observe_with_majority(&self, wait: Duration) -> MasterView {
+    /// Asks until a majority answers, at most for `wait` (see [`OneShot::observe`] for `enough`).
+    async fn observe_with_majority(
+        &self,
+        wait: Duration,
+        enough: impl Fn(&MasterView) -> bool,
+    ) -> MasterView {
         let until = Instant::now() + wait;
         loop {
-            let view = self.observe().await;
+            let view = self.observe(&enough).await;
             if view.majority || Instant::now() + SAMPLE_EVERY > until {
                 return view;
             }

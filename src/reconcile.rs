@@ -78,6 +78,9 @@ pub struct Observation {
     pub claimed_epoch: Option<u64>,
     /// A claim is running right now.
     pub claiming: bool,
+    /// A member Sentinel reports a newer configuration than the one acted on, not corroborated yet: hold
+    /// (start nothing new) until it is corroborated or goes away.
+    pub pending_newer: bool,
     /// A write pause is in force on the local Redis (set by the daemon or by `migrate-havip`).
     pub paused: bool,
     /// A pause is due: none is in force, or less than half of its length is left.
@@ -171,6 +174,16 @@ impl ActionList {
     pub fn is_empty(&self) -> bool {
         self.items[0].is_none()
     }
+
+    /// Keeps only the actions `keep` accepts, in order (a front door's own filter, e.g. the
+    /// notification-script never re-claims a bound VIP).
+    pub fn retain(&mut self, keep: impl Fn(&Action) -> bool) {
+        let kept: Vec<Action> = self.iter().filter(|a| keep(a)).collect();
+        *self = ActionList::default();
+        for a in kept {
+            self.push(a);
+        }
+    }
 }
 
 /// Decides what this node should do about one HAVIP. `me` is `node.address`.
@@ -185,7 +198,10 @@ pub fn plan(me: IpAddr, o: &Observation) -> Decision {
     let fence = !o.majority && o.fence_after.is_some_and(|after| o.cut_off_for >= after);
     let mut actions = ActionList::default();
 
-    if desired {
+    if desired && o.pending_newer {
+        // A newer configuration is on its way (the failover leader's answer before ROLE or a second Sentinel
+        // confirms it, or an old master's own Sentinel right after a heal): keep what we have, start nothing.
+    } else if desired {
         let config = config.expect("desired implies a configuration");
         let new_epoch = o.claimed_epoch.is_none_or(|e| config.epoch > e);
         if o.paused {
@@ -388,8 +404,17 @@ impl HavipMachine {
                 .unwrap_or(now);
             self.cut_off_since = Some(since);
         }
+        let acted_on = [reported, self.remembered]
+            .into_iter()
+            .flatten()
+            .map(|c| c.epoch)
+            .max();
         let obs = Observation {
             majority: view.majority,
+            pending_newer: view
+                .pending
+                .as_ref()
+                .is_some_and(|p| acted_on.is_none_or(|e| p.epoch > e)),
             reported,
             remembered: self.remembered,
             cut_off_for: self
@@ -530,6 +555,7 @@ mod tests {
             cloud: CloudHolder::Unknown,
             claimed_epoch: None,
             claiming: false,
+            pending_newer: false,
             paused: false,
             pause_due: true,
             redis_fence: true,
@@ -1077,9 +1103,26 @@ mod tests {
                     want: vec![Action::Claim { config: cfg(ME, 5) }],
                 },
                 Row {
-                    name: "an uncorroborated newer epoch (pending) does not move the vip",
+                    name: "an uncorroborated newer epoch (pending) moves nothing: no claim, no release",
                     samples: vec![(lone_newer, bound(), 0)],
-                    want: vec![Action::Claim { config: cfg(ME, 5) }],
+                    want: vec![],
+                },
+                Row {
+                    name: "after a heal, the old master's own sentinel names it while a newer config is pending: hold",
+                    samples: vec![(
+                        MasterView {
+                            newest: Some(newest(cfg(ME, 5))),
+                            pending: Some(Newest {
+                                corroboration: None,
+                                ..newest(cfg(OTHER, 6))
+                            }),
+                            agreed: None,
+                            ..names(cfg(ME, 5))
+                        },
+                        Local::default(),
+                        0,
+                    )],
+                    want: vec![],
                 },
                 Row {
                     name: "a corroborated newer epoch naming another node demotes",

@@ -387,8 +387,7 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Reads a running agent's `/status` (`url` as made by [`status_url`]), waiting at most
 /// [`FETCH_TIMEOUT`].
 pub async fn fetch_status(url: &str) -> Result<StatusReport, StatusError> {
-    // reqwest is built without a default TLS provider; installing one twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::cloud::install_tls_provider();
     let unreachable = |detail: String| StatusError::Unreachable {
         url: url.to_owned(),
         detail,

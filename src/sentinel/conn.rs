@@ -77,12 +77,6 @@ impl ConnectOptions {
     }
 }
 
-/// Installs rustls' ring provider once; the redis crate's TLS needs a process default.
-fn install_crypto_provider() {
-    // An error only means a provider is already installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn read_tls_file(peer: &str, path: &std::path::Path) -> Result<Vec<u8>, SentinelError> {
     std::fs::read(path).map_err(|e| SentinelError::TlsFile {
         peer: peer.to_owned(),
@@ -113,7 +107,7 @@ pub(crate) fn client(
     let conn_addr = match &opts.tls {
         None => ConnectionAddr::Tcp(host, port),
         Some(tls) => {
-            install_crypto_provider();
+            crate::cloud::install_tls_provider();
             ConnectionAddr::TcpTls {
                 host,
                 port,

@@ -26,7 +26,7 @@ pub use conn::{
     ConnectOptions, confirm_role, connect, connect_redis, ping, query, query_master, query_masters,
 };
 pub use parse::{EventError, PeerSentinel, ReplyError, parse_event};
-pub use probe::probe;
+pub use probe::{probe, probe_until};
 pub use snapshot::{Corroboration, MasterConfig, MasterView, Newest, SentinelState, Snapshot};
 pub use watcher::{ObservedEvent, WatchOptions, Watcher};
 

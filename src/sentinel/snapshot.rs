@@ -194,9 +194,10 @@ impl Snapshot {
         self.sentinels.iter().filter(|s| s.reachable).count()
     }
 
-    /// Whether Sentinel `idx` counts for `master`: it is reachable, and unless nobody's peer list can be
-    /// checked, some other reachable Sentinel that lists peers for `master` lists it. Sentinels that have not
-    /// found each other yet (every list empty) all count, so a deployment that just started is not cut off.
+    /// Whether Sentinel `idx` counts for `master`: it is reachable, and some other reachable Sentinel that
+    /// lists peers for `master` lists it (by run id or by address). Sentinels that have not found each other
+    /// yet (every list empty) all count, so a deployment that just started is not cut off; so does one that
+    /// cannot be recognised at all (no run id and a host name configured).
     pub fn is_member(&self, idx: usize, master: &str) -> bool {
         let Some(me) = self.sentinels.get(idx).filter(|s| s.reachable) else {
             return false;
@@ -209,7 +210,11 @@ impl Snapshot {
             .filter_map(|(_, s)| s.masters.get(master)?.peers.as_ref())
             .filter(|peers| !peers.is_empty())
             .peekable();
-        if vouchers.peek().is_none() {
+        // Nobody lists peers yet, or this Sentinel cannot be recognised in a list (no run id, because its ACL
+        // denies `SENTINEL MYID`, and a host name rather than an address configured): it counts. Excluding it
+        // would make a healthy master fence itself over an ACL detail.
+        let recognisable = me.myid.is_some() || me.addr.parse::<SocketAddr>().is_ok();
+        if vouchers.peek().is_none() || !recognisable {
             return true;
         }
         vouchers.any(|peers| peers.iter().any(|p| me.is_listed_as(p)))
@@ -250,16 +255,21 @@ impl Snapshot {
         let members = member.iter().filter(|m| **m).count();
         let majority = members > self.total / 2;
         let configs = self.configs(master, &member);
+        let top_epoch = configs.first().map(|(c, _)| c.epoch);
         let corroborated = |who: &[usize], c: MasterConfig| -> Option<Corroboration> {
             if who.len() >= 2 {
                 Some(Corroboration::Peers)
             } else if self.total == 1 {
                 Some(Corroboration::Alone)
-            } else if who.iter().any(|i| {
-                let s = &self.sentinels[*i];
-                s.role_confirmed.get(master) == Some(&true)
-                    && s.masters.get(master).map(MasterConfig::of) == Some(c)
-            }) {
+            } else if Some(c.epoch) == top_epoch
+                && who.iter().any(|i| {
+                    let s = &self.sentinels[*i];
+                    s.role_confirmed.get(master) == Some(&true)
+                        && s.masters.get(master).map(MasterConfig::of) == Some(c)
+                })
+            {
+                // ROLE only vouches for the newest epoch a member reports: an old master still says
+                // `master` after it was replaced.
                 Some(Corroboration::Role)
             } else {
                 None
@@ -391,13 +401,16 @@ impl Snapshot {
         {
             return None;
         }
-        let shared = self.sentinels.iter().enumerate().any(|(j, o)| {
-            j != idx
-                && o.reachable
-                && o.masters.get(master).map(MasterConfig::of) == Some(mine)
-                && self.is_member(j, master)
-        });
-        (!shared).then(|| mine.addr())
+        let others: Vec<MasterConfig> = self
+            .sentinels
+            .iter()
+            .enumerate()
+            .filter(|(j, o)| *j != idx && o.reachable && self.is_member(*j, master))
+            .filter_map(|(_, o)| o.masters.get(master).map(MasterConfig::of))
+            .collect();
+        let shared = others.contains(&mine);
+        let outdated = others.iter().any(|o| o.epoch > mine.epoch);
+        (!shared && !outdated).then(|| mine.addr())
     }
 
     /// The state of the Sentinel configured as `addr`.
@@ -560,6 +573,20 @@ mod tests {
                 agreed: Some((1, "198.18.0.1")),
             },
             NewestCase {
+                label: "ROLE never vouches for an older epoch (an old master still says master)",
+                sentinels: vec![
+                    S {
+                        role: true,
+                        ..at(1, "198.18.0.1")
+                    },
+                    at(2, "198.18.0.2"),
+                    DOWN,
+                ],
+                newest: None,
+                pending: Some((2, "198.18.0.2")),
+                agreed: None,
+            },
+            NewestCase {
                 label: "a second sentinel corroborates",
                 sentinels: vec![lone_leader, lone_leader, at(1, "198.18.0.1")],
                 newest: Some((2, "198.18.0.2", vec![0, 1])),
@@ -678,6 +705,11 @@ mod tests {
         let s = snap(&[DOWN, ours(&[0]), foreign]);
         let v = s.view("m", Instant::now());
         assert!(!v.majority, "{v:?}");
+        // A Sentinel configured by host name whose run id is unknown cannot be recognised: it counts.
+        let mut s = snap(&[ours(&[1]), ours(&[0]), foreign]);
+        s.sentinels[2].addr = "sentinel-c.internal:26379".into();
+        s.sentinels[2].myid = None;
+        assert_eq!(s.view("m", Instant::now()).members, 3);
         // Sentinels that have not found each other yet (empty lists) all count.
         let s = snap(&[ours(&[]), ours(&[]), ours(&[])]);
         assert_eq!(s.view("m", Instant::now()).members, 3);
