@@ -611,15 +611,22 @@ impl OneShot {
         }
     }
 
-    async fn executor(&self) -> Result<(Executor, Option<CloudProblem>), Failure> {
+    /// The executor. Only a claim needs the cloud (`with_cloud`); a release or a pause must never wait for
+    /// credentials (a CAM role lookup on a host that is cut off waits for the metadata timeout).
+    async fn executor(&self, with_cloud: bool) -> Result<(Executor, Option<CloudProblem>), Failure> {
         let cfg = &self.boot.cfg;
         let net = open_interface(cfg).await?;
-        let cloud = self
-            .boot
-            .cloud(&|k: &str| std::env::var(k).ok(), None)
-            .await;
+        let (client, problem) = if with_cloud {
+            let cloud = self
+                .boot
+                .cloud(&|k: &str| std::env::var(k).ok(), None)
+                .await;
+            (cloud.client, cloud.problem)
+        } else {
+            (None, None)
+        };
         let claimer = Claimer::new(
-            cloud.client,
+            client,
             net,
             self.boot.identity.instance_id.clone(),
             cfg.node.instance_type,
@@ -627,10 +634,7 @@ impl OneShot {
             cfg.cloud.timeout.get(),
         )
         .with_locks(&cfg.claim.lock_dir);
-        Ok((
-            Executor::new(claimer, self.fence(NOTIFY_PAUSE)),
-            cloud.problem,
-        ))
+        Ok((Executor::new(claimer, self.fence(NOTIFY_PAUSE)), problem))
     }
 
     /// This node's side: the binding (needs the interface) and any write pause in force.
@@ -669,11 +673,11 @@ impl OneShot {
         let id = &self.havip.havip_id;
         match action {
             Action::Claim { .. } => {
-                let (exec, problem) = self.executor().await?;
+                let (exec, problem) = self.executor(true).await?;
                 self.claim(&exec, problem).await
             }
             Action::Release { reason } => {
-                let (exec, _) = self.executor().await?;
+                let (exec, _) = self.executor(false).await?;
                 let change = exec.release(&self.havip).await.map_err(claim_failure)?;
                 let what = if change == Change::Applied {
                     "removed"
@@ -690,20 +694,10 @@ impl OneShot {
                 Ok(())
             }
             Action::PauseWrites | Action::Unpause => {
-                let Some(f) = self.fence(NOTIFY_PAUSE) else {
+                if self.fence(NOTIFY_PAUSE).is_none() {
                     return Ok(());
-                };
-                let exec = Executor::new(
-                    Claimer::new(
-                        None,
-                        open_interface(&self.boot.cfg).await?,
-                        self.boot.identity.instance_id.clone(),
-                        self.boot.cfg.node.instance_type,
-                        self.boot.cfg.announce.clone(),
-                        self.boot.cfg.cloud.timeout.get(),
-                    ),
-                    Some(f),
-                );
+                }
+                let (exec, _) = self.executor(false).await?;
                 let unpause = action == Action::Unpause;
                 let r = if unpause {
                     exec.unpause(port).await
