@@ -613,7 +613,10 @@ impl OneShot {
 
     /// The executor. Only a claim needs the cloud (`with_cloud`); a release or a pause must never wait for
     /// credentials (a CAM role lookup on a host that is cut off waits for the metadata timeout).
-    async fn executor(&self, with_cloud: bool) -> Result<(Executor, Option<CloudProblem>), Failure> {
+    async fn executor(
+        &self,
+        with_cloud: bool,
+    ) -> Result<(Executor, Option<CloudProblem>), Failure> {
         let cfg = &self.boot.cfg;
         let net = open_interface(cfg).await?;
         let (client, problem) = if with_cloud {
