@@ -53,6 +53,11 @@ impl FenceSetup {
             .unwrap_or_else(|| SocketAddr::new(self.me, port.unwrap_or(6379)).to_string())
     }
 
+    /// How much longer the pause recorded for the local Redis lasts (whoever set it), if one is in force.
+    pub fn pause_left(&self, port: Option<u16>) -> Option<Duration> {
+        self.ledger.left(&self.redis_addr(port), SystemTime::now())
+    }
+
     fn fence(&self, port: Option<u16>) -> Arc<dyn WriteFence> {
         Arc::new(RedisFence::new(
             self.opts.clone(),
@@ -101,10 +106,7 @@ impl Executor {
         let bound = self.claimer.net().is_bound(havip.vip).await?;
         Ok(Local {
             bound,
-            pause_left: self
-                .fence
-                .as_ref()
-                .and_then(|f| f.ledger.left(&f.redis_addr(port), SystemTime::now())),
+            pause_left: self.fence.as_ref().and_then(|f| f.pause_left(port)),
         })
     }
 

@@ -484,7 +484,7 @@ impl HavipTask {
                 _ = tokio::time::sleep_until(wake) => {}
             }
             let snap = snaps.borrow_and_update().clone();
-            self.timers(&snap).await;
+            self.timers().await;
             self.step(&snap).await;
         }
         self.shutdown().await;
@@ -563,9 +563,7 @@ impl HavipTask {
     }
 
     fn pause_left(&self) -> Option<Duration> {
-        let f = self.exec.fence_setup()?;
-        crate::fence::PauseLedger::new(&self.cfg.claim.lock_dir)
-            .left(&f.redis_addr(self.redis_port()), SystemTime::now())
+        self.exec.fence_setup()?.pause_left(self.redis_port())
     }
 
     async fn act(&mut self, action: Action) {
@@ -843,7 +841,7 @@ impl HavipTask {
     }
 
     /// Periodic work: local drift repair, re-announcing while holding, verifying the cloud holder.
-    async fn timers(&mut self, snap: &Snapshot) {
+    async fn timers(&mut self) {
         let now = Instant::now();
         let holding = self.bound && self.claim.is_none() && self.cloud != CloudHolder::Elsewhere;
         if now.duration_since(self.last_drift_check) >= self.cfg.sentinel.poll_interval.get()
@@ -858,7 +856,7 @@ impl HavipTask {
             && desired
             && !refresh.is_zero()
             && now.duration_since(self.last_refresh) >= refresh
-            && snap.view(&self.h.master, now.into_std()).majority
+            && self.machine.last().is_some_and(|(o, _)| o.majority)
         {
             self.last_refresh = now;
             match self.exec.net().announce_round(self.h.vip.addr).await {

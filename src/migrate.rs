@@ -646,10 +646,7 @@ impl OneShot {
             .await
             .map_err(net_failure)?;
         let bound = net.is_bound(self.havip.vip).await.map_err(net_failure)?;
-        let pause_left = self.fence(NOTIFY_PAUSE).and_then(|f| {
-            crate::fence::PauseLedger::new(&self.boot.cfg.claim.lock_dir)
-                .left(&f.redis_addr(port), std::time::SystemTime::now())
-        });
+        let pause_left = self.fence(NOTIFY_PAUSE).and_then(|f| f.pause_left(port));
         Ok(Local { bound, pause_left })
     }
 
