@@ -182,10 +182,10 @@ fn idle(secs: u64) -> String {
         .expect("listener in the namespace");
     let cloud = rt.block_on(havip_agent::fake::FakeCloud::start_on(listener));
     cloud.add_key("AKIDidle", "idlekey");
-    cloud.add_havip(havip_agent::fake::HavipSpec::new(
-        HAVIP_ID,
-        "198.18.0.100".parse().unwrap(),
-    ));
+    cloud.add_havip(
+        havip_agent::fake::HavipSpec::new(HAVIP_ID, "198.18.0.100".parse().unwrap())
+            .check_associate(true),
+    );
     let dir = tempfile::tempdir().unwrap();
     let sentinels: Vec<String> = lab
         .sentinel_addrs()

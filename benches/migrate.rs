@@ -192,7 +192,9 @@ impl Bench {
         {
             self.ns.del_addr("eth0", VIP).unwrap();
         }
-        let mut spec = HavipSpec::new(HAVIP_ID, vip_addr()).associate("ins-b");
+        let mut spec = HavipSpec::new(HAVIP_ID, vip_addr())
+            .check_associate(true)
+            .associate("ins-b");
         if in_range {
             spec = spec.associate("ins-a");
         }

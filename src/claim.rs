@@ -11,7 +11,8 @@
 //!    it is missing) — skipped when the caller already knows it is in range, so the first GARP is not delayed
 //!    by an API round trip, and given at most a second otherwise (an API outage must not hold the GARP back);
 //! 3. announce with gratuitous ARP, first round at once, the rest spread over `announce.spread`;
-//! 4. confirm with `DescribeHaVips` that `InstanceId` is this instance, re-announcing with backoff until the
+//! 4. confirm with `DescribeHaVips` that the holder is this node (`InstanceId` in CVM mode,
+//!    `NetworkInterfaceId` in ENI mode: [`HaVip::held_by`]), re-announcing with backoff until the
 //!    deadline;
 //! 5. with `scope = "exclusive"`, remove the other instances from the drift range once confirmed.
 //!
@@ -236,6 +237,17 @@ impl Claimer {
         &self.instance_id
     }
 
+    /// This node's kind of drift-range entry (`node.instance_type`).
+    pub fn instance_type(&self) -> InstanceType {
+        self.instance_type
+    }
+
+    /// Whether the cloud names this node as the holder, by the one holder rule ([`HaVip::held_by`]): the
+    /// CVM in CVM mode, the ENI in ENI mode.
+    pub fn holds(&self, h: &HaVip) -> bool {
+        h.held_by(self.instance_type, &self.instance_id)
+    }
+
     /// Whether this instance may move the HAVIP by GARP (in range, or drift-range limiting off).
     pub fn may_move(&self, h: &HaVip) -> bool {
         h.accepts_garp_from(&self.instance_id)
@@ -292,7 +304,7 @@ impl Claimer {
             match cloud.describe_havip(id, check_deadline).await {
                 Ok(h) => {
                     let may_move = self.may_move(&h);
-                    let holder_is_me = h.instance_id.as_deref() == Some(&self.instance_id);
+                    let holder_is_me = self.holds(&h);
                     if may_move && out.already_bound && holder_is_me {
                         self.emit(&opts, havip, Step::InRange);
                         out.already_held = true;
@@ -385,7 +397,7 @@ impl Claimer {
             {
                 Ok(h) => {
                     out.cloud_error = None;
-                    if h.instance_id.as_deref() == Some(&self.instance_id) {
+                    if self.holds(&h) {
                         out.confirmed = true;
                         self.emit(opts, havip, Step::Confirmed);
                         return Ok(Some(h));

@@ -783,14 +783,16 @@ impl HavipTask {
             Ok(h) => {
                 let claimer = self.exec.claimer();
                 self.in_range = claimer.may_move(&h);
-                let mine = h.instance_id.as_deref() == Some(claimer.instance_id());
+                let mine = claimer.holds(&h);
                 self.cloud = if mine {
                     CloudHolder::ThisNode
                 } else {
                     CloudHolder::Elsewhere
                 };
-                self.cloud_holder_id = h.instance_id.clone();
-                debug!(havip = %self.h.havip_id, holder = ?h.instance_id, in_range = self.in_range, "cloud view");
+                // Named as this node names itself (the CVM, or the ENI in ENI mode), so the status compares
+                // like with like.
+                self.cloud_holder_id = h.holder(claimer.instance_type()).map(str::to_owned);
+                debug!(havip = %self.h.havip_id, holder = ?self.cloud_holder_id, in_range = self.in_range, "cloud view");
             }
             Err(e) => {
                 warn!(havip = %self.h.havip_id, error = %e, "could not read the havip from the cloud");

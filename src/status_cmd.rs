@@ -110,25 +110,34 @@ pub async fn compute(cfg: &Config) -> StatusReport {
             Some(n) => n.is_bound(h.vip).await.unwrap_or(false),
             None => false,
         };
-        let cloud_holder = match &cloud {
+        // The holder as this node names itself (the CVM, or the ENI in ENI mode), so the one holder rule
+        // (`HaVip::held_by`) decides whether it is this node.
+        let ty = cfg.node.instance_type;
+        let cloud_view = match &cloud {
             Some(c) => c
                 .describe_havip(&h.havip_id, Instant::now() + cfg.cloud.timeout.get())
                 .await
-                .ok()
-                .and_then(|v| v.instance_id),
+                .ok(),
             None => None,
         };
+        let cloud_holder = cloud_view
+            .as_ref()
+            .and_then(|v| v.holder(ty))
+            .map(str::to_owned);
         let desired = view.majority
             && identity
                 .as_ref()
                 .zip(m)
                 .is_some_and(|(id, m)| m.ip == id.address);
-        let cloud_matches = cloud_holder.as_ref().map(|holder| {
-            let mine = identity
-                .as_ref()
-                .is_some_and(|id| &id.instance_id == holder);
-            mine == local_bound
-        });
+        let cloud_matches = cloud_view
+            .as_ref()
+            .filter(|_| cloud_holder.is_some())
+            .map(|v| {
+                let mine = identity
+                    .as_ref()
+                    .is_some_and(|id| v.held_by(ty, &id.instance_id));
+                mine == local_bound
+            });
         report.havips.push(HavipStatus {
             havip_id: h.havip_id.clone(),
             master: h.master.clone(),

@@ -31,7 +31,9 @@ async fn world() -> World {
         .as_secs() as i64;
     cloud.add_temporary_key(TMP_ID, TMP_KEY, TOKEN);
     cloud.add_havip(
-        HavipSpec::new("havip-check001", "198.18.0.100".parse().unwrap()).associate("ins-check"),
+        HavipSpec::new("havip-check001", "198.18.0.100".parse().unwrap())
+            .check_associate(true)
+            .associate("ins-check"),
     );
     let metadata = FakeMetadata::start(
         MetadataSpec::new(

@@ -134,6 +134,7 @@ fn claim_binds_the_vip_once_and_sends_request_and_reply_garps_from_the_nic_mac()
         let h = Here::new(true).await;
         h.fake.add_havip(
             HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
                 .associate("ins-a")
                 .associate("ins-b")
                 .holder("ins-b"),
@@ -219,8 +220,11 @@ fn claim_with_an_empty_drift_range_associates_before_the_first_garp() {
     ns.block_on(|| async {
         // Arrange: drift-range limiting on, nobody in range; ins-b holds.
         let h = Here::new(true).await;
-        h.fake
-            .add_havip(HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"));
+        h.fake.add_havip(
+            HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
+                .holder("ins-b"),
+        );
         let steps = Steps::default();
 
         // Act
@@ -269,6 +273,7 @@ fn claim_with_the_instance_already_in_range_makes_no_write_call() {
         let h = Here::new(true).await;
         h.fake.add_havip(
             HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
                 .associate("ins-a")
                 .holder("ins-b"),
         );
@@ -322,8 +327,11 @@ fn repeated_claim_is_a_no_op_without_a_write_call_a_second_address_or_a_garp() {
     ns.block_on(|| async {
         // Arrange: a first, confirmed claim.
         let h = Here::new(true).await;
-        h.fake
-            .add_havip(HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"));
+        h.fake.add_havip(
+            HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
+                .holder("ins-b"),
+        );
         let havip = havip_config(Scope::Inclusive);
         let first = h.claim(&havip, &Steps::default()).await;
         assert!(first.confirmed && first.associated, "{first:?}");
@@ -369,8 +377,11 @@ fn release_removes_the_vip_without_an_api_call_and_a_second_release_is_already_d
     ns.add_addr("eth0", "198.18.0.2/24").unwrap();
     ns.block_on(|| async {
         let h = Here::new(true).await;
-        h.fake
-            .add_havip(HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"));
+        h.fake.add_havip(
+            HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
+                .holder("ins-b"),
+        );
         let c = claimer(h.net(), "ins-a", &h.fake.endpoint());
         let havip = havip_config(Scope::Inclusive);
         h.claim(&havip, &Steps::default()).await;
@@ -405,8 +416,11 @@ fn vip_whose_address_is_a_prefix_of_another_is_bound_and_released_exactly() {
     ns.add_addr("eth0", VIP_10).unwrap();
     ns.block_on(|| async {
         let h = Here::new(true).await;
-        h.fake
-            .add_havip(HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"));
+        h.fake.add_havip(
+            HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
+                .holder("ins-b"),
+        );
         let havip = havip_config(Scope::Inclusive);
         let out = h.claim(&havip, &Steps::default()).await;
         assert!(!out.already_bound && out.confirmed, "{out:?}");
@@ -423,8 +437,11 @@ fn vip_whose_address_is_a_prefix_of_another_is_bound_and_released_exactly() {
     let vip10: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
     ns.block_on(|| async {
         let h = Here::new(true).await;
-        h.fake
-            .add_havip(HavipSpec::new("havip-mig00010", vip10).holder("ins-b"));
+        h.fake.add_havip(
+            HavipSpec::new("havip-mig00010", vip10)
+                .check_associate(true)
+                .holder("ins-b"),
+        );
         let havip = HavipConfig {
             havip_id: "havip-mig00010".into(),
             vip: VIP_10.parse().unwrap(),
@@ -450,6 +467,7 @@ fn exclusive_scope_removes_the_other_instances_after_a_confirmed_claim() {
         let h = Here::new(true).await;
         h.fake.add_havip(
             HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
                 .associate("ins-b")
                 .associate("ins-c")
                 .holder("ins-b"),
@@ -495,6 +513,7 @@ fn exclusive_scope_does_not_narrow_when_the_move_is_not_confirmed() {
         let h = Here::new(false).await;
         h.fake.add_havip(
             HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
                 .associate("ins-a")
                 .associate("ins-b")
                 .holder("ins-b"),
@@ -569,6 +588,7 @@ fn aborted_claim_sends_no_further_garp() {
         let h = Here::new(false).await;
         h.fake.add_havip(
             HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
                 .associate("ins-a")
                 .holder("ins-b"),
         );

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use havip_agent::fake::{
     Association, FakeCloud, Fault, FaultKind, GarpOutcome, HavipSpec, InstanceType, ServerTime,
-    eni_id_for,
+    eni_id_for, vpc::INVALID_REGION_CODE, vpc::PRIMARY_ENI_CODE,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -77,6 +77,7 @@ struct Call {
     sent_content_type: String,
     host: Option<String>,
     timeout: Duration,
+    region: String,
 }
 
 impl Default for Call {
@@ -90,6 +91,7 @@ impl Default for Call {
             sent_content_type: "application/json".into(),
             host: None,
             timeout: Duration::from_secs(10),
+            region: "ap-guangzhou".into(),
         }
     }
 }
@@ -140,7 +142,7 @@ async fn try_call(
         .header("X-TC-Action", action)
         .header("X-TC-Timestamp", ts.to_string())
         .header("X-TC-Version", "2017-03-12")
-        .header("X-TC-Region", "ap-guangzhou")
+        .header("X-TC-Region", &c.region)
         .header(
             "Authorization",
             authorization(&c.id, &c.key, &host, &c.signed_content_type, &bytes, ts),
@@ -192,6 +194,7 @@ async fn fake() -> FakeCloud {
     fake.add_instance("ins-cccccccc", MAC_C);
     fake.add_havip(
         HavipSpec::new("havip-00000001", VIP)
+            .check_associate(true)
             .associate("ins-aaaaaaaa")
             .associate("ins-bbbbbbbb")
             .holder("ins-aaaaaaaa"),
@@ -252,12 +255,13 @@ async fn describe_returns_the_real_field_names() {
 #[tokio::test]
 async fn describe_filters_and_pages() {
     let fake = fake().await;
-    fake.add_havip(HavipSpec::new(
-        "havip-00000002",
-        Ipv4Addr::new(198, 18, 0, 101),
-    ));
     fake.add_havip(
-        HavipSpec::new("havip-00000003", Ipv4Addr::new(198, 18, 0, 102)).associate("ins-bbbbbbbb"),
+        HavipSpec::new("havip-00000002", Ipv4Addr::new(198, 18, 0, 101)).check_associate(true),
+    );
+    fake.add_havip(
+        HavipSpec::new("havip-00000003", Ipv4Addr::new(198, 18, 0, 102))
+            .check_associate(true)
+            .associate("ins-bbbbbbbb"),
     );
 
     let ids = |a: &Answer| -> Vec<String> {
@@ -488,7 +492,11 @@ async fn garp_moves_the_holder_only_from_an_in_range_instance() {
 async fn an_eni_entry_puts_its_instance_in_range() {
     let fake = FakeCloud::start().await;
     fake.add_instance("ins-dddddddd", MAC_A);
-    fake.add_havip(HavipSpec::new("havip-00000009", VIP).associate_eni(eni_id_for("ins-dddddddd")));
+    fake.add_havip(
+        HavipSpec::new("havip-00000009", VIP)
+            .check_associate(true)
+            .associate_eni(eni_id_for("ins-dddddddd")),
+    );
 
     assert!(fake.garp(MAC_A, VIP).moved());
     let snap = fake.havip("havip-00000009").unwrap();
@@ -560,10 +568,9 @@ async fn http_fault_answers_a_non_json_status_until_cleared() {
 #[tokio::test]
 async fn a_fault_for_one_havip_hits_only_requests_naming_it() {
     let fake = fake().await;
-    fake.add_havip(HavipSpec::new(
-        "havip-00000002",
-        Ipv4Addr::new(198, 18, 0, 101),
-    ));
+    fake.add_havip(
+        HavipSpec::new("havip-00000002", Ipv4Addr::new(198, 18, 0, 101)).check_associate(true),
+    );
     fake.inject(Fault::always(FaultKind::Throttle).for_havip("havip-00000002"));
 
     let other = call(
@@ -820,7 +827,7 @@ async fn vector_d_bytes_are_accepted_at_the_vector_time() {
     // The reference's worked example D, sent byte for byte with the fake's clock at its timestamp.
     let fake = FakeCloud::start().await;
     fake.add_key("AKIDEXAMPLE", "secretkeyEXAMPLE");
-    fake.add_havip(HavipSpec::new("havip-crb65sya", VIP));
+    fake.add_havip(HavipSpec::new("havip-crb65sya", VIP).check_associate(true));
     fake.set_server_time(ServerTime::Fixed(
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
     ));
@@ -860,7 +867,7 @@ async fn vector_c_bytes_with_their_token_are_accepted_at_the_vector_time() {
     // The reference's worked example C: temporary credentials, X-TC-Token sent but not signed.
     let fake = FakeCloud::start().await;
     fake.add_temporary_key("AKIDEXAMPLE", "secretkeyEXAMPLE", "tokenEXAMPLE");
-    fake.add_havip(HavipSpec::new("havip-9o233uri", VIP));
+    fake.add_havip(HavipSpec::new("havip-9o233uri", VIP).check_associate(true));
     fake.set_server_time(ServerTime::Fixed(
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_551_113_065),
     ));
@@ -901,5 +908,187 @@ async fn vector_c_bytes_with_their_token_are_accepted_at_the_vector_time() {
     assert!(
         !log[1].signature_valid,
         "a wrong token makes the request invalid"
+    );
+}
+
+/// A secondary ENI of ins-aaaaaaaa, with its own MAC.
+const ENI_A2: &str = "eni-a2a2a2a2";
+const MAC_A2: [u8; 6] = [2, 0, 0, 0, 0, 0xa2];
+
+#[tokio::test]
+async fn a_havip_created_without_asking_has_check_associate_off_so_any_garp_takes_it() {
+    // Regression: the fake used to create HAVIPs with CheckAssociate on, unlike CreateHaVip ("默认不开启").
+    let fake = FakeCloud::start().await;
+    fake.add_key(ID, KEY);
+    fake.add_instance("ins-aaaaaaaa", MAC_A);
+    fake.add_instance("ins-cccccccc", MAC_C);
+    fake.add_havip(
+        HavipSpec::new("havip-00000002", VIP)
+            .associate("ins-aaaaaaaa")
+            .holder("ins-aaaaaaaa"),
+    );
+
+    let h = call(
+        &fake,
+        "DescribeHaVips",
+        json!({"HaVipIds": ["havip-00000002"]}),
+    )
+    .await;
+    let moved = fake.garp(MAC_C, VIP);
+
+    assert_eq!(h.ok()["HaVipSet"][0]["CheckAssociate"], false);
+    assert!(
+        moved.moved(),
+        "an instance outside the range takes the VIP: {moved:?}"
+    );
+    assert_eq!(
+        fake.havip("havip-00000002").unwrap().instance_id.as_deref(),
+        Some("ins-cccccccc")
+    );
+}
+
+#[tokio::test]
+async fn a_garp_from_a_secondary_eni_reports_the_cvm_as_instance_and_that_eni_as_interface() {
+    let fake = fake().await;
+    assert!(fake.add_eni("ins-bbbbbbbb", "eni-b2b2b2b2", [2, 0, 0, 0, 0, 0xb2]));
+    assert!(
+        !fake.add_eni("ins-nobody00", "eni-00000000", [2, 0, 0, 0, 0, 0xf0]),
+        "an ENI must be attached to a known instance"
+    );
+
+    let moved = fake.garp([2, 0, 0, 0, 0, 0xb2], VIP);
+
+    assert!(moved.moved(), "{moved:?}");
+    let h = &call(
+        &fake,
+        "DescribeHaVips",
+        json!({"HaVipIds": ["havip-00000001"]}),
+    )
+    .await
+    .ok()["HaVipSet"][0]
+        .clone();
+    assert_eq!(h["InstanceId"], "ins-bbbbbbbb", "the CVM, never the ENI");
+    assert_eq!(
+        h["NetworkInterfaceId"], "eni-b2b2b2b2",
+        "the ENI that announced"
+    );
+    // The primary ENI of the same instance announcing moves it back to (instance, primary ENI).
+    assert!(fake.garp(MAC_B, VIP).moved());
+    assert_eq!(
+        fake.havip("havip-00000001").unwrap().network_interface_id,
+        Some(eni_id_for("ins-bbbbbbbb"))
+    );
+}
+
+#[tokio::test]
+async fn eni_entries_are_checked_against_the_eni_that_announced() {
+    let fake = FakeCloud::start().await;
+    fake.add_key(ID, KEY);
+    fake.add_instance("ins-aaaaaaaa", MAC_A);
+    fake.add_instance("ins-bbbbbbbb", MAC_B);
+    assert!(fake.add_eni("ins-aaaaaaaa", ENI_A2, MAC_A2));
+    fake.add_havip(
+        HavipSpec::new("havip-00000003", VIP)
+            .check_associate(true)
+            .holder("ins-bbbbbbbb"),
+    );
+
+    let assoc_ok = call(
+        &fake,
+        "AssociateHaVipInstance",
+        json!({"HaVipAssociationSet": [assoc("havip-00000003", ENI_A2, "ENI")]}),
+    )
+    .await;
+    let from_primary = fake.garp(MAC_A, VIP);
+    let from_secondary = fake.garp(MAC_A2, VIP);
+
+    assoc_ok.ok();
+    assert_eq!(
+        from_primary,
+        GarpOutcome::NotInRange {
+            havip_id: "havip-00000003".into(),
+            instance_id: "ins-aaaaaaaa".into()
+        },
+        "the ENI entry covers only that ENI, not its instance's primary ENI"
+    );
+    assert!(from_secondary.moved(), "{from_secondary:?}");
+    let snap = fake.havip("havip-00000003").unwrap();
+    assert_eq!(snap.instance_id.as_deref(), Some("ins-aaaaaaaa"));
+    assert_eq!(snap.network_interface_id.as_deref(), Some(ENI_A2));
+}
+
+#[tokio::test]
+async fn associating_a_primary_or_unattached_eni_is_refused_and_changes_nothing() {
+    let fake = FakeCloud::start().await;
+    fake.add_key(ID, KEY);
+    fake.add_instance("ins-aaaaaaaa", MAC_A);
+    fake.add_havip(HavipSpec::new("havip-00000004", VIP).check_associate(true));
+
+    let primary = call(
+        &fake,
+        "AssociateHaVipInstance",
+        json!({"HaVipAssociationSet": [assoc("havip-00000004", &eni_id_for("ins-aaaaaaaa"), "ENI")]}),
+    )
+    .await;
+    let unknown = call(
+        &fake,
+        "AssociateHaVipInstance",
+        json!({"HaVipAssociationSet": [assoc("havip-00000004", "eni-99999999", "ENI")]}),
+    )
+    .await;
+
+    assert_eq!(primary.code(), Some(PRIMARY_ENI_CODE), "{primary:?}");
+    assert!(primary.text.contains("primary ENI"), "{}", primary.text);
+    assert_eq!(unknown.code(), Some("ResourceNotFound"), "{unknown:?}");
+    assert!(unknown.text.contains("eni-99999999"), "{}", unknown.text);
+    assert!(
+        fake.havip("havip-00000004")
+            .unwrap()
+            .associations
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_region_header_is_checked_and_havips_live_in_one_region() {
+    let fake = fake().await;
+    let other = Call {
+        region: "ap-shanghai".into(),
+        ..Call::default()
+    };
+    let bogus = Call {
+        region: "ap-atlantis".into(),
+        ..Call::default()
+    };
+
+    let here = call(&fake, "DescribeHaVips", json!({})).await;
+    let elsewhere = call_with(&fake, "DescribeHaVips", json!({}), &other).await;
+    let associate_elsewhere = call_with(
+        &fake,
+        "AssociateHaVipInstance",
+        json!({"HaVipAssociationSet": [assoc("havip-00000001", "ins-cccccccc", "CVM")]}),
+        &other,
+    )
+    .await;
+    let invalid = call_with(&fake, "DescribeHaVips", json!({}), &bogus).await;
+
+    assert_eq!(here.ok()["TotalCount"], 1);
+    assert_eq!(
+        elsewhere.ok()["TotalCount"],
+        0,
+        "another region has none of these HAVIPs"
+    );
+    assert_eq!(elsewhere.ok()["HaVipSet"], json!([]));
+    assert_eq!(associate_elsewhere.code(), Some("ResourceNotFound"));
+    assert_eq!(invalid.code(), Some(INVALID_REGION_CODE), "{invalid:?}");
+    assert!(invalid.text.contains("ap-atlantis"), "{}", invalid.text);
+    assert_eq!(fake.havip("havip-00000001").unwrap().associations.len(), 2);
+
+    fake.set_region("ap-shanghai");
+    let moved = call_with(&fake, "DescribeHaVips", json!({}), &other).await;
+    assert_eq!(
+        moved.ok()["TotalCount"],
+        1,
+        "set_region moves the HAVIPs' home"
     );
 }

@@ -133,6 +133,7 @@ async fn a_garp_from_an_in_range_instance_moves_the_holder() {
     fake.add_instance("ins-aaaaaaaa", SENDER_MAC);
     fake.add_havip(
         HavipSpec::new("havip-00000001", VIP)
+            .check_associate(true)
             .associate("ins-aaaaaaaa")
             .associate("ins-bbbbbbbb")
             .holder("ins-bbbbbbbb"),
@@ -159,6 +160,7 @@ async fn a_garp_from_an_out_of_range_instance_is_ignored_while_check_associate_i
     fake.add_instance("ins-cccccccc", SENDER_MAC);
     fake.add_havip(
         HavipSpec::new("havip-00000001", VIP)
+            .check_associate(true)
             .associate("ins-bbbbbbbb")
             .holder("ins-bbbbbbbb"),
     );
@@ -193,7 +195,11 @@ async fn the_watcher_sees_a_garp_crossing_a_bridge() {
     ns.ip(&["link", "set", "gbr", "up"]);
     let fake = FakeCloud::start().await;
     fake.add_instance("ins-aaaaaaaa", SENDER_MAC);
-    fake.add_havip(HavipSpec::new("havip-00000001", VIP).associate("ins-aaaaaaaa"));
+    fake.add_havip(
+        HavipSpec::new("havip-00000001", VIP)
+            .check_associate(true)
+            .associate("ins-aaaaaaaa"),
+    );
     let watch = ns.watch(&fake, "gbr");
 
     ns.arping(VIP, true);

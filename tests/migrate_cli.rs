@@ -80,7 +80,9 @@ impl Site {
     fn standard(prefix: &str) -> Site {
         Self::new(
             prefix,
-            HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+            HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
+                .holder("ins-b"),
             |_, _| {},
         )
     }
@@ -348,7 +350,9 @@ fn api_unreachable_still_binds_and_announces_then_exits_1_saying_the_move_is_unc
     // A port that was just free inside the namespace: connections are refused.
     let site = Site::new(
         "mig-down",
-        HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+        HavipSpec::new(HAVIP_ID, vip_addr())
+            .check_associate(true)
+            .holder("ins-b"),
         |node, _| {
             short(node);
             node.endpoint = "http://127.0.0.1:1".into();
@@ -376,7 +380,9 @@ fn api_unreachable_still_binds_and_announces_then_exits_1_saying_the_move_is_unc
 fn api_answering_503_still_binds_and_exits_1() {
     let site = Site::new(
         "mig-503",
-        HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+        HavipSpec::new(HAVIP_ID, vip_addr())
+            .check_associate(true)
+            .holder("ins-b"),
         |node, fake| {
             short(node);
             fake.inject(Fault::always(FaultKind::Http(503)));
@@ -585,7 +591,9 @@ fn three_simultaneous_calls_all_exit_0_bind_once_and_associate_at_most_once() {
     // find this instance out of range and associate it.
     let site = Site::new(
         "mig-three",
-        HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+        HavipSpec::new(HAVIP_ID, vip_addr())
+            .check_associate(true)
+            .holder("ins-b"),
         |_, fake| {
             fake.inject(Fault::on(
                 "DescribeHaVips",
@@ -690,7 +698,9 @@ fn a_lock_dir_that_cannot_be_created_is_a_permanent_error_naming_the_key() {
     // Retrying cannot fix it, so Sentinel must not retry it (exit 2), and the message says what to change.
     let site = Site::new(
         "mig-lockdir",
-        HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+        HavipSpec::new(HAVIP_ID, vip_addr())
+            .check_associate(true)
+            .holder("ins-b"),
         |node, _| node.lock_dir = "/proc/havip-agent-lock".into(),
     );
 
@@ -856,6 +866,7 @@ fn a_hanging_api_does_not_hold_the_first_garp_back_for_the_whole_cloud_timeout()
     let site = Site::new(
         "mig-hang",
         HavipSpec::new(HAVIP_ID, vip_addr())
+            .check_associate(true)
             .associate("ins-a")
             .holder("ins-b"),
         |node, fake| {

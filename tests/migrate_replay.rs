@@ -59,6 +59,7 @@ impl Deployment {
         }
         fake.add_havip(
             HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
                 .associate(node_instance(0))
                 .holder(node_instance(0)),
         );

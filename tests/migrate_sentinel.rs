@@ -31,6 +31,7 @@ async fn sentinel_failover_moves_the_vip_to_the_new_master_through_the_reconfig_
     // Node 0 is the master and holds the VIP; only it is in the drift range.
     fake.add_havip(
         HavipSpec::new(HAVIP_ID, vip_addr())
+            .check_associate(true)
             .associate(node_instance(0))
             .holder(node_instance(0)),
     );

@@ -55,10 +55,27 @@ impl HaVip {
         !self.check_associate || self.in_range(instance_id)
     }
 
-    /// Whether `instance_id` (a CVM id) or `eni_id` currently holds the VIP.
-    pub fn held_by(&self, instance_id: &str) -> bool {
-        self.instance_id.as_deref() == Some(instance_id)
-            || self.network_interface_id.as_deref() == Some(instance_id)
+    /// The one holder rule: whether this node, known to the drift range as `id` of type `ty`, holds the VIP.
+    ///
+    /// The API reports the holder twice: `InstanceId` is the bound CVM and `NetworkInterfaceId` the ENI whose
+    /// GARP moved it (SDK field docs: "被绑定的实例ID", "HAVIP关联弹性网卡ID"). In CVM mode the node is a CVM,
+    /// so compare `InstanceId`; in ENI mode the node is one ENI, so compare `NetworkInterfaceId` and never
+    /// `InstanceId` (an ENI id never appears there, and another ENI of the same CVM is not this node).
+    pub fn held_by(&self, ty: InstanceType, id: &str) -> bool {
+        let holder = match ty {
+            InstanceType::Cvm => self.instance_id.as_deref(),
+            InstanceType::Eni => self.network_interface_id.as_deref(),
+        };
+        holder == Some(id)
+    }
+
+    /// The holder as this node would name itself in mode `ty`: the CVM (`InstanceId`) or the ENI
+    /// (`NetworkInterfaceId`).
+    pub fn holder(&self, ty: InstanceType) -> Option<&str> {
+        match ty {
+            InstanceType::Cvm => self.instance_id.as_deref(),
+            InstanceType::Eni => self.network_interface_id.as_deref(),
+        }
     }
 }
 
@@ -298,6 +315,47 @@ mod tests {
         assert!(h.in_range("ins-1"));
         assert!(!h.in_range("ins-2"));
         assert!(h.accepts_garp_from("ins-2"), "range not enforced");
+    }
+
+    #[test]
+    fn held_by_compares_the_instance_in_cvm_mode_and_the_eni_in_eni_mode() {
+        // The real API: the CVM in InstanceId, the ENI that announced in NetworkInterfaceId.
+        let h = HaVip {
+            havip_id: "havip-1".into(),
+            name: String::new(),
+            vip: "10.0.0.9".into(),
+            vpc_id: String::new(),
+            subnet_id: String::new(),
+            instance_id: Some("ins-a".into()),
+            network_interface_id: Some("eni-a2".into()),
+            address_ip: None,
+            state: HaVipState::Available,
+            check_associate: true,
+            associations: Vec::new(),
+            flushed_time: None,
+        };
+        assert!(h.held_by(InstanceType::Cvm, "ins-a"));
+        assert!(
+            !h.held_by(InstanceType::Cvm, "eni-a2"),
+            "an ENI id is never a CVM holder"
+        );
+        assert!(h.held_by(InstanceType::Eni, "eni-a2"));
+        assert!(
+            !h.held_by(InstanceType::Eni, "ins-a"),
+            "ENI mode never compares InstanceId"
+        );
+        assert!(
+            !h.held_by(InstanceType::Eni, "eni-a1"),
+            "another ENI of the same CVM"
+        );
+        assert_eq!(h.holder(InstanceType::Eni), Some("eni-a2"));
+        let unbound = HaVip {
+            instance_id: None,
+            network_interface_id: None,
+            ..h
+        };
+        assert!(!unbound.held_by(InstanceType::Cvm, "ins-a"));
+        assert!(!unbound.held_by(InstanceType::Eni, "eni-a2"));
     }
 
     #[test]

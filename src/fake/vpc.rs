@@ -1,9 +1,11 @@
 //! The fake Tencent Cloud VPC API: a wiremock server whose single responder holds the HAVIP state.
 //!
-//! Owns: HAVIPs (drift range, holder, `FlushedTime`), the actions `DescribeHaVips`,
-//! `AssociateHaVipInstance`, `DisassociateHaVipInstance` and `DescribeVpcTaskResult`, the envelope and
-//! error codes of the real API, signature checking on every request (via [`super::verify`]), fault
-//! injection, the request log and the holder move a GARP causes. It does not watch the network (see
+//! Owns: HAVIPs (drift range, holder, `FlushedTime`), the instances and their ENIs (a primary ENI each, and
+//! secondary ENIs with their own MACs), the region the HAVIPs live in (`X-TC-Region`), the actions
+//! `DescribeHaVips`, `AssociateHaVipInstance`, `DisassociateHaVipInstance` and `DescribeVpcTaskResult`, the
+//! envelope and error codes of the real API, signature checking on every request (via [`super::verify`]),
+//! fault injection, the request log and the holder move a GARP causes. The holder is reported as the real
+//! API does: `InstanceId` = the CVM, `NetworkInterfaceId` = the ENI whose MAC sent the GARP. It does not watch the network (see
 //! `garp_watch`) and does not serve metadata (see `metadata`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +31,42 @@ pub const SERVICE: &str = "vpc";
 pub const NEVER_FLUSHED: &str = "0000-00-00 00:00:00";
 /// Most items `AssociateHaVipInstance`/`DisassociateHaVipInstance` accept in one call.
 pub const MAX_ASSOCIATION_ITEMS: usize = 10;
+/// The region a new fake serves (`X-TC-Region`); see [`FakeCloud::set_region`].
+pub const DEFAULT_REGION: &str = "ap-guangzhou";
+/// The error code for an `X-TC-Region` that is not a region at all. The Java SDK issue
+/// tencentcloud/tencentcloud-sdk-java#220 quotes the message ("A value specified in X-TC-Region is not
+/// valid, is unsupported, or cannot be used."); the code name here is our choice in the API's
+/// `InvalidParameterValue.*` style, not a confirmed one.
+pub const INVALID_REGION_CODE: &str = "InvalidParameterValue.Region";
+/// The error code for `AssociateHaVipInstance` with a primary ENI. The HAVIP console guide (215/36694) says
+/// primary ENIs cannot be bound ("主网卡暂不支持绑定"); the code name is ours, in the API's
+/// `UnsupportedOperation.*` style.
+pub const PRIMARY_ENI_CODE: &str = "UnsupportedOperation.PrimaryEni";
+
+/// The regions the fake knows (public and financial regions of the VPC product): any other `X-TC-Region`
+/// is an error; a known region other than the fake's own holds no HAVIPs.
+pub const KNOWN_REGIONS: &[&str] = &[
+    "ap-guangzhou",
+    "ap-shanghai",
+    "ap-nanjing",
+    "ap-beijing",
+    "ap-chengdu",
+    "ap-chongqing",
+    "ap-hongkong",
+    "ap-singapore",
+    "ap-jakarta",
+    "ap-seoul",
+    "ap-tokyo",
+    "ap-bangkok",
+    "ap-mumbai",
+    "ap-shanghai-fsi",
+    "ap-shenzhen-fsi",
+    "na-siliconvalley",
+    "na-ashburn",
+    "na-toronto",
+    "eu-frankfurt",
+    "sa-saopaulo",
+];
 
 /// What a drift-range entry names: a CVM instance or an elastic network interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,16 +141,20 @@ pub struct HavipSpec {
     pub vpc_id: String,
     /// `SubnetId`.
     pub subnet_id: String,
-    /// Drift-range limiting (the console default since 2024 is on).
+    /// Drift-range limiting. Off unless asked, as `CreateHaVip` does ("默认不开启"); only the console turns it
+    /// on, and it cannot be changed later.
     pub check_associate: bool,
     /// The initial drift range.
     pub associations: Vec<Association>,
     /// The instance that holds the VIP at start, if any.
     pub holder: Option<String>,
+    /// The ENI that holds the VIP at start, if any (overrides `holder`).
+    pub holder_eni: Option<String>,
 }
 
 impl HavipSpec {
-    /// A HAVIP with `CheckAssociate` on, an empty range and no holder.
+    /// A HAVIP as `CreateHaVip` makes it: `CheckAssociate` off, an empty range and no holder. Say
+    /// `.check_associate(true)` for one made in the console.
     pub fn new(havip_id: impl Into<String>, vip: Ipv4Addr) -> Self {
         Self {
             havip_id: havip_id.into(),
@@ -120,9 +162,10 @@ impl HavipSpec {
             name: "redis-vip".into(),
             vpc_id: "vpc-fake0001".into(),
             subnet_id: "subnet-fake0001".into(),
-            check_associate: true,
+            check_associate: false,
             associations: Vec::new(),
             holder: None,
+            holder_eni: None,
         }
     }
 
@@ -144,9 +187,16 @@ impl HavipSpec {
         self
     }
 
-    /// Sets the initial holder.
+    /// Sets the initial holder (the instance; its ENI is the primary ENI unless [`HavipSpec::holder_eni`]).
     pub fn holder(mut self, instance_id: impl Into<String>) -> Self {
         self.holder = Some(instance_id.into());
+        self
+    }
+
+    /// Sets the initial holder to `eni_id`, an ENI registered with [`FakeCloud::add_eni`] (or a primary
+    /// ENI): its instance becomes `InstanceId`, the ENI `NetworkInterfaceId`.
+    pub fn holder_eni(mut self, eni_id: impl Into<String>) -> Self {
+        self.holder_eni = Some(eni_id.into());
         self
     }
 }
@@ -173,9 +223,10 @@ pub struct HavipSnapshot {
 }
 
 impl HavipSnapshot {
-    /// Whether `instance_id` (or its ENI) is in the drift range, or the range is not enforced.
+    /// Whether `instance_id` (or its primary ENI [`eni_id_for`]) is in the drift range, or the range is not
+    /// enforced.
     pub fn in_range(&self, instance_id: &str) -> bool {
-        !self.check_associate || in_range(&self.associations, instance_id)
+        !self.check_associate || in_range(&self.associations, instance_id, &eni_id_for(instance_id))
     }
 }
 
@@ -407,8 +458,16 @@ impl fmt::Debug for RecordedRequest {
 
 #[derive(Debug, Clone)]
 struct Instance {
-    mac: [u8; 6],
+    /// The primary ENI.
     eni_id: String,
+}
+
+/// An ENI attached to an instance.
+#[derive(Debug, Clone)]
+struct Eni {
+    instance_id: String,
+    mac: [u8; 6],
+    primary: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -469,11 +528,12 @@ impl Havip {
     }
 }
 
-fn in_range(associations: &[Association], instance_id: &str) -> bool {
-    let eni = eni_id_for(instance_id);
+/// Whether a GARP from `eni_id` of `instance_id` is in the range: a CVM entry covers every ENI of the
+/// instance, an ENI entry only that ENI (the one that sent the GARP).
+fn in_range(associations: &[Association], instance_id: &str, eni_id: &str) -> bool {
     associations.iter().any(|a| match a.instance_type {
         InstanceType::Cvm => a.instance_id == instance_id,
-        InstanceType::Eni => a.instance_id == eni,
+        InstanceType::Eni => a.instance_id == eni_id,
     })
 }
 
@@ -486,6 +546,8 @@ pub fn eni_id_for(instance_id: &str) -> String {
 struct State {
     keys: HashMap<String, KeyRecord>,
     instances: BTreeMap<String, Instance>,
+    enis: BTreeMap<String, Eni>,
+    region: String,
     havips: BTreeMap<String, Havip>,
     faults: Vec<Fault>,
     server_time: ServerTime,
@@ -525,25 +587,28 @@ impl State {
         let Some(havip) = self.havips.values_mut().find(|h| h.spec.vip == ip) else {
             return GarpOutcome::UnknownVip;
         };
-        let Some((instance_id, instance)) = self.instances.iter().find(|(_, i)| i.mac == mac)
+        // The sender is the ENI that owns the MAC (primary or secondary), and its instance.
+        let Some((eni_id, Eni { instance_id, .. })) = self.enis.iter().find(|(_, e)| e.mac == mac)
         else {
             return GarpOutcome::UnknownMac;
         };
         let havip_id = havip.spec.havip_id.clone();
-        if havip.holder.as_deref() == Some(instance_id.as_str()) {
+        if havip.holder.as_deref() == Some(instance_id.as_str())
+            && havip.eni.as_deref() == Some(eni_id.as_str())
+        {
             return GarpOutcome::AlreadyHolder {
                 havip_id,
                 instance_id: instance_id.clone(),
             };
         }
-        if havip.spec.check_associate && !in_range(&havip.spec.associations, instance_id) {
+        if havip.spec.check_associate && !in_range(&havip.spec.associations, instance_id, eni_id) {
             return GarpOutcome::NotInRange {
                 havip_id,
                 instance_id: instance_id.clone(),
             };
         }
         let from = havip.holder.replace(instance_id.clone());
-        havip.eni = Some(instance.eni_id.clone());
+        havip.eni = Some(eni_id.clone());
         havip.flushed_time = Some(cloud_time(now));
         self.moves.push(HolderMove {
             at: SystemTime::now(),
@@ -642,6 +707,8 @@ impl FakeCloud {
         let state = Arc::new(Mutex::new(State {
             keys: HashMap::new(),
             instances: BTreeMap::new(),
+            enis: BTreeMap::new(),
+            region: DEFAULT_REGION.to_owned(),
             havips: BTreeMap::new(),
             faults: Vec::new(),
             server_time: ServerTime::System,
@@ -717,30 +784,78 @@ impl FakeCloud {
         self.lock().keys.remove(secret_id);
     }
 
-    /// Registers a CVM instance and the MAC of its ENI, so [`FakeCloud::garp`] can tell who announced.
-    /// Its ENI id is [`eni_id_for`]`(instance_id)`.
+    /// Registers a CVM instance and the MAC of its primary ENI, so [`FakeCloud::garp`] can tell who
+    /// announced. Its primary ENI id is [`eni_id_for`]`(instance_id)`.
     pub fn add_instance(&self, instance_id: &str, mac: [u8; 6]) {
-        self.lock().instances.insert(
-            instance_id.to_owned(),
-            Instance {
+        let mut st = self.lock();
+        let eni_id = eni_id_for(instance_id);
+        st.enis.insert(
+            eni_id.clone(),
+            Eni {
+                instance_id: instance_id.to_owned(),
                 mac,
-                eni_id: eni_id_for(instance_id),
+                primary: true,
             },
         );
+        st.instances
+            .insert(instance_id.to_owned(), Instance { eni_id });
+    }
+
+    /// Attaches a secondary ENI `eni_id` with its own `mac` to `instance_id` (registered first with
+    /// [`FakeCloud::add_instance`]). A GARP from `mac` moves a HAVIP to (that instance, that ENI), and the ENI
+    /// may join drift ranges. Returns false when the instance is unknown.
+    pub fn add_eni(&self, instance_id: &str, eni_id: &str, mac: [u8; 6]) -> bool {
+        let mut st = self.lock();
+        if !st.instances.contains_key(instance_id) {
+            return false;
+        }
+        st.enis.insert(
+            eni_id.to_owned(),
+            Eni {
+                instance_id: instance_id.to_owned(),
+                mac,
+                primary: false,
+            },
+        );
+        true
+    }
+
+    /// Sets the region the fake's HAVIPs live in (default [`DEFAULT_REGION`]). Requests with another known
+    /// region see no HAVIPs; unknown regions are refused with [`INVALID_REGION_CODE`].
+    pub fn set_region(&self, region: &str) {
+        self.lock().region = region.to_owned();
+    }
+
+    /// The region the fake's HAVIPs live in.
+    pub fn region(&self) -> String {
+        self.lock().region.clone()
     }
 
     /// Creates (or replaces) a HAVIP.
     pub fn add_havip(&self, spec: HavipSpec) {
         let mut st = self.lock();
         let now = st.now();
-        let eni = spec.holder.as_deref().map(|h| {
-            st.instances
-                .get(h)
-                .map(|i| i.eni_id.clone())
-                .unwrap_or_else(|| eni_id_for(h))
-        });
+        let (holder, eni) = match (&spec.holder_eni, &spec.holder) {
+            (Some(e), _) => (
+                st.enis
+                    .get(e)
+                    .map(|x| x.instance_id.clone())
+                    .or(spec.holder.clone()),
+                Some(e.clone()),
+            ),
+            (None, Some(h)) => (
+                Some(h.clone()),
+                Some(
+                    st.instances
+                        .get(h)
+                        .map(|i| i.eni_id.clone())
+                        .unwrap_or_else(|| eni_id_for(h)),
+                ),
+            ),
+            (None, None) => (None, None),
+        };
         let havip = Havip {
-            holder: spec.holder.clone(),
+            holder,
             eni,
             flushed_time: None,
             created_time: cloud_time(now),
@@ -1100,12 +1215,23 @@ fn handle(st: &mut State, req: &Request, inspected: &Inspected, request_id: &str
             ));
         }
     }
-    if verify::header(&inspected.headers, "x-tc-region").is_none_or(str::is_empty) {
+    let region = verify::header(&inspected.headers, "x-tc-region").unwrap_or_default();
+    if region.is_empty() {
         return Err(ApiError::new(
             "MissingParameter",
             "the X-TC-Region header is missing",
         ));
     }
+    if !KNOWN_REGIONS.contains(&region) {
+        return Err(ApiError::new(
+            INVALID_REGION_CODE,
+            format!(
+                "A value specified in X-TC-Region is not valid, is unsupported, or cannot be used: `{region}`"
+            ),
+        ));
+    }
+    // A HAVIP lives in one region: a request for another (valid) region sees none of them.
+    let here = region == st.region;
     if req.method.as_str() != "POST" {
         return Err(ApiError::new(
             "UnsupportedProtocol",
@@ -1126,9 +1252,9 @@ fn handle(st: &mut State, req: &Request, inspected: &Inspected, request_id: &str
         ));
     };
     let result = match inspected.action.as_str() {
-        "DescribeHaVips" => describe_havips(st, params),
-        "AssociateHaVipInstance" => change_associations(st, params, true),
-        "DisassociateHaVipInstance" => change_associations(st, params, false),
+        "DescribeHaVips" => describe_havips(st, params, here),
+        "AssociateHaVipInstance" => change_associations(st, params, true, here),
+        "DisassociateHaVipInstance" => change_associations(st, params, false, here),
         "DescribeVpcTaskResult" => describe_task(st, params),
         other => {
             return Err(ApiError::new(
@@ -1194,7 +1320,7 @@ fn integer(
     }
 }
 
-fn describe_havips(st: &State, params: &Map<String, Value>) -> ApiResult {
+fn describe_havips(st: &State, params: &Map<String, Value>, here: bool) -> ApiResult {
     only_known(params, &["HaVipIds", "Filters", "Offset", "Limit"])?;
     if params.contains_key("HaVipIds") && params.contains_key("Filters") {
         return Err(ApiError::new(
@@ -1264,6 +1390,7 @@ fn describe_havips(st: &State, params: &Map<String, Value>) -> ApiResult {
     let matching: Vec<&Havip> = st
         .havips
         .values()
+        .filter(|_| here)
         .filter(|h| {
             filters
                 .iter()
@@ -1305,7 +1432,12 @@ fn filter_matches(h: &Havip, name: &str, values: &[String]) -> bool {
     }
 }
 
-fn change_associations(st: &mut State, params: &Map<String, Value>, add: bool) -> ApiResult {
+fn change_associations(
+    st: &mut State,
+    params: &Map<String, Value>,
+    add: bool,
+    here: bool,
+) -> ApiResult {
     only_known(params, &["HaVipAssociationSet"])?;
     let set = params
         .get("HaVipAssociationSet")
@@ -1371,7 +1503,7 @@ fn change_associations(st: &mut State, params: &Map<String, Value>, add: bool) -
                 format!("HaVipAssociationSet.{n}.InstanceId `{instance_id}` is not a {ty} id"),
             ));
         }
-        if !st.havips.contains_key(havip_id) {
+        if !here || !st.havips.contains_key(havip_id) {
             return Err(ApiError::new(
                 "ResourceNotFound",
                 format!("The HAVIP `{havip_id}` does not exist"),
@@ -1416,6 +1548,32 @@ fn change_associations(st: &mut State, params: &Map<String, Value>, add: bool) -
                         "The HAVIP `{havip_id}` cannot be associated with both CVM and ENI instances"
                     ),
                 ));
+            }
+            if assoc.instance_type == InstanceType::Eni {
+                // An ENI must be attached to a CVM to be listed, and primary ENIs cannot be bound
+                // ("主网卡暂不支持绑定", HAVIP console guide 215/36694).
+                match st.enis.get(&assoc.instance_id) {
+                    None => {
+                        return Err(ApiError::new(
+                            "ResourceNotFound",
+                            format!(
+                                "The ENI `{}` does not exist or is not attached to an instance",
+                                assoc.instance_id
+                            ),
+                        ));
+                    }
+                    Some(e) if e.primary => {
+                        return Err(ApiError::new(
+                            PRIMARY_ENI_CODE,
+                            format!(
+                                "The ENI `{}` is the primary ENI of `{}`: a primary ENI cannot be \
+                                 associated with a HAVIP; use a secondary ENI",
+                                assoc.instance_id, e.instance_id
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
             }
         } else if !present {
             return Err(ApiError::new(
