@@ -23,7 +23,7 @@ use crate::config::{Config, ConfigError};
 use crate::credentials::{CredentialError, CredentialProvider};
 
 use crate::metadata::{MetadataClient, MetadataError};
-use crate::node::{Identity, resolve_identity};
+use crate::node::{Identity, IdentityError, resolve_identity};
 
 /// How long one metadata request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,6 +40,10 @@ pub enum BootError {
     /// This node's identity needs the metadata service, which did not answer (transient).
     #[error("resolving this node's identity: {0}")]
     Identity(MetadataError),
+    /// `"auto"` cannot be resolved on this host (e.g. no ENI for `node.interface` in ENI mode): permanent,
+    /// the message says what to write.
+    #[error("{0}")]
+    Node(String),
 }
 
 impl BootError {
@@ -103,7 +107,10 @@ pub async fn boot_with(cfg: Arc<Config>) -> Result<Boot, BootError> {
         .map_err(BootError::Metadata)?;
     let identity = resolve_identity(&cfg, &metadata)
         .await
-        .map_err(BootError::Identity)?;
+        .map_err(|e| match e {
+            IdentityError::Metadata(m) => BootError::Identity(m),
+            IdentityError::Config(c) => BootError::Node(c),
+        })?;
     Ok(Boot {
         cfg,
         metadata,

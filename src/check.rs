@@ -1,8 +1,10 @@
 //! `havip-agent check`: is this node ready to run the agent?
 //!
 //! Validates the config, resolves credentials and this node's identity, reads every HAVIP from the cloud and
-//! asks every Sentinel about every master. Owns the report and its exit code (0 only when everything is
-//! healthy, 2 otherwise with one line per problem). It changes nothing.
+//! asks every Sentinel about every master. Owns the report and its exit code (0 when there is no problem,
+//! 2 otherwise with one line per problem; warnings are printed but keep 0), and the list of settings that
+//! send secrets in clear ([`cleartext_warnings`], also logged at the start of `run` and `migrate-havip`).
+//! It changes nothing.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +14,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::boot::{Boot, BootError};
-use crate::config::Config;
+use crate::config::{Config, InstanceType, Scope};
 use crate::sentinel::conn::ConnectOptions;
 use crate::sentinel::probe;
 
@@ -21,6 +23,8 @@ use crate::sentinel::probe;
 pub struct CheckReport {
     /// Informational lines.
     pub lines: Vec<String>,
+    /// One line per warning: works, but weaker than it looks. Does not change the exit code.
+    pub warnings: Vec<String>,
     /// One line per problem, each naming the thing and what is wrong.
     pub problems: Vec<String>,
 }
@@ -31,13 +35,22 @@ impl CheckReport {
         if self.problems.is_empty() { 0 } else { 2 }
     }
 
-    /// Writes the report: the lines, then `problem: ...` lines.
+    /// Writes the report: the lines, then `warning: ...` lines, then `problem: ...` lines.
     pub fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
         for l in &self.lines {
             writeln!(out, "{l}")?;
         }
-        if self.problems.is_empty() {
+        for w in &self.warnings {
+            writeln!(out, "warning: {w}")?;
+        }
+        if self.problems.is_empty() && self.warnings.is_empty() {
             writeln!(out, "ok: everything is healthy")?;
+        } else if self.problems.is_empty() {
+            writeln!(
+                out,
+                "ok: no problems ({} warning(s) above)",
+                self.warnings.len()
+            )?;
         } else {
             for p in &self.problems {
                 writeln!(out, "problem: {p}")?;
@@ -62,6 +75,7 @@ pub async fn check(
     };
     r.lines
         .push(format!("config {}: valid", config_path.display()));
+    r.warnings.extend(cleartext_warnings(&cfg));
     // The same start-up path as every front door; without an identity the cloud part is skipped.
     let boot = match crate::boot::boot_with(cfg.clone()).await {
         Ok(b) => {
@@ -69,6 +83,9 @@ pub async fn check(
                 "node: instance {} address {} interface {}",
                 b.identity.instance_id, b.identity.address, cfg.node.interface
             ));
+            if cfg.node.instance_type == InstanceType::Eni {
+                check_eni(&b, &mut r).await;
+            }
             Some(b)
         }
         Err(e @ BootError::Metadata(_)) => {
@@ -85,6 +102,73 @@ pub async fn check(
     }
     check_sentinels(&cfg, &mut r).await;
     r
+}
+
+/// Settings that send a credential in clear: an `http://` VPC endpoint (the signed request carries the
+/// SecretId and, with a CAM role, the token) or alert webhook (WeCom puts its key in the URL, so the URL
+/// itself is never printed). Accepted, since labs and fakes use them; said once at start and by `check`.
+pub fn cleartext_warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let endpoint = cfg.cloud.endpoint.as_str();
+    if endpoint.to_ascii_lowercase().starts_with("http://") {
+        out.push(format!(
+            "cloud.endpoint {endpoint} is http://: the SecretId, the signature and any role token travel \
+             in clear; use https:// outside a lab"
+        ));
+    }
+    for (i, a) in cfg.alerts.iter().enumerate() {
+        if a.url.expose().to_ascii_lowercase().starts_with("http://") {
+            out.push(format!(
+                "alert[{i}].url is http://: the webhook's key or token in the URL travels in clear; use \
+                 https:// outside a lab"
+            ));
+        }
+    }
+    out
+}
+
+/// ENI mode: a primary ENI cannot be in a drift range (HAVIP console guide 215/36694: "主网卡暂不支持绑定"),
+/// so the agent could never move the vip to it. Told by the metadata: the ENI of the instance's primary
+/// MAC (`mac`, eth0's device).
+async fn check_eni(b: &Boot, r: &mut CheckReport) {
+    let eni = &b.identity.instance_id;
+    match crate::node::is_primary_eni(&b.metadata, eni).await {
+        Ok(Some(true)) => r.problems.push(format!(
+            "node.instance_id {eni} is this instance's primary ENI: a primary ENI cannot join a HAVIP's \
+             drift range (HAVIP console guide: primary ENIs cannot be bound), so the vip can never move \
+             here; attach a secondary ENI, set node.interface to it and node.instance_id to its id (or \
+             \"auto\")"
+        )),
+        Ok(Some(false)) => r
+            .lines
+            .push(format!("node: {eni} is a secondary ENI (not the primary)")),
+        Ok(None) => r.lines.push(format!(
+            "node: cannot tell whether {eni} is the primary ENI (the metadata lists no eni-id for the primary MAC)"
+        )),
+        Err(e) => r.lines.push(format!(
+            "node: cannot tell whether {eni} is the primary ENI: {e}"
+        )),
+    }
+}
+
+/// What `CheckAssociate` off means for this HAVIP: a problem with `scope = "exclusive"` (its fence does
+/// nothing), a warning with `scope = "inclusive"` (the range limits nobody). It cannot be turned on later
+/// (`ModifyHaVipAttribute` takes only the name), hence the fix: a new HAVIP.
+fn check_associate_off(havip_id: &str, scope: Scope, r: &mut CheckReport) {
+    const FIX: &str = "create a new HAVIP with CheckAssociate on (the console does by default; with \
+         the API or tccli pass CheckAssociate=true to CreateHaVip) and point havip_id at it: it cannot be \
+         turned on later";
+    match scope {
+        Scope::Exclusive => r.problems.push(format!(
+            "{havip_id}: CheckAssociate is off, so any instance's gratuitous ARP takes the vip and \
+             narrowing the drift range (scope = \"exclusive\") fences nothing: a stale master can take \
+             the vip back; {FIX}"
+        )),
+        Scope::Inclusive => r.warnings.push(format!(
+            "{havip_id}: CheckAssociate is off, so any instance's gratuitous ARP in the VPC takes the vip, \
+             not only the instances in the drift range; {FIX}"
+        )),
+    }
 }
 
 async fn check_cloud(
@@ -110,11 +194,16 @@ async fn check_cloud(
         match client.describe_havip(&h.havip_id, deadline).await {
             Ok(v) => {
                 let in_range = v.in_range(&boot.identity.instance_id);
+                let holder = match (&v.instance_id, &v.network_interface_id) {
+                    (Some(i), Some(e)) => format!("{i} ({e})"),
+                    (Some(i), None) => i.clone(),
+                    (None, _) => "(none)".to_owned(),
+                };
                 r.lines.push(format!(
                     "{}: vip {} holder {} drift-range limiting {} this node in range {}",
                     h.havip_id,
                     v.vip,
-                    v.instance_id.as_deref().unwrap_or("(none)"),
+                    holder,
                     if v.check_associate { "on" } else { "off" },
                     if in_range {
                         "yes"
@@ -122,6 +211,9 @@ async fn check_cloud(
                         "no (the agent adds it when it claims)"
                     }
                 ));
+                if !v.check_associate {
+                    check_associate_off(&h.havip_id, h.scope, r);
+                }
                 if v.vip != h.vip.addr.to_string() {
                     r.problems.push(format!(
                         "{}: the cloud says its vip is {} but havip.vip is {}",

@@ -1044,6 +1044,9 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
     })?;
     let cfg = boot.cfg.clone();
     let identity = boot.identity.clone();
+    for w in crate::check::cleartext_warnings(&cfg) {
+        warn!("{w}");
+    }
     crate::net::require_capabilities().map_err(|e| perm(e.into()))?;
     let net = crate::net::KernelNet::open(&cfg.node.interface)
         .await

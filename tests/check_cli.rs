@@ -62,10 +62,21 @@ async fn world() -> World {
 }
 
 fn config(w: &World, extra_cloud: &str, sentinels: &[String]) -> std::path::PathBuf {
+    config_with(w, extra_cloud, "", sentinels, "")
+}
+
+/// [`config`] with extra `[node]` keys and text after the `[[havip]]` entry (its keys, then more tables).
+fn config_with(
+    w: &World,
+    extra_cloud: &str,
+    extra_node: &str,
+    sentinels: &[String],
+    tail: &str,
+) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let list: Vec<String> = sentinels.iter().map(|a| format!("\"{a}\"")).collect();
     let text = format!(
-        "[cloud]\nregion = \"ap-guangzhou\"\nendpoint = \"{}\"\nmetadata_endpoint = \"{}\"\n{extra_cloud}\n\n[node]\ninterface = \"eth0\"\n\n[sentinel]\naddresses = [{}]\n\n[[havip]]\nmaster = \"mymaster\"\nhavip_id = \"havip-check001\"\nvip = \"198.18.0.100/24\"\n",
+        "[cloud]\nregion = \"ap-guangzhou\"\nendpoint = \"{}\"\nmetadata_endpoint = \"{}\"\n{extra_cloud}\n\n[node]\ninterface = \"eth0\"\n{extra_node}\n\n[sentinel]\naddresses = [{}]\n\n[[havip]]\nmaster = \"mymaster\"\nhavip_id = \"havip-check001\"\nvip = \"198.18.0.100/24\"\n{tail}\n",
         w.cloud.endpoint(),
         w.metadata.endpoint(),
         list.join(", ")
@@ -140,7 +151,19 @@ async fn healthy_setup_exits_zero_and_reports_everything_without_secrets() {
     );
     assert_eq!(out.matches(": reachable (").count(), 3, "{out}");
     assert!(out.contains("mymaster at"), "{out}");
-    assert!(out.contains("ok: everything is healthy"), "{out}");
+    // The fake listens on http://: the one warning, and no problem.
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].starts_with("warning: cloud.endpoint http://127.0.0.1:")
+            && warnings[0].contains("in clear"),
+        "{out}"
+    );
+    assert!(!out.contains("problem: "), "{out}");
+    assert!(
+        out.contains("ok: no problems (1 warning(s) above)"),
+        "{out}"
+    );
     assert_no_secret(&out);
     assert!(w.cloud.requests().iter().all(|r| r.signature_valid));
 }
@@ -214,5 +237,167 @@ async fn a_bad_config_is_a_problem_naming_the_key() {
     assert!(
         out.contains("problem: ") && out.contains("cloud.hosting_type"),
         "{out}"
+    );
+}
+
+/// The HAVIP of the world, replaced by one made with `CreateHaVip`'s default: `CheckAssociate` off.
+fn check_associate_off(w: &World) {
+    w.cloud.add_havip(
+        HavipSpec::new("havip-check001", "198.18.0.100".parse().unwrap()).associate("ins-check"),
+    );
+}
+
+fn env_keys() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("TENCENTCLOUD_SECRET_ID", ID),
+        ("TENCENTCLOUD_SECRET_KEY", KEY),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_associate_off_with_exclusive_scope_is_a_problem_that_says_why_and_how_to_fix() {
+    let w = world().await;
+    check_associate_off(&w);
+    let path = config_with(&w, "", "", &w.lab.sentinel_addrs(), "scope = \"exclusive\"");
+
+    let (code, out) = tokio::task::spawn_blocking(move || check(&path, &env_keys()))
+        .await
+        .unwrap();
+
+    assert_eq!(code, 2, "{out}");
+    let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(problems.len(), 1, "{out}");
+    let p = problems[0];
+    assert!(
+        p.starts_with("problem: havip-check001: CheckAssociate is off"),
+        "{p}"
+    );
+    assert!(
+        p.contains("any instance's gratuitous ARP takes the vip"),
+        "{p}"
+    );
+    assert!(p.contains("fences nothing"), "{p}");
+    assert!(
+        p.contains("create a new HAVIP with CheckAssociate on"),
+        "{p}"
+    );
+    assert!(p.contains("cannot be turned on later"), "{p}");
+    assert!(out.contains("drift-range limiting off"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_associate_off_with_inclusive_scope_and_an_http_webhook_are_warnings_and_exit_zero() {
+    let w = world().await;
+    check_associate_off(&w);
+    let hook_key = "hookKeyVerySecret0004";
+    let tail = format!("\n[[alert]]\nurl = \"http://127.0.0.1:9/hook?key={hook_key}\"\n");
+    let path = config_with(&w, "", "", &w.lab.sentinel_addrs(), &tail);
+
+    let (code, out) = tokio::task::spawn_blocking(move || check(&path, &env_keys()))
+        .await
+        .unwrap();
+
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("problem: "), "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: ")).collect();
+    let range = warnings
+        .iter()
+        .find(|l| l.starts_with("warning: havip-check001: CheckAssociate is off"))
+        .unwrap_or_else(|| panic!("no CheckAssociate warning: {out}"));
+    assert!(range.contains("any instance's gratuitous ARP"), "{range}");
+    assert!(
+        range.contains("create a new HAVIP with CheckAssociate on"),
+        "{range}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.starts_with("warning: alert[0].url is http://") && l.contains("in clear")),
+        "{out}"
+    );
+    assert!(
+        !out.contains(hook_key),
+        "the webhook URL holds a key: {out}"
+    );
+    assert_eq!(
+        warnings.len(),
+        3,
+        "endpoint, webhook, CheckAssociate: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eni_mode_on_the_primary_eni_is_a_problem_and_a_secondary_eni_is_not() {
+    let w = world().await;
+    // The world's metadata: eth0 (the primary MAC) is ENI eni_id_for("ins-check"); add a secondary ENI.
+    let primary = havip_agent::fake::eni_id_for("ins-check");
+    let on_primary = config_with(
+        &w,
+        "",
+        &format!("instance_type = \"ENI\"\ninstance_id = \"{primary}\""),
+        &w.lab.sentinel_addrs(),
+        "",
+    );
+    let on_secondary = config_with(
+        &w,
+        "",
+        "instance_type = \"ENI\"\ninstance_id = \"eni-second01\"",
+        &w.lab.sentinel_addrs(),
+        "",
+    );
+    let metadata = FakeMetadata::start(
+        MetadataSpec::new(
+            "ins-check",
+            "198.18.0.11".parse().unwrap(),
+            [2, 0, 0, 0, 0, 1],
+        )
+        .with_eni(
+            [2, 0, 0, 0, 0, 2],
+            "eni-second01",
+            "198.18.0.12".parse().unwrap(),
+        ),
+    )
+    .await;
+    let md = w.metadata.endpoint();
+    let secondary_text = std::fs::read_to_string(&on_secondary)
+        .unwrap()
+        .replace(&md, &metadata.endpoint());
+    std::fs::write(&on_secondary, secondary_text).unwrap();
+    w.cloud.add_havip(
+        HavipSpec::new("havip-check001", "198.18.0.100".parse().unwrap())
+            .check_associate(true)
+            .associate_eni("eni-second01"),
+    );
+
+    let (primary_code, primary_out) =
+        tokio::task::spawn_blocking(move || check(&on_primary, &env_keys()))
+            .await
+            .unwrap();
+    let (secondary_code, secondary_out) =
+        tokio::task::spawn_blocking(move || check(&on_secondary, &env_keys()))
+            .await
+            .unwrap();
+
+    assert_eq!(primary_code, 2, "{primary_out}");
+    let p: Vec<&str> = primary_out
+        .lines()
+        .filter(|l| l.starts_with("problem: "))
+        .collect();
+    assert_eq!(p.len(), 1, "{primary_out}");
+    assert!(
+        p[0].contains(&format!(
+            "node.instance_id {primary} is this instance's primary ENI"
+        )) && p[0].contains("cannot join a HAVIP's drift range")
+            && p[0].contains("secondary ENI"),
+        "{primary_out}"
+    );
+    assert_eq!(secondary_code, 0, "{secondary_out}");
+    assert!(
+        secondary_out.contains("node: eni-second01 is a secondary ENI"),
+        "{secondary_out}"
+    );
+    assert!(
+        secondary_out.contains("this node in range yes"),
+        "{secondary_out}"
     );
 }

@@ -655,3 +655,55 @@ fn aborted_claim_sends_no_further_garp() {
         before.len()
     );
 }
+
+#[test]
+fn eni_mode_claim_associates_the_eni_and_confirms_by_network_interface_id() {
+    // Regression: in ENI mode the claim compared the ENI id with `InstanceId` (the CVM), so it never
+    // confirmed against a cloud that reports the holder as the real API does.
+    let ns = ns_with_nics("clm-eni", &[("eth0", "peer0")]);
+    let (out, snap) = ns.block_on(|| async {
+        // Arrange: eth0 is a secondary ENI of ins-a (its primary ENI has another MAC); drift-range
+        // limiting on, nobody in range, ins-b holds.
+        let h = Here::new(true).await;
+        h.fake.add_instance("ins-a", [0x02, 0, 0, 0, 0, 0x0a]);
+        assert!(h.fake.add_eni("ins-a", "eni-a2000001", h.mac));
+        h.fake.add_havip(
+            HavipSpec::new(HAVIP_ID, vip_addr())
+                .check_associate(true)
+                .holder("ins-b"),
+        );
+        let claimer = Claimer::new(
+            Some(vpc_client(&h.fake.endpoint())),
+            h.net(),
+            "eni-a2000001",
+            InstanceType::Eni,
+            announce(),
+            Duration::from_secs(2),
+        );
+
+        // Act
+        let out = claimer
+            .claim(
+                &havip_config(Scope::Inclusive),
+                ClaimOptions {
+                    deadline: Instant::now() + Duration::from_secs(10),
+                    known_in_range: false,
+                    progress: None,
+                },
+            )
+            .await
+            .expect("the local part of the claim works");
+        (out, h.fake.havip(HAVIP_ID).unwrap())
+    });
+
+    // Assert: the ENI joined the range, its GARP moved the VIP to (ins-a, the ENI), and the claim saw it.
+    assert!(out.associated, "{out:?}");
+    assert!(out.confirmed, "confirmed by NetworkInterfaceId: {out:?}");
+    assert_eq!(
+        snap.instance_id.as_deref(),
+        Some("ins-a"),
+        "InstanceId is the CVM"
+    );
+    assert_eq!(snap.network_interface_id.as_deref(), Some("eni-a2000001"));
+    assert_eq!(snap.associations, vec![Association::eni("eni-a2000001")]);
+}

@@ -1,7 +1,8 @@
 //! A fake CVM instance metadata service: one wiremock server per simulated CVM.
 //!
 //! Owns: the metadata paths the agent reads (`instance-id`, `local-ipv4`, `mac`, `placement/*`,
-//! `network/interfaces/macs/<mac>/*`, `cam/security-credentials/...`), role credentials that tests change
+//! `network/interfaces/macs/` and `network/interfaces/macs/<mac>/*` including `eni-id`, for eth0's primary
+//! ENI and any secondary ENIs), `cam/security-credentials/...`), role credentials that tests change
 //! at run time (to exercise refresh), 404 for anything else, and hit counters. It does not know about the
 //! VPC API (see `vpc`); a test wires the role credentials into [`super::FakeCloud`] itself.
 
@@ -92,8 +93,24 @@ pub struct MetadataSpec {
     pub vpc_id: String,
     /// `network/interfaces/macs/<mac>/subnet-id`.
     pub subnet_id: String,
+    /// `network/interfaces/macs/<mac>/eni-id` of eth0: the primary ENI (default
+    /// [`crate::fake::eni_id_for`]`(instance_id)`, as the fake VPC names it).
+    pub eni_id: String,
+    /// Secondary ENIs attached to this CVM, each under `network/interfaces/macs/<its mac>/`.
+    pub secondary_enis: Vec<MetadataEni>,
     /// The bound CAM role, if any.
     pub role: Option<RoleCredentials>,
+}
+
+/// A secondary ENI as the metadata lists it.
+#[derive(Debug, Clone)]
+pub struct MetadataEni {
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// `eni-id`.
+    pub eni_id: String,
+    /// `primary-local-ipv4`.
+    pub local_ipv4: Ipv4Addr,
 }
 
 impl MetadataSpec {
@@ -107,8 +124,20 @@ impl MetadataSpec {
             zone: "ap-guangzhou-3".to_owned(),
             vpc_id: "vpc-fake0001".to_owned(),
             subnet_id: "subnet-fake0001".to_owned(),
+            eni_id: crate::fake::eni_id_for(instance_id),
+            secondary_enis: Vec::new(),
             role: None,
         }
+    }
+
+    /// Attaches a secondary ENI (listed under its own MAC, with its `eni-id`).
+    pub fn with_eni(mut self, mac: [u8; 6], eni_id: &str, local_ipv4: Ipv4Addr) -> Self {
+        self.secondary_enis.push(MetadataEni {
+            mac,
+            eni_id: eni_id.to_owned(),
+            local_ipv4,
+        });
+        self
     }
 
     /// Binds a CAM role.
@@ -266,13 +295,29 @@ fn answer(spec: &MetadataSpec, rel: &str) -> Option<(String, &'static str)> {
         let creds = spec.role.as_ref().filter(|r| r.role == role)?;
         return Some((creds.to_json().to_string(), "application/json"));
     }
+    if rel == "network/interfaces/macs/" || rel == "network/interfaces/macs" {
+        // One directory per ENI, eth0's first (the documented listing: `52:54:00:BF:B3:51/`).
+        let mut list = format!("{mac}/\n");
+        for e in &spec.secondary_enis {
+            list.push_str(&format!("{}/\n", format_mac(e.mac)));
+        }
+        return text(list);
+    }
     if let Some(rest) = rel.strip_prefix("network/interfaces/macs/") {
         let (m, leaf) = rest.split_once('/')?;
-        if !m.eq_ignore_ascii_case(&mac) {
-            return None;
-        }
+        let (m_text, eni_id, ipv4) = if m.eq_ignore_ascii_case(&mac) {
+            (mac.clone(), spec.eni_id.clone(), spec.local_ipv4)
+        } else {
+            let e = spec
+                .secondary_enis
+                .iter()
+                .find(|e| m.eq_ignore_ascii_case(&format_mac(e.mac)))?;
+            (format_mac(e.mac), e.eni_id.clone(), e.local_ipv4)
+        };
         return match leaf {
-            "primary-local-ipv4" | "local-ipv4s" => text(spec.local_ipv4.to_string()),
+            "mac" => text(m_text),
+            "eni-id" => text(eni_id),
+            "primary-local-ipv4" | "local-ipv4s" => text(ipv4.to_string()),
             "vpc-id" => text(spec.vpc_id.clone()),
             "subnet-id" => text(spec.subnet_id.clone()),
             _ => None,

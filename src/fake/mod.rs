@@ -12,7 +12,7 @@ pub mod vpc;
 pub mod vpc_net;
 
 pub use garp_watch::{GarpSeen, GarpWatch, watch_garp};
-pub use metadata::{FakeMetadata, MetadataSpec, RoleCredentials};
+pub use metadata::{FakeMetadata, MetadataEni, MetadataSpec, RoleCredentials};
 pub use vpc::{
     Association, FakeCloud, Fault, FaultKind, GarpOutcome, HavipSnapshot, HavipSpec, HolderMove,
     InstanceType, RecordedRequest, ServerTime, eni_id_for,

@@ -65,6 +65,9 @@ pub struct FleetSpec {
     pub external_interface: Option<String>,
     /// `[metrics] listen` for every agent's config (the external agent serves `/status` there).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// ENI mode: every host binds on a secondary ENI `eni-fleet-<n>` (MAC [`eni_mac_of`]) and its agent
+    /// runs with `instance_type = "ENI"` and that ENI's id; the drift range holds ENI entries.
+    pub eni_mode: bool,
 }
 
 impl Default for FleetSpec {
@@ -81,6 +84,7 @@ impl Default for FleetSpec {
             external: None,
             external_interface: None,
             metrics_listen: None,
+            eni_mode: false,
         }
     }
 }
@@ -89,7 +93,8 @@ impl Default for FleetSpec {
 pub struct FleetNode {
     /// Host index in the lab.
     pub index: usize,
-    /// Its instance id (`ins-fleet-<index+1>`).
+    /// Its id in the drift range: the instance `ins-fleet-<index+1>`, or in ENI mode its secondary ENI
+    /// `eni-fleet-<index+1>`.
     pub instance_id: String,
     /// Its Redis address as Sentinel reports it.
     pub address: IpAddr,
@@ -148,6 +153,7 @@ pub struct Fleet {
     pub cloud: FakeCloud,
     /// One agent per host.
     pub nodes: Vec<FleetNode>,
+    eni_mode: bool,
     watch: WatchOptions,
     _dir: tempfile::TempDir,
 }
@@ -163,6 +169,16 @@ pub fn mac_of(i: usize) -> [u8; 6] {
     [0x02, 0x00, 0x5e, 0x10, 0x00, (i + 1) as u8]
 }
 
+/// The MAC of fleet host `i`'s secondary ENI (ENI mode).
+pub fn eni_mac_of(i: usize) -> [u8; 6] {
+    [0x02, 0x00, 0x5e, 0x20, 0x00, (i + 1) as u8]
+}
+
+/// The id of fleet host `i`'s secondary ENI (ENI mode).
+pub fn eni_of(i: usize) -> String {
+    format!("eni-fleet-{}", i + 1)
+}
+
 impl Fleet {
     /// Starts the lab, the fake cloud and one agent per host.
     pub async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
@@ -175,18 +191,25 @@ impl Fleet {
         let vip: crate::config::VipCidr = VIP.parse().expect("valid VIP");
         let mut havip = HavipSpec::new(HAVIP_ID, vip.addr).check_associate(spec.check_associate);
         for i in &spec.initial_range {
-            havip = havip.associate(format!("ins-fleet-{}", i + 1));
+            havip = if spec.eni_mode {
+                havip.associate_eni(eni_of(*i))
+            } else {
+                havip.associate(format!("ins-fleet-{}", i + 1))
+            };
         }
         cloud.add_havip(havip);
         let dir = tempfile::tempdir().context("creating the fleet's temp dir")?;
         let mut nodes = Vec::new();
         for i in 0..lab.nodes() {
-            let instance_id = format!("ins-fleet-{}", i + 1);
+            let cvm_id = format!("ins-fleet-{}", i + 1);
             let external = spec.external.filter(|(e, _)| *e == i);
-            cloud.add_instance(
-                &instance_id,
-                external.map(|(_, mac)| mac).unwrap_or(mac_of(i)),
-            );
+            cloud.add_instance(&cvm_id, external.map(|(_, mac)| mac).unwrap_or(mac_of(i)));
+            let (instance_id, nic_mac, node_type) = if spec.eni_mode {
+                cloud.add_eni(&cvm_id, &eni_of(i), eni_mac_of(i));
+                (eni_of(i), eni_mac_of(i), "\ninstance_type = \"ENI\"")
+            } else {
+                (cvm_id, mac_of(i), "")
+            };
             let address = lab.host(i).ip;
             let lock_dir = dir.path().join(format!("node{}", i + 1));
             let redis = if spec.redis_fence {
@@ -211,7 +234,7 @@ timeout = "1s"
 [node]
 instance_id = "{instance_id}"
 address = "{address}"
-interface = "{interface}"
+interface = "{interface}"{node_type}
 
 [sentinel]
 addresses = [{sentinels}]
@@ -256,7 +279,7 @@ lock_dir = "{lock_dir}"
                 index: i,
                 instance_id,
                 address,
-                net: FakeVpcNet::new(&format!("fleet{}", i + 1), mac_of(i), cloud.clone()),
+                net: FakeVpcNet::new(&format!("fleet{}", i + 1), nic_mac, cloud.clone()),
                 config,
                 metrics: Metrics::new(),
                 status: StatusHandle::new(StatusReport::default()),
@@ -270,6 +293,7 @@ lock_dir = "{lock_dir}"
         let mut fleet = Fleet {
             lab,
             cloud,
+            eni_mode: spec.eni_mode,
             nodes,
             watch: spec.watch,
             _dir: dir,
@@ -351,10 +375,15 @@ lock_dir = "{lock_dir}"
             .collect()
     }
 
-    /// The fake cloud's holder, as a host index.
+    /// The fake cloud's holder, as a host index: by `InstanceId`, or in ENI mode by `NetworkInterfaceId`
+    /// (the same rule as `HaVip::held_by`: another ENI of the host's CVM is not the host).
     pub fn cloud_holder(&self) -> Option<usize> {
         let h = self.cloud.havip(HAVIP_ID)?;
-        let id = h.instance_id?;
+        let id = if self.eni_mode {
+            h.network_interface_id?
+        } else {
+            h.instance_id?
+        };
         self.nodes.iter().position(|n| n.instance_id == id)
     }
 
