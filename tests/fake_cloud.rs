@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
+use havip_agent::config::InstanceType as NodeType;
 use havip_agent::fake::{
     Association, FakeCloud, Fault, FaultKind, GarpOutcome, HavipSpec, InstanceType, ServerTime,
     eni_id_for, vpc::INVALID_REGION_CODE, vpc::PRIMARY_ENI_CODE,
@@ -972,6 +973,11 @@ async fn a_garp_from_a_secondary_eni_reports_the_cvm_as_instance_and_that_eni_as
         h["NetworkInterfaceId"], "eni-b2b2b2b2",
         "the ENI that announced"
     );
+    // The agent's holder rule on the fake's view: the ENI in ENI mode, the CVM in CVM mode.
+    let snap = fake.havip("havip-00000001").unwrap();
+    assert!(snap.held_by(NodeType::Eni, "eni-b2b2b2b2"));
+    assert!(!snap.held_by(NodeType::Eni, &eni_id_for("ins-bbbbbbbb")));
+    assert!(snap.held_by(NodeType::Cvm, "ins-bbbbbbbb"));
     // The primary ENI of the same instance announcing moves it back to (instance, primary ENI).
     assert!(fake.garp(MAC_B, VIP).moved());
     assert_eq!(

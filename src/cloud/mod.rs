@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use client::{API_VERSION, RetryPolicy, SERVICE, VpcClient};
 pub use error::{CloudError, is_retryable_code};
-pub use types::{HaVip, HaVipAssociation, HaVipState, InstanceType, TaskStatus};
+pub use types::{HaVip, HaVipAssociation, HaVipState, InstanceType, TaskStatus, holder_id};
 
 /// Told about every HTTP attempt the client makes (for metrics). Called once per attempt, retries included,
 /// after the answer (or the failure) is in.

@@ -62,20 +62,30 @@ impl HaVip {
     /// so compare `InstanceId`; in ENI mode the node is one ENI, so compare `NetworkInterfaceId` and never
     /// `InstanceId` (an ENI id never appears there, and another ENI of the same CVM is not this node).
     pub fn held_by(&self, ty: InstanceType, id: &str) -> bool {
-        let holder = match ty {
-            InstanceType::Cvm => self.instance_id.as_deref(),
-            InstanceType::Eni => self.network_interface_id.as_deref(),
-        };
-        holder == Some(id)
+        self.holder(ty) == Some(id)
     }
 
     /// The holder as this node would name itself in mode `ty`: the CVM (`InstanceId`) or the ENI
     /// (`NetworkInterfaceId`).
     pub fn holder(&self, ty: InstanceType) -> Option<&str> {
-        match ty {
-            InstanceType::Cvm => self.instance_id.as_deref(),
-            InstanceType::Eni => self.network_interface_id.as_deref(),
-        }
+        holder_id(
+            ty,
+            self.instance_id.as_deref(),
+            self.network_interface_id.as_deref(),
+        )
+    }
+}
+
+/// The one holder rule on the two holder fields (shared by [`HaVip`] and the fake's snapshots): in CVM mode
+/// the holder is `InstanceId`, in ENI mode `NetworkInterfaceId`.
+pub fn holder_id<'a>(
+    ty: InstanceType,
+    instance_id: Option<&'a str>,
+    network_interface_id: Option<&'a str>,
+) -> Option<&'a str> {
+    match ty {
+        InstanceType::Cvm => instance_id,
+        InstanceType::Eni => network_interface_id,
     }
 }
 

@@ -223,6 +223,21 @@ pub struct HavipSnapshot {
 }
 
 impl HavipSnapshot {
+    /// Whether the node known as `id` in mode `ty` holds the VIP, by the agent's own holder rule
+    /// ([`crate::cloud::HaVip::held_by`]).
+    pub fn held_by(&self, ty: crate::config::InstanceType, id: &str) -> bool {
+        self.holder(ty) == Some(id)
+    }
+
+    /// The holder as a node in mode `ty` names itself: the CVM, or in ENI mode the ENI.
+    pub fn holder(&self, ty: crate::config::InstanceType) -> Option<&str> {
+        crate::cloud::holder_id(
+            ty,
+            self.instance_id.as_deref(),
+            self.network_interface_id.as_deref(),
+        )
+    }
+
     /// Whether `instance_id` (or its primary ENI [`eni_id_for`]) is in the drift range, or the range is not
     /// enforced.
     pub fn in_range(&self, instance_id: &str) -> bool {

@@ -379,12 +379,14 @@ lock_dir = "{lock_dir}"
     /// (the same rule as `HaVip::held_by`: another ENI of the host's CVM is not the host).
     pub fn cloud_holder(&self) -> Option<usize> {
         let h = self.cloud.havip(HAVIP_ID)?;
-        let id = if self.eni_mode {
-            h.network_interface_id?
+        let ty = if self.eni_mode {
+            crate::config::InstanceType::Eni
         } else {
-            h.instance_id?
+            crate::config::InstanceType::Cvm
         };
-        self.nodes.iter().position(|n| n.instance_id == id)
+        self.nodes
+            .iter()
+            .position(|n| h.held_by(ty, &n.instance_id))
     }
 
     /// The VIP address.
