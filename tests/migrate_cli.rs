@@ -206,6 +206,11 @@ fn sentinel_form_claims_with_exit_0_and_a_repeat_exits_0_changing_nothing() {
         !r.stderr.contains(SECRET_KEY),
         "the secret key leaked into the logs"
     );
+    assert!(
+        r.stderr.contains("cloud.endpoint http://") && r.stderr.contains("in clear"),
+        "the fake's http:// endpoint is warned about at start: {}",
+        r.show()
+    );
 
     // Act again: an observer's call for the same switch.
     site.fake.clear_requests();

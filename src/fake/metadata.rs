@@ -351,6 +351,40 @@ mod tests {
     }
 
     #[test]
+    fn every_eni_is_listed_under_its_mac_with_its_eni_id() {
+        let spec = MetadataSpec::new("ins-a", Ipv4Addr::new(198, 18, 0, 10), [2, 0, 0, 0, 0, 1])
+            .with_eni(
+                [2, 0, 0, 0, 0, 0xab],
+                "eni-second01",
+                Ipv4Addr::new(198, 18, 0, 11),
+            );
+        let get = |p: &str| answer(&spec, p).map(|(t, _)| t);
+
+        assert_eq!(
+            get("network/interfaces/macs/").as_deref(),
+            Some("02:00:00:00:00:01/\n02:00:00:00:00:AB/\n")
+        );
+        assert_eq!(
+            get("network/interfaces/macs/02:00:00:00:00:01/eni-id"),
+            Some(crate::fake::eni_id_for("ins-a")),
+            "eth0 is the primary ENI, named as the fake VPC names it"
+        );
+        assert_eq!(
+            get("network/interfaces/macs/02:00:00:00:00:ab/eni-id").as_deref(),
+            Some("eni-second01"),
+            "MACs match in either case"
+        );
+        assert_eq!(
+            get("network/interfaces/macs/02:00:00:00:00:AB/primary-local-ipv4").as_deref(),
+            Some("198.18.0.11")
+        );
+        assert_eq!(
+            get("network/interfaces/macs/02:00:00:00:00:99/eni-id"),
+            None
+        );
+    }
+
+    #[test]
     fn debug_of_role_credentials_hides_key_and_token() {
         let r = RoleCredentials::new("redis-ha", "AKIDtmp", "tmpkey-SECRET", "tok-SECRET", 1);
         let s = format!("{r:?}");
