@@ -137,7 +137,8 @@ fn default_cloud_timeout() -> Dur {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// This CVM's instance id, or `"auto"` for the metadata `instance-id`.
+    /// This CVM's instance id, or `"auto"` for the metadata `instance-id`. With `instance_type = "ENI"`:
+    /// the ENI's id, or `"auto"` for the ENI of `interface` (metadata `network/interfaces/macs/<mac>/eni-id`).
     #[serde(default)]
     pub instance_id: AutoOr<String>,
     /// This host's Redis address as Sentinel reports it, or `"auto"` for the metadata `local-ipv4`.
@@ -146,7 +147,8 @@ pub struct NodeConfig {
     /// The interface the VIP is bound on and announced from.
     #[serde(default = "default_interface")]
     pub interface: String,
-    /// How this node appears in a drift range: `"CVM"` (default) or `"ENI"`.
+    /// How this node appears in a drift range: `"CVM"` (default) or `"ENI"` (a secondary ENI; the holder is
+    /// then compared by `NetworkInterfaceId`).
     #[serde(default)]
     pub instance_type: InstanceType,
 }
