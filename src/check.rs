@@ -214,6 +214,23 @@ async fn check_cloud(
                 if !v.check_associate {
                     check_associate_off(&h.havip_id, h.scope, r);
                 }
+                let ty = cfg.node.instance_type;
+                let other = v
+                    .associations
+                    .iter()
+                    .find(|a| !a.instance_type.eq_ignore_ascii_case(ty.as_api_str()));
+                if let Some(a) = other.filter(|_| !in_range) {
+                    // One drift range holds CVM or ENI entries, not both: the claim's association would fail.
+                    r.problems.push(format!(
+                        "{}: the drift range lists {} {} but this node is node.instance_type = \"{}\": \
+                         a range holds either CVM or ENI entries, so the agent cannot add this node; \
+                         use the same instance_type on every node (or remove the other entries)",
+                        h.havip_id,
+                        a.instance_type,
+                        a.instance_id,
+                        ty.as_api_str()
+                    ));
+                }
                 if v.vip != h.vip.addr.to_string() {
                     r.problems.push(format!(
                         "{}: the cloud says its vip is {} but havip.vip is {}",

@@ -401,3 +401,28 @@ async fn eni_mode_on_the_primary_eni_is_a_problem_and_a_secondary_eni_is_not() {
         "{secondary_out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eni_mode_against_a_range_of_cvm_entries_is_a_problem() {
+    let w = world().await;
+    // The world's range lists the CVM ins-check; this node is configured as a secondary ENI.
+    let path = config_with(
+        &w,
+        "",
+        "instance_type = \"ENI\"\ninstance_id = \"eni-second01\"",
+        &w.lab.sentinel_addrs(),
+        "",
+    );
+
+    let (code, out) = tokio::task::spawn_blocking(move || check(&path, &env_keys()))
+        .await
+        .unwrap();
+
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.lines().any(|l| l
+            .starts_with("problem: havip-check001: the drift range lists CVM ins-check")
+            && l.contains("node.instance_type = \"ENI\"")),
+        "{out}"
+    );
+}
