@@ -9,7 +9,8 @@ use std::path::Path;
 
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::cloud::{EipState, HaVip, eip_state};
+use crate::config::{Config, HavipConfig};
 use crate::net::{KernelNet, LocalNet};
 use crate::sentinel::conn::ConnectOptions;
 use crate::status::{HavipStatus, StatusReport, fetch_status, render_table, status_url};
@@ -70,6 +71,17 @@ pub async fn run(path: &Path, args: StatusArgs) -> u8 {
     0
 }
 
+/// The EIP fields of a HAVIP's status from the configured `eip` and the HAVIP as the cloud reports it
+/// (`None` when it could not be read).
+pub fn fill_eip(s: &mut HavipStatus, h: &HavipConfig, described: Option<&HaVip>) {
+    s.eip = h.eip.map(|e| e.to_string());
+    s.cloud_eip = described.and_then(|v| v.address_ip.clone());
+    s.eip_bound = h
+        .eip
+        .zip(described)
+        .map(|(want, v)| eip_state(want, v) == EipState::Bound);
+}
+
 /// The status as this node would see it, from the sources themselves (no agent needed): the same start-up
 /// path (`boot`), the same Sentinel reading (`sentinel::probe` and `Snapshot::view`) as the daemon.
 pub async fn compute(cfg: &Config) -> StatusReport {
@@ -110,14 +122,14 @@ pub async fn compute(cfg: &Config) -> StatusReport {
             Some(n) => n.is_bound(h.vip).await.unwrap_or(false),
             None => false,
         };
-        let cloud_holder = match &cloud {
+        let described = match &cloud {
             Some(c) => c
                 .describe_havip(&h.havip_id, Instant::now() + cfg.cloud.timeout.get())
                 .await
-                .ok()
-                .and_then(|v| v.instance_id),
+                .ok(),
             None => None,
         };
+        let cloud_holder = described.as_ref().and_then(|v| v.instance_id.clone());
         let desired = view.majority
             && identity
                 .as_ref()
@@ -146,7 +158,13 @@ pub async fn compute(cfg: &Config) -> StatusReport {
                 .pending
                 .as_ref()
                 .map(|p| format!("{} epoch {}", p.addr(), p.epoch)),
+            eip: None,
+            cloud_eip: None,
+            eip_bound: None,
         });
+        if let Some(s) = report.havips.last_mut() {
+            fill_eip(s, h, described.as_ref());
+        }
     }
     report
 }
