@@ -168,3 +168,59 @@ pub async fn compute(cfg: &Config) -> StatusReport {
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::HaVipState;
+
+    fn havip(address_ip: Option<&str>) -> HaVip {
+        HaVip {
+            havip_id: "havip-xxxxxxxx".into(),
+            name: String::new(),
+            vip: "172.16.2.250".into(),
+            vpc_id: String::new(),
+            subnet_id: String::new(),
+            instance_id: None,
+            network_interface_id: None,
+            address_ip: address_ip.map(str::to_owned),
+            state: HaVipState::Unbound,
+            check_associate: true,
+            associations: Vec::new(),
+            flushed_time: None,
+        }
+    }
+
+    fn config(eip: Option<&str>) -> HavipConfig {
+        HavipConfig {
+            master: "mymaster".into(),
+            havip_id: "havip-xxxxxxxx".into(),
+            vip: "172.16.2.250/24".parse().unwrap(),
+            scope: Default::default(),
+            eip: eip.map(|e| e.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn eip_fields_say_what_is_configured_what_the_cloud_has_and_whether_they_agree() {
+        let mut s = HavipStatus::default();
+        fill_eip(
+            &mut s,
+            &config(Some("203.0.113.10")),
+            Some(&havip(Some("203.0.113.10"))),
+        );
+        assert_eq!(
+            (s.eip.as_deref(), s.cloud_eip.as_deref(), s.eip_bound),
+            (Some("203.0.113.10"), Some("203.0.113.10"), Some(true))
+        );
+        fill_eip(&mut s, &config(Some("203.0.113.10")), Some(&havip(None)));
+        assert_eq!((s.cloud_eip.as_deref(), s.eip_bound), (None, Some(false)));
+        fill_eip(&mut s, &config(Some("203.0.113.10")), None);
+        assert_eq!(s.eip_bound, None, "unknown when the cloud was not read");
+        fill_eip(&mut s, &config(None), Some(&havip(Some("203.0.113.99"))));
+        assert_eq!(
+            (s.eip.as_deref(), s.cloud_eip.as_deref(), s.eip_bound),
+            (None, Some("203.0.113.99"), None)
+        );
+    }
+}

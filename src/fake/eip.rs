@@ -87,7 +87,7 @@ pub(super) fn settle(st: &mut State) {
     }
 }
 
-fn havip_param<'a>(params: &'a Map<String, Value>) -> Result<&'a str, ApiError> {
+fn havip_param(params: &Map<String, Value>) -> Result<&str, ApiError> {
     let id = params
         .get("HaVipId")
         .ok_or_else(|| ApiError::new("MissingParameter", "`HaVipId` is required"))?
