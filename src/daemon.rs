@@ -562,7 +562,7 @@ impl HavipTask {
                 error!(havip = %self.h.havip_id, error = %e, "cannot read the interface's addresses")
             }
         }
-        info!(havip = %self.h.havip_id, master = %self.h.master, vip = %self.h.vip, bound = self.bound, "watching havip");
+        info!(havip = %self.h.havip_id, master = %self.h.master, vip = %self.h.vip, eip = ?self.h.eip, bound = self.bound, "watching havip");
         self.spawn_verify(true);
         loop {
             self.beat.beat();
