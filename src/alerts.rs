@@ -68,11 +68,9 @@ impl AlertKind {
     pub fn severity(self) -> &'static str {
         match self {
             AlertKind::Acquired | AlertKind::Released | AlertKind::Unfenced => "info",
+            AlertKind::Fenced | AlertKind::CloudMismatch => "warning",
             // The VIP still works inside the VPC; only clients outside it (through the EIP) are cut off.
-            AlertKind::Fenced
-            | AlertKind::CloudMismatch
-            | AlertKind::EipMismatch
-            | AlertKind::EipBindFailed => "warning",
+            AlertKind::EipMismatch | AlertKind::EipBindFailed => "warning",
             AlertKind::ClaimFailed | AlertKind::ReleaseFailed | AlertKind::CloudUnconfirmed => {
                 "critical"
             }
