@@ -40,6 +40,10 @@ pub enum AlertKind {
     CloudUnconfirmed,
     /// While holding, the cloud showed another holder.
     CloudMismatch,
+    /// The HAVIP has another EIP than the configured `eip`; the agent never replaces it.
+    EipMismatch,
+    /// Binding the configured `eip` to the HAVIP failed (it is retried if the error may heal).
+    EipBindFailed,
 }
 
 impl AlertKind {
@@ -54,6 +58,8 @@ impl AlertKind {
             AlertKind::ReleaseFailed => "release_failed",
             AlertKind::CloudUnconfirmed => "cloud_unconfirmed",
             AlertKind::CloudMismatch => "cloud_mismatch",
+            AlertKind::EipMismatch => "eip_mismatch",
+            AlertKind::EipBindFailed => "eip_bind_failed",
         }
     }
 
@@ -63,6 +69,8 @@ impl AlertKind {
         match self {
             AlertKind::Acquired | AlertKind::Released | AlertKind::Unfenced => "info",
             AlertKind::Fenced | AlertKind::CloudMismatch => "warning",
+            // The VIP still works inside the VPC; only clients outside it (through the EIP) are cut off.
+            AlertKind::EipMismatch | AlertKind::EipBindFailed => "warning",
             AlertKind::ClaimFailed | AlertKind::ReleaseFailed | AlertKind::CloudUnconfirmed => {
                 "critical"
             }

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::boot::{Boot, BootError};
-use crate::config::{Config, InstanceType, Scope};
+use crate::cloud::{EipState, HaVip, eip_state};
+use crate::config::{Config, HavipConfig, InstanceType, Scope};
 use crate::sentinel::conn::ConnectOptions;
 use crate::sentinel::probe;
 
@@ -237,9 +238,33 @@ async fn check_cloud(
                         h.havip_id, v.vip, h.vip
                     ));
                 }
+                check_eip(h, &v, r);
             }
             Err(e) => r.problems.push(format!("{}: {e}", h.havip_id)),
         }
+    }
+}
+
+/// The EIP of one HAVIP: the configured `eip` must be what the cloud reports as `AddressIp`. An EIP the
+/// config does not name is only reported: the agent leaves it alone.
+fn check_eip(h: &HavipConfig, v: &HaVip, r: &mut CheckReport) {
+    let id = &h.havip_id;
+    let Some(want) = h.eip else {
+        if let Some(cloud) = &v.address_ip {
+            r.lines.push(format!(
+                "{id}: eip {cloud} bound (havip.eip is not set: the agent leaves it alone)"
+            ));
+        }
+        return;
+    };
+    match eip_state(want, v) {
+        EipState::Bound => r.lines.push(format!("{id}: eip {want} bound")),
+        EipState::Missing => r.problems.push(format!(
+            "{id}: eip {want} is not bound to the havip (the cloud reports no EIP on it): the agent binds it when it starts; or bind it now in the console or with HaVipAssociateAddressIp (HaVipId {id}, AddressIp {want})"
+        )),
+        EipState::Other(bound) => r.problems.push(format!(
+            "{id}: the havip has eip {bound}, not havip.eip {want}: the agent never replaces an EIP; unbind {bound} in the console or with HaVipDisassociateAddressIp, or set eip = \"{bound}\""
+        )),
     }
 }
 

@@ -348,6 +348,44 @@ pub struct HavipConfig {
     /// failover then needs the API to be reachable.
     #[serde(default)]
     pub scope: Scope,
+    /// An EIP (public IPv4 address) to keep bound to the HAVIP, so clients outside the VPC reach the VIP.
+    /// The agent binds it when the HAVIP has none (`HaVipAssociateAddressIp`) and never unbinds it: it
+    /// follows the HAVIP on failover.
+    #[serde(default, deserialize_with = "deserialize_eip")]
+    pub eip: Option<Ipv4Addr>,
+}
+
+fn deserialize_eip<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an IPv4 address like \"203.0.113.10\" (the EIP's public address)"
+        ))
+    })
+}
+
+/// Why `eip` cannot be the EIP of a HAVIP whose VIP is `vip`, if it cannot.
+fn eip_problem(eip: Ipv4Addr, vip: Ipv4Addr) -> Option<String> {
+    if eip == vip {
+        return Some(format!(
+            "{eip} is the VIP itself: eip is the public address (EIP) to bind to the HAVIP"
+        ));
+    }
+    let shared = eip.octets()[0] == 100 && (eip.octets()[1] & 0xc0) == 64;
+    if eip.is_unspecified()
+        || eip.is_loopback()
+        || eip.is_multicast()
+        || eip.is_broadcast()
+        || eip.is_link_local()
+    {
+        return Some(format!("{eip} cannot be an EIP"));
+    }
+    if eip.is_private() || shared {
+        return Some(format!(
+            "{eip} is a private address: an EIP is a public address (the VIP itself goes in havip.vip)"
+        ));
+    }
+    None
 }
 
 /// Drift-range policy, see [`HavipConfig::scope`].
@@ -862,6 +900,7 @@ impl Config {
         let mut masters = std::collections::HashSet::new();
         let mut ids = std::collections::HashSet::new();
         let mut vips = std::collections::HashSet::new();
+        let mut eips = std::collections::HashSet::new();
         for (i, h) in self.havips.iter().enumerate() {
             if h.master.is_empty()
                 || h.master
@@ -901,6 +940,23 @@ impl Config {
                     format!("havip[{i}].vip"),
                     format!("{} is used twice", h.vip.addr),
                 ));
+            }
+            if let Some(eip) = h.eip {
+                if let Some(problem) = eip_problem(eip, h.vip.addr) {
+                    return Err(self.invalid(
+                        format!("havip[{i}].eip"),
+                        format!("{problem} (havip {})", h.havip_id),
+                    ));
+                }
+                if !eips.insert(eip) {
+                    return Err(self.invalid(
+                        format!("havip[{i}].eip"),
+                        format!(
+                            "{eip} is used twice: an EIP binds to one HAVIP only (havip {})",
+                            h.havip_id
+                        ),
+                    ));
+                }
             }
         }
         if self.claim.deadline.get().is_zero()
@@ -1123,6 +1179,58 @@ vip = "172.16.2.250/24"
             "interface = \"eth0\"\nhosting_type = 1",
         ));
         assert!(e.contains("node.hosting_type: "), "{e}");
+    }
+
+    #[test]
+    fn eip_is_optional_and_parsed_as_an_ipv4_address() {
+        assert_eq!(parse(MINIMAL).unwrap().havips[0].eip, None);
+        let c = parse(&format!("{MINIMAL}eip = \"203.0.113.10\"\n")).unwrap();
+        assert_eq!(c.havips[0].eip, Some(Ipv4Addr::new(203, 0, 113, 10)));
+    }
+
+    #[test]
+    fn a_bad_eip_names_the_key_and_the_havip() {
+        struct Row {
+            eip: &'static str,
+            want: &'static str,
+        }
+        let rows = [
+            Row {
+                eip: "203.0.113",
+                want: "havip[0].eip: ",
+            },
+            Row {
+                eip: "eip-abcdefgh",
+                want: "is not an IPv4 address",
+            },
+            Row {
+                eip: "10.1.2.3",
+                want: "private address",
+            },
+            Row {
+                eip: "172.16.2.250",
+                want: "the VIP itself",
+            },
+            Row {
+                eip: "0.0.0.0",
+                want: "cannot be an EIP",
+            },
+        ];
+        for r in rows {
+            let e = err(&format!("{MINIMAL}eip = \"{}\"\n", r.eip));
+            assert!(e.contains("havip[0].eip"), "{}: {e}", r.eip);
+            assert!(e.contains(r.want), "{}: {e}", r.eip);
+        }
+        // Semantic checks also name the HAVIP by id.
+        let e = err(&format!("{MINIMAL}eip = \"10.1.2.3\"\n"));
+        assert!(e.contains("havip-xxxxxxxx"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}eip = \"203.0.113.10\"\n[[havip]]\nmaster = \"b\"\nhavip_id = \"havip-yyyyyyyy\"\nvip = \"172.16.2.251/24\"\neip = \"203.0.113.10\"\n"
+        ));
+        assert!(
+            e.contains("havip[1].eip") && e.contains("used twice") && e.contains("havip-yyyyyyyy"),
+            "{e}"
+        );
     }
 
     #[test]

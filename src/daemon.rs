@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 use crate::act::{Executor, FenceSetup};
 use crate::alerts::{Alert, AlertKind, Alerter};
 use crate::claim::{ClaimError, ClaimOptions, ClaimOutcome, Claimer, Progress, Step};
-use crate::cloud::{CloudError, HaVip};
+use crate::cloud::{CloudError, EipBound, EipError, EipState, HaVip, eip_state};
 use crate::config::{Config, HavipConfig, OnShutdown, Scope};
 use crate::hooks::{HookContext, Hooks};
 use crate::metrics::Metrics;
@@ -39,6 +39,13 @@ use crate::status::{Beat, HavipStatus, Health, StatusHandle, StatusReport, rfc33
 
 /// How long a stopping agent lets a running claim finish its first announce before aborting it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long one attempt to bind the configured EIP may take (call, task poll and re-reads together).
+const EIP_ATTEMPT: Duration = Duration::from_secs(60);
+/// The wait before retrying an EIP bind that failed with an error that may heal; doubled per failure up to
+/// [`EIP_RETRY_CAP`]. Long: nothing about a failover waits for the EIP.
+const EIP_RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between two EIP bind attempts.
+const EIP_RETRY_CAP: Duration = Duration::from_secs(300);
 
 /// Everything an agent needs, built by [`run`] for production and by tests and the demo with fakes.
 pub struct AgentParts {
@@ -178,6 +185,7 @@ impl Agent {
                         havip_id: h.havip_id.clone(),
                         master: h.master.clone(),
                         vip: h.vip.to_string(),
+                        eip: h.eip.map(|e| e.to_string()),
                         ..HavipStatus::default()
                     })
                     .collect(),
@@ -314,6 +322,86 @@ enum Done {
         unpause: bool,
         ok: bool,
     },
+    Eip {
+        result: Result<EipBound, EipError>,
+    },
+}
+
+/// Aborts the task when dropped, so a background EIP bind never outlives its HAVIP task.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The daemon's EIP duty for one HAVIP with `eip` configured: bind it when the cloud shows the HAVIP without
+/// an EIP, in the background and off the failover path; never unbind it (the EIP follows the HAVIP), never
+/// replace another EIP (alert instead).
+struct EipKeeper {
+    want: std::net::Ipv4Addr,
+    /// The last cloud view; `None` until the HAVIP was read.
+    state: Option<EipState>,
+    /// A bind attempt in flight.
+    task: Option<AbortOnDrop>,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// No attempt before this (after a failure that may heal).
+    retry_at: Option<Instant>,
+    /// A failure an operator must fix: no more attempts until the cloud view changes.
+    gave_up: bool,
+    /// The problem last alerted, so a lasting one alerts once.
+    alerted: Option<String>,
+}
+
+impl EipKeeper {
+    fn new(want: std::net::Ipv4Addr) -> Self {
+        Self {
+            want,
+            state: None,
+            task: None,
+            failures: 0,
+            retry_at: None,
+            gave_up: false,
+            alerted: None,
+        }
+    }
+
+    /// Whether a bind attempt may start now: the cloud view is missing the EIP (or unknown), none is running,
+    /// no permanent failure, and any retry wait is over.
+    fn may_try(&self, now: Instant) -> bool {
+        !matches!(self.state, Some(EipState::Bound | EipState::Other(_)))
+            && self.task.is_none()
+            && !self.gave_up
+            && self.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// Records a failed attempt: the next may start after a doubling wait, or never if it cannot heal.
+    fn failed(&mut self, retryable: bool, now: Instant) -> Option<Duration> {
+        self.failures += 1;
+        if !retryable {
+            self.gave_up = true;
+            return None;
+        }
+        let factor = 1u32 << (self.failures - 1).min(16);
+        let wait = EIP_RETRY_FIRST.saturating_mul(factor).min(EIP_RETRY_CAP);
+        self.retry_at = Some(now + wait);
+        Some(wait)
+    }
+
+    /// A new cloud view: a bound EIP clears the failure record; a changed view lifts a permanent failure.
+    fn seen(&mut self, state: EipState) {
+        if self.state.as_ref() != Some(&state) {
+            self.gave_up = false;
+        }
+        if state == EipState::Bound {
+            self.failures = 0;
+            self.retry_at = None;
+            self.alerted = None;
+        }
+        self.state = Some(state);
+    }
 }
 
 struct RunningClaim {
@@ -351,6 +439,7 @@ struct HavipTask {
     last_drift_check: Instant,
     last_decision: Option<Decision>,
     last_switch: Option<SystemTime>,
+    eip: Option<EipKeeper>,
 }
 
 impl HavipTask {
@@ -363,6 +452,7 @@ impl HavipTask {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         let cfg = parts.config.clone();
+        let h_eip = h.eip;
         let machine = HavipMachine::new(Policy {
             me: parts.identity.address,
             master: h.master.clone(),
@@ -398,6 +488,7 @@ impl HavipTask {
             last_drift_check: now,
             last_decision: None,
             last_switch: None,
+            eip: h_eip.map(EipKeeper::new),
         }
     }
 
@@ -471,7 +562,7 @@ impl HavipTask {
                 error!(havip = %self.h.havip_id, error = %e, "cannot read the interface's addresses")
             }
         }
-        info!(havip = %self.h.havip_id, master = %self.h.master, vip = %self.h.vip, bound = self.bound, "watching havip");
+        info!(havip = %self.h.havip_id, master = %self.h.master, vip = %self.h.vip, eip = ?self.h.eip, bound = self.bound, "watching havip");
         self.spawn_verify(true);
         loop {
             self.beat.beat();
@@ -684,6 +775,7 @@ impl HavipTask {
                 self.claim_finished(claim, result).await;
             }
             Done::Verify { result } => self.verified(result),
+            Done::Eip { result } => self.eip_finished(result),
             Done::Pause { unpause, ok } => {
                 self.pause_in_flight = false;
                 if unpause && ok {
@@ -793,6 +885,7 @@ impl HavipTask {
                 // like with like.
                 self.cloud_holder_id = h.holder(claimer.instance_type()).map(str::to_owned);
                 debug!(havip = %self.h.havip_id, holder = ?self.cloud_holder_id, in_range = self.in_range, "cloud view");
+                self.eip_seen(&h);
             }
             Err(e) => {
                 warn!(havip = %self.h.havip_id, error = %e, "could not read the havip from the cloud");
@@ -874,6 +967,136 @@ impl HavipTask {
         if self.bound && self.claim.is_none() && verify_due {
             self.spawn_verify(false);
         }
+        // Only after the first cloud read (or its failure): binding never races the start-up read.
+        if self.last_verify.is_some() && !self.verify_in_flight {
+            self.maybe_bind_eip();
+        }
+    }
+
+    /// A cloud read of the HAVIP: publishes its EIP and, when the configured one is missing, binds it.
+    /// Another EIP is never replaced: it is logged and alerted once.
+    fn eip_seen(&mut self, h: &HaVip) {
+        let id = self.h.havip_id.clone();
+        let cloud_eip = h.address_ip.clone();
+        let Some(keeper) = self.eip.as_mut() else {
+            self.status.update_havip(&id, |s| s.cloud_eip = cloud_eip);
+            return;
+        };
+        let state = eip_state(keeper.want, h);
+        keeper.seen(state.clone());
+        let want = keeper.want;
+        self.publish_eip(cloud_eip);
+        match state {
+            EipState::Bound => debug!(havip = %id, eip = %want, "eip bound"),
+            EipState::Missing => self.maybe_bind_eip(),
+            EipState::Other(bound) => self.eip_other(&bound),
+        }
+    }
+
+    /// The HAVIP has another EIP than the configured one: say so once (error log and alert), change nothing.
+    fn eip_other(&mut self, bound: &str) {
+        let Some(keeper) = self.eip.as_mut() else {
+            return;
+        };
+        let problem = format!("other:{bound}");
+        if keeper.alerted.as_deref() == Some(problem.as_str()) {
+            return;
+        }
+        keeper.alerted = Some(problem);
+        let want = keeper.want;
+        error!(havip = %self.h.havip_id, eip = %want, bound = %bound, "the havip has another eip than the configured one: not replacing it; unbind it or fix havip.eip");
+        self.alert(
+            AlertKind::EipMismatch,
+            format!(
+                "havip has eip {bound}, not the configured {want}; the agent does not replace it"
+            ),
+        );
+    }
+
+    /// Starts a background bind of the configured EIP when one may start (see [`EipKeeper::may_try`]).
+    fn maybe_bind_eip(&mut self) {
+        let Some(cloud) = self.exec.claimer().cloud().cloned() else {
+            return;
+        };
+        let Some(keeper) = self.eip.as_mut() else {
+            return;
+        };
+        if !keeper.may_try(Instant::now()) {
+            return;
+        }
+        let want = keeper.want;
+        let id = self.h.havip_id.clone();
+        let done = self.done_tx.clone();
+        info!(havip = %id, eip = %want, attempt = keeper.failures + 1, "binding the configured eip to the havip");
+        keeper.task = Some(AbortOnDrop(tokio::spawn(async move {
+            let result = cloud
+                .ensure_address_ip(&id, want, Instant::now() + EIP_ATTEMPT)
+                .await;
+            let _ = done.send(Done::Eip { result });
+        })));
+    }
+
+    fn eip_finished(&mut self, result: Result<EipBound, EipError>) {
+        let id = self.h.havip_id.clone();
+        let Some(keeper) = self.eip.as_mut() else {
+            return;
+        };
+        keeper.task = None;
+        let want = keeper.want;
+        match result {
+            Ok(bound) => {
+                keeper.seen(EipState::Bound);
+                match bound {
+                    EipBound::Bound { task_id } => {
+                        info!(havip = %id, eip = %want, task = %task_id, "bound the configured eip to the havip")
+                    }
+                    EipBound::AlreadyBound => {
+                        info!(havip = %id, eip = %want, "the configured eip is already bound to the havip")
+                    }
+                }
+                self.publish_eip(Some(want.to_string()));
+            }
+            Err(EipError::OtherEip { bound, .. }) => {
+                keeper.seen(EipState::Other(bound.clone()));
+                self.publish_eip(Some(bound.clone()));
+                self.eip_other(&bound);
+            }
+            Err(e) => {
+                let retry_in = keeper.failed(e.is_retryable(), Instant::now());
+                let first = keeper.alerted.is_none();
+                keeper.alerted.get_or_insert_with(|| "bind failed".into());
+                match retry_in {
+                    Some(d) => {
+                        warn!(havip = %id, eip = %want, error = %e, retry_in_s = d.as_secs(), "could not bind the configured eip to the havip; retrying later")
+                    }
+                    None => {
+                        error!(havip = %id, eip = %want, error = %e, "could not bind the configured eip to the havip; not retrying: an operator must fix this")
+                    }
+                }
+                if first || retry_in.is_none() {
+                    self.alert(
+                        AlertKind::EipBindFailed,
+                        format!("could not bind eip {want} to the havip: {e}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The EIP part of status and metrics.
+    fn publish_eip(&self, cloud_eip: Option<String>) {
+        let id = &self.h.havip_id;
+        let Some(keeper) = &self.eip else {
+            return;
+        };
+        let bound = keeper.state.as_ref().map(|s| *s == EipState::Bound);
+        let want = keeper.want.to_string();
+        self.metrics.set_eip_bound(id, bound);
+        self.status.update_havip(id, |s| {
+            s.eip = Some(want);
+            s.eip_bound = bound;
+            s.cloud_eip = cloud_eip;
+        });
     }
 
     async fn release(&mut self, reason: ReleaseReason) {
@@ -982,6 +1205,10 @@ impl HavipTask {
     }
 
     async fn shutdown(&mut self) {
+        // A bind in flight is not waited for: it is harmless to stop, and the next start tries again.
+        if let Some(k) = self.eip.as_mut() {
+            k.task = None;
+        }
         if let Some(c) = self.claim.take() {
             // Let a running claim finish its first announce rather than leave a bound, unannounced VIP.
             let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -1172,5 +1399,53 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
 impl crate::cloud::ApiObserver for Metrics {
     fn observe(&self, action: &str, elapsed: Duration, error_code: Option<&str>) {
         self.observe_api(action, elapsed, error_code);
+    }
+}
+
+#[cfg(test)]
+mod eip_keeper_tests {
+    use super::*;
+
+    fn keeper() -> EipKeeper {
+        EipKeeper::new("203.0.113.10".parse().unwrap())
+    }
+
+    #[test]
+    fn binds_only_while_the_eip_is_missing_or_unknown() {
+        let now = Instant::now();
+        let mut k = keeper();
+        assert!(k.may_try(now), "unknown: an attempt reads first");
+        k.seen(EipState::Missing);
+        assert!(k.may_try(now));
+        k.seen(EipState::Bound);
+        assert!(!k.may_try(now), "bound: nothing to do");
+        k.seen(EipState::Other("203.0.113.99".into()));
+        assert!(!k.may_try(now), "another eip is never replaced");
+    }
+
+    #[test]
+    fn retries_heal_with_a_doubling_wait_and_permanent_failures_wait_for_a_new_view() {
+        let now = Instant::now();
+        let mut k = keeper();
+        k.seen(EipState::Missing);
+        assert_eq!(k.failed(true, now), Some(EIP_RETRY_FIRST));
+        assert!(!k.may_try(now) && k.may_try(now + EIP_RETRY_FIRST));
+        assert_eq!(k.failed(true, now), Some(EIP_RETRY_FIRST * 2));
+        for _ in 0..20 {
+            k.failed(true, now);
+        }
+        assert_eq!(k.retry_at, Some(now + EIP_RETRY_CAP));
+        k.seen(EipState::Bound);
+        assert_eq!((k.failures, k.retry_at), (0, None));
+
+        let mut k = keeper();
+        k.seen(EipState::Missing);
+        assert_eq!(k.failed(false, now), None);
+        assert!(!k.may_try(now + EIP_RETRY_CAP), "permanent: no retry");
+        k.seen(EipState::Missing);
+        assert!(!k.may_try(now), "the same view does not lift it");
+        k.seen(EipState::Other("203.0.113.99".into()));
+        k.seen(EipState::Missing);
+        assert!(k.may_try(now), "a changed view does");
     }
 }

@@ -97,6 +97,7 @@ struct Inner {
     desired: Family<HavipLabel, Gauge>,
     local: Family<HavipLabel, Gauge>,
     cloud_match: Family<HavipLabel, Gauge>,
+    eip_bound: Family<HavipLabel, Gauge>,
     last_switch_ts: Family<HavipLabel, FloatGauge>,
     since_switch: Family<HavipLabel, FloatGauge>,
     /// The switch times behind `since_switch`, re-evaluated at each scrape.
@@ -173,6 +174,12 @@ impl Metrics {
             "cloud_holder_matches",
             "1 if DescribeHaVips shows the holder this node expects (absent while unknown)",
             cloud_match.clone(),
+        );
+        let eip_bound = Family::<HavipLabel, Gauge>::default();
+        registry.register(
+            "eip_bound",
+            "1 if DescribeHaVips shows the configured eip bound to the HAVIP, 0 if not (absent while unknown or without eip)",
+            eip_bound.clone(),
         );
         let last_switch_ts = Family::<HavipLabel, FloatGauge>::default();
         registry.register(
@@ -266,6 +273,7 @@ impl Metrics {
                 desired,
                 local,
                 cloud_match,
+                eip_bound,
                 last_switch_ts,
                 since_switch,
                 last_switch: Mutex::new(HashMap::new()),
@@ -320,6 +328,20 @@ impl Metrics {
             }
             None => {
                 self.inner.cloud_match.remove(&label);
+            }
+        }
+    }
+
+    /// Whether the cloud shows the configured EIP bound to `havip`; `None` (unknown, or no EIP configured)
+    /// removes the series.
+    pub fn set_eip_bound(&self, havip: &str, bound: Option<bool>) {
+        let label = Self::havip(havip);
+        match bound {
+            Some(b) => {
+                self.inner.eip_bound.get_or_create(&label).set(i64::from(b));
+            }
+            None => {
+                self.inner.eip_bound.remove(&label);
             }
         }
     }
@@ -568,6 +590,19 @@ mod tests {
         assert_eq!(m.value("havip_agent_cloud_holder_matches", &l), Some(0.0));
         m.set_cloud_match("havip-1", None);
         assert_eq!(m.value("havip_agent_cloud_holder_matches", &l), None);
+    }
+
+    #[test]
+    fn eip_bound_is_zero_or_one_and_absent_while_unknown() {
+        let m = Metrics::new();
+        let l = [("havip", "havip-1")];
+        assert_eq!(m.value("havip_agent_eip_bound", &l), None);
+        m.set_eip_bound("havip-1", Some(false));
+        assert_eq!(m.value("havip_agent_eip_bound", &l), Some(0.0));
+        m.set_eip_bound("havip-1", Some(true));
+        assert_eq!(m.value("havip_agent_eip_bound", &l), Some(1.0));
+        m.set_eip_bound("havip-1", None);
+        assert_eq!(m.value("havip_agent_eip_bound", &l), None);
     }
 
     #[test]

@@ -68,6 +68,32 @@ pub struct HavipStatus {
     /// A newer configuration (`ip:port epoch N`) only one Sentinel reports, not corroborated yet.
     #[serde(default)]
     pub pending_master: Option<String>,
+    /// The EIP configured for this HAVIP (`havip.eip`), if any.
+    #[serde(default)]
+    pub eip: Option<String>,
+    /// The EIP the cloud reports on the HAVIP (`AddressIp`); `None` when it has none or it is unknown.
+    #[serde(default)]
+    pub cloud_eip: Option<String>,
+    /// Whether the cloud reports the configured EIP bound to the HAVIP; `None` while unknown or without
+    /// `eip`.
+    #[serde(default)]
+    pub eip_bound: Option<bool>,
+}
+
+/// The EIP line of a HAVIP in the table, when it has an EIP configured or reported: what is configured and
+/// what the cloud says.
+fn eip_line(h: &HavipStatus) -> Option<String> {
+    let text = match (&h.eip, h.eip_bound, &h.cloud_eip) {
+        (None, _, None) => return None,
+        (None, _, Some(cloud)) => format!("eip {cloud} bound (not configured: left alone)"),
+        (Some(eip), Some(true), _) => format!("eip {eip} bound"),
+        (Some(eip), Some(false), Some(cloud)) => {
+            format!("eip {eip} not bound: the havip has {cloud}")
+        }
+        (Some(eip), Some(false), None) => format!("eip {eip} not bound: the havip has none"),
+        (Some(eip), None, _) => format!("eip {eip} (cloud not read yet)"),
+    };
+    Some(format!("{}: {text}", h.havip_id))
 }
 
 /// The daemon's live [`StatusReport`], shared with the HTTP server. Cheap to clone.
@@ -320,6 +346,9 @@ pub fn render_table(report: &StatusReport) -> String {
             let _ = writeln!(out, "{}: pending, not corroborated: {p}", h.havip_id);
         }
     }
+    for line in report.havips.iter().filter_map(eip_line) {
+        let _ = writeln!(out, "{line}");
+    }
     if !report.sentinels_uncorroborated.is_empty() {
         let _ = writeln!(
             out,
@@ -446,6 +475,9 @@ mod tests {
                     fenced: false,
                     failover_id: Some("f-0001".into()),
                     pending_master: None,
+                    eip: None,
+                    cloud_eip: None,
+                    eip_bound: None,
                 },
                 HavipStatus {
                     havip_id: "havip-22222222".into(),
@@ -514,6 +546,39 @@ mod tests {
         assert!(
             t.contains("unhealthy: havip havip-22222222: last beat"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn table_shows_the_eip_of_each_havip_and_whether_it_is_bound() {
+        let mut r = sample();
+        let t = render_table(&r);
+        assert!(!t.contains("eip"), "no EIP configured or reported: {t}");
+        r.havips[0].eip = Some("203.0.113.10".into());
+        r.havips[0].cloud_eip = Some("203.0.113.10".into());
+        r.havips[0].eip_bound = Some(true);
+        r.havips[1].eip = Some("203.0.113.11".into());
+        r.havips[1].eip_bound = Some(false);
+        let t = render_table(&r);
+        assert!(
+            t.contains("havip-11111111: eip 203.0.113.10 bound\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("havip-22222222: eip 203.0.113.11 not bound: the havip has none"),
+            "{t}"
+        );
+        r.havips[1].cloud_eip = Some("203.0.113.99".into());
+        let t = render_table(&r);
+        assert!(
+            t.contains("havip-22222222: eip 203.0.113.11 not bound: the havip has 203.0.113.99"),
+            "{t}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["havips"][0]["eip_bound"], serde_json::json!(true));
+        assert_eq!(
+            json["havips"][1]["cloud_eip"],
+            serde_json::json!("203.0.113.99")
         );
     }
 

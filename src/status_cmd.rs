@@ -9,7 +9,8 @@ use std::path::Path;
 
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::cloud::{EipState, HaVip, eip_state};
+use crate::config::{Config, HavipConfig};
 use crate::net::{KernelNet, LocalNet};
 use crate::sentinel::conn::ConnectOptions;
 use crate::status::{HavipStatus, StatusReport, fetch_status, render_table, status_url};
@@ -70,6 +71,17 @@ pub async fn run(path: &Path, args: StatusArgs) -> u8 {
     0
 }
 
+/// The EIP fields of a HAVIP's status from the configured `eip` and the HAVIP as the cloud reports it
+/// (`None` when it could not be read).
+pub fn fill_eip(s: &mut HavipStatus, h: &HavipConfig, described: Option<&HaVip>) {
+    s.eip = h.eip.map(|e| e.to_string());
+    s.cloud_eip = described.and_then(|v| v.address_ip.clone());
+    s.eip_bound = h
+        .eip
+        .zip(described)
+        .map(|(want, v)| eip_state(want, v) == EipState::Bound);
+}
+
 /// The status as this node would see it, from the sources themselves (no agent needed): the same start-up
 /// path (`boot`), the same Sentinel reading (`sentinel::probe` and `Snapshot::view`) as the daemon.
 pub async fn compute(cfg: &Config) -> StatusReport {
@@ -113,14 +125,14 @@ pub async fn compute(cfg: &Config) -> StatusReport {
         // The holder as this node names itself (the CVM, or the ENI in ENI mode), so the one holder rule
         // (`HaVip::held_by`) decides whether it is this node.
         let ty = cfg.node.instance_type;
-        let cloud_view = match &cloud {
+        let described = match &cloud {
             Some(c) => c
                 .describe_havip(&h.havip_id, Instant::now() + cfg.cloud.timeout.get())
                 .await
                 .ok(),
             None => None,
         };
-        let cloud_holder = cloud_view
+        let cloud_holder = described
             .as_ref()
             .and_then(|v| v.holder(ty))
             .map(str::to_owned);
@@ -129,7 +141,7 @@ pub async fn compute(cfg: &Config) -> StatusReport {
                 .as_ref()
                 .zip(m)
                 .is_some_and(|(id, m)| m.ip == id.address);
-        let cloud_matches = cloud_view
+        let cloud_matches = described
             .as_ref()
             .filter(|_| cloud_holder.is_some())
             .map(|v| {
@@ -155,7 +167,69 @@ pub async fn compute(cfg: &Config) -> StatusReport {
                 .pending
                 .as_ref()
                 .map(|p| format!("{} epoch {}", p.addr(), p.epoch)),
+            eip: None,
+            cloud_eip: None,
+            eip_bound: None,
         });
+        if let Some(s) = report.havips.last_mut() {
+            fill_eip(s, h, described.as_ref());
+        }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::HaVipState;
+
+    fn havip(address_ip: Option<&str>) -> HaVip {
+        HaVip {
+            havip_id: "havip-xxxxxxxx".into(),
+            name: String::new(),
+            vip: "172.16.2.250".into(),
+            vpc_id: String::new(),
+            subnet_id: String::new(),
+            instance_id: None,
+            network_interface_id: None,
+            address_ip: address_ip.map(str::to_owned),
+            state: HaVipState::Unbound,
+            check_associate: true,
+            associations: Vec::new(),
+            flushed_time: None,
+        }
+    }
+
+    fn config(eip: Option<&str>) -> HavipConfig {
+        HavipConfig {
+            master: "mymaster".into(),
+            havip_id: "havip-xxxxxxxx".into(),
+            vip: "172.16.2.250/24".parse().unwrap(),
+            scope: Default::default(),
+            eip: eip.map(|e| e.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn eip_fields_say_what_is_configured_what_the_cloud_has_and_whether_they_agree() {
+        let mut s = HavipStatus::default();
+        fill_eip(
+            &mut s,
+            &config(Some("203.0.113.10")),
+            Some(&havip(Some("203.0.113.10"))),
+        );
+        assert_eq!(
+            (s.eip.as_deref(), s.cloud_eip.as_deref(), s.eip_bound),
+            (Some("203.0.113.10"), Some("203.0.113.10"), Some(true))
+        );
+        fill_eip(&mut s, &config(Some("203.0.113.10")), Some(&havip(None)));
+        assert_eq!((s.cloud_eip.as_deref(), s.eip_bound), (None, Some(false)));
+        fill_eip(&mut s, &config(Some("203.0.113.10")), None);
+        assert_eq!(s.eip_bound, None, "unknown when the cloud was not read");
+        fill_eip(&mut s, &config(None), Some(&havip(Some("203.0.113.99"))));
+        assert_eq!(
+            (s.eip.as_deref(), s.cloud_eip.as_deref(), s.eip_bound),
+            (None, Some("203.0.113.99"), None)
+        );
+    }
 }

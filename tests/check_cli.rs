@@ -426,3 +426,63 @@ async fn eni_mode_against_a_range_of_cvm_entries_is_a_problem() {
         "{out}"
     );
 }
+
+/// Appends `eip = "<eip>"` to the config's only `[[havip]]` (its last table).
+fn with_eip(path: &Path, eip: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, format!("{text}eip = \"{eip}\"\n")).unwrap();
+    path.to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_eip_is_checked_against_the_havips_address_ip() {
+    let w = world().await;
+    let env = [
+        ("TENCENTCLOUD_SECRET_ID", ID),
+        ("TENCENTCLOUD_SECRET_KEY", KEY),
+    ];
+    let run = |path: std::path::PathBuf| tokio::task::spawn_blocking(move || check(&path, &env));
+    let problems = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("problem: "))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // Configured, but the HAVIP has no EIP: a problem saying how to fix it.
+    let path = with_eip(&config(&w, "", &w.lab.sentinel_addrs()), "203.0.113.10");
+    let (code, out) = run(path.clone()).await.unwrap();
+    assert_eq!(code, 2, "{out}");
+    let p = problems(&out);
+    assert_eq!(p.len(), 1, "{out}");
+    assert!(
+        p[0].starts_with("problem: havip-check001: eip 203.0.113.10 is not bound to the havip")
+            && p[0].contains("the agent binds it when it starts")
+            && p[0].contains("HaVipAssociateAddressIp"),
+        "{out}"
+    );
+
+    // Another EIP on the HAVIP: a problem naming both, and that the agent will not replace it.
+    w.cloud
+        .set_havip_eip("havip-check001", "203.0.113.99".parse().unwrap());
+    let (code, out) = run(path.clone()).await.unwrap();
+    assert_eq!(code, 2, "{out}");
+    let p = problems(&out);
+    assert_eq!(p.len(), 1, "{out}");
+    assert!(
+        p[0].contains("has eip 203.0.113.99, not havip.eip 203.0.113.10")
+            && p[0].contains("never replaces"),
+        "{out}"
+    );
+
+    // Bound as configured: healthy, and said so.
+    w.cloud
+        .set_havip_eip("havip-check001", "203.0.113.10".parse().unwrap());
+    let (code, out) = run(path).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("havip-check001: eip 203.0.113.10 bound\n"),
+        "{out}"
+    );
+    assert_no_secret(&out);
+}

@@ -396,7 +396,7 @@ impl VpcClient {
     }
 
     /// One action, retried per the retry classes until `deadline`.
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub(super) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         action: &'static str,
         request: &Req,

@@ -7,12 +7,14 @@
 //! decide what to associate when (the claim and reconcile logic does).
 
 mod client;
+mod eip;
 mod error;
 mod types;
 
 use std::time::Duration;
 
 pub use client::{API_VERSION, RetryPolicy, SERVICE, VpcClient};
+pub use eip::{EipBound, EipError, EipState, eip_state};
 pub use error::{CloudError, is_retryable_code};
 pub use types::{HaVip, HaVipAssociation, HaVipState, InstanceType, TaskStatus, holder_id};
 

@@ -23,6 +23,11 @@ use super::verify::{self, KeyRecord, SignedRequest};
 use crate::clock::{SharedClock, unix_seconds};
 use crate::secret::Secret;
 
+// The EIP actions live in their own file but work on this module's private state.
+#[path = "eip.rs"]
+mod eip;
+pub use eip::DEFAULT_EIP_TASK_DURATION;
+
 /// The VPC API version the fake serves (`X-TC-Version`).
 pub const API_VERSION: &str = "2017-03-12";
 /// The service name in the TC3 credential scope.
@@ -492,6 +497,8 @@ struct Havip {
     eni: Option<String>,
     flushed_time: Option<String>,
     created_time: String,
+    /// `AddressIp`: the EIP bound to the HAVIP (see `eip`).
+    address_ip: Option<Ipv4Addr>,
 }
 
 impl Havip {
@@ -524,7 +531,7 @@ impl Havip {
             "SubnetId": self.spec.subnet_id,
             "NetworkInterfaceId": s.network_interface_id.unwrap_or_default(),
             "InstanceId": s.instance_id.unwrap_or_default(),
-            "AddressIp": "",
+            "AddressIp": self.address_ip.map(|a| a.to_string()).unwrap_or_default(),
             "State": s.state,
             "CreatedTime": self.created_time,
             "Business": "",
@@ -569,6 +576,7 @@ struct State {
     requests: Vec<RecordedRequest>,
     moves: Vec<HolderMove>,
     tasks: HashMap<String, String>,
+    eip: eip::EipState,
 }
 
 impl State {
@@ -730,6 +738,7 @@ impl FakeCloud {
             requests: Vec::new(),
             moves: Vec::new(),
             tasks: HashMap::new(),
+            eip: eip::EipState::default(),
         }));
         Mock::given(DropConnectionRule {
             state: state.clone(),
@@ -874,6 +883,7 @@ impl FakeCloud {
             eni,
             flushed_time: None,
             created_time: cloud_time(now),
+            address_ip: None,
             spec,
         };
         st.havips.insert(havip.spec.havip_id.clone(), havip);
@@ -1266,11 +1276,16 @@ fn handle(st: &mut State, req: &Request, inspected: &Inspected, request_id: &str
             "the request body is not a JSON object",
         ));
     };
+    eip::settle(st);
     let result = match inspected.action.as_str() {
         "DescribeHaVips" => describe_havips(st, params, here),
         "AssociateHaVipInstance" => change_associations(st, params, true, here),
         "DisassociateHaVipInstance" => change_associations(st, params, false, here),
-        "DescribeVpcTaskResult" => describe_task(st, params),
+        "HaVipAssociateAddressIp" => eip::associate(st, params, request_id),
+        "HaVipDisassociateAddressIp" => eip::disassociate(st, params, request_id),
+        "DescribeVpcTaskResult" => {
+            eip::describe_task(st, params).unwrap_or_else(|| describe_task(st, params))
+        }
         other => {
             return Err(ApiError::new(
                 "InvalidAction",
@@ -1432,7 +1447,7 @@ fn filter_matches(h: &Havip, name: &str, values: &[String]) -> bool {
         "vpc-id" => any(&|v| v == h.spec.vpc_id),
         "subnet-id" => any(&|v| v == h.spec.subnet_id),
         "vip" => any(&|v| v == h.spec.vip.to_string()),
-        "address-ip" => false,
+        "address-ip" => any(&|v| h.address_ip.is_some_and(|a| a.to_string() == v)),
         "havip-association.instance-id" => {
             any(&|v| h.spec.associations.iter().any(|a| a.instance_id == v))
         }

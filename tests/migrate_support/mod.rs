@@ -172,6 +172,7 @@ pub fn havip_config(scope: Scope) -> HavipConfig {
         havip_id: HAVIP_ID.into(),
         vip: vip(),
         scope,
+        eip: None,
     }
 }
 
