@@ -296,6 +296,29 @@ impl Fault {
         self
     }
 
+    /// `ServiceUnavailable` on one action, until cleared (a documented transient server-side code).
+    pub fn service_unavailable(action: impl Into<String>) -> Self {
+        Self::on(
+            action,
+            FaultKind::ApiError {
+                code: "ServiceUnavailable".into(),
+                message: "The service is temporarily unavailable, please try again later.".into(),
+            },
+        )
+    }
+
+    /// `ActionLocked` on one action, until cleared: "the resource is being operated on, wait for the last
+    /// operation to end".
+    pub fn action_locked(action: impl Into<String>) -> Self {
+        Self::on(
+            action,
+            FaultKind::ApiError {
+                code: "ActionLocked".into(),
+                message: "The resource is locked by another operation; retry when it ends.".into(),
+            },
+        )
+    }
+
     /// Limits the fault to requests naming `havip_id` (one HAVIP slow or failing, the others not).
     pub fn for_havip(mut self, havip_id: impl Into<String>) -> Self {
         self.havip_id = Some(havip_id.into());
@@ -492,6 +515,8 @@ struct State {
     requests: Vec<RecordedRequest>,
     moves: Vec<HolderMove>,
     tasks: HashMap<String, String>,
+    /// The per-action rate limit (on at 20/s unless changed).
+    limits: super::limits::RateLimits,
 }
 
 impl State {
@@ -648,6 +673,7 @@ impl FakeCloud {
             requests: Vec::new(),
             moves: Vec::new(),
             tasks: HashMap::new(),
+            limits: super::limits::RateLimits::default(),
         }));
         Mock::given(DropConnectionRule {
             state: state.clone(),
@@ -795,6 +821,12 @@ impl FakeCloud {
     /// The fake's current time.
     pub fn server_now(&self) -> SystemTime {
         self.lock().now()
+    }
+
+    /// Sets the per-action rate limit: `RequestLimitExceeded` once an action was answered this many times
+    /// in the last second; `None` turns it off. On at 20/s by default, as the API documents.
+    pub fn set_rate_limit(&self, per_second: Option<u32>) {
+        self.lock().limits.set_limit(per_second);
     }
 
     /// Sets what `DescribeVpcTaskResult` answers for a task id (`SUCCESS`, `FAILED`, `RUNNING`).
@@ -1084,6 +1116,13 @@ fn handle(st: &mut State, req: &Request, inspected: &Inspected, request_id: &str
     }
     if let Err(e) = &inspected.auth {
         return Err(ApiError::new(e.code, e.message.clone()));
+    }
+    // The limit is per account and action, so only authenticated requests count.
+    if let Err(message) = st
+        .limits
+        .admit(&inspected.action, std::time::Instant::now())
+    {
+        return Err(ApiError::new("RequestLimitExceeded", message));
     }
     match verify::header(&inspected.headers, "x-tc-version") {
         None => {
