@@ -44,6 +44,8 @@ const MAX_ASSOCIATION_ITEMS: usize = 10;
 /// Idle pooled connections are kept this long at least: longer than any keep-warm interval, so the
 /// connection the keep-warm task refreshes is the one a failover's first call finds.
 const MIN_POOL_IDLE: Duration = Duration::from_secs(90);
+/// How long past their deadline batched callers wait for the batch's answer (see `wait_for`).
+const RESULT_GRACE: Duration = Duration::from_millis(100);
 /// TCP keepalive probes on pooled connections: a NAT or firewall that drops an idle flow is noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
@@ -317,7 +319,9 @@ impl VpcClient {
         deadline: Instant,
     ) -> Result<T, CloudError> {
         let started = Instant::now();
-        match tokio::time::timeout_at(deadline, rx).await {
+        // The batch's own call stops at the deadline too and then reports its last real error (which
+        // says more than "timeout", and decides retry or not); give it a moment to arrive.
+        match tokio::time::timeout_at(deadline + RESULT_GRACE, rx).await {
             Ok(Ok(result)) => result,
             // The driver was dropped with the runtime: no answer will come.
             Ok(Err(_)) => Err(CloudError::DeadlineExceeded {
