@@ -1467,14 +1467,16 @@ async fn without_keep_warm_an_idle_spell_costs_a_new_connection() {
 }
 
 #[tokio::test]
-async fn keep_warm_touches_cost_no_rate_budget_and_need_no_credentials() {
+async fn keep_warm_touches_are_probes_not_api_requests() {
     let fake = fake_with(1).await;
     let client = live_client(&fake.endpoint(), "");
 
     client.touch().await;
+    client.touch().await;
 
-    let requests = fake.requests();
-    assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].action, "", "no action");
-    assert!(requests[0].header("authorization").is_none(), "unsigned");
+    assert_eq!(fake.probes(), 2);
+    assert!(
+        fake.requests().is_empty(),
+        "not an API request, and nothing for the rate limit to count"
+    );
 }

@@ -595,10 +595,10 @@ impl VpcClient {
     /// the pooled connection stays open through hours without API calls and a failover's first call does
     /// not pay for DNS, TCP and TLS. Stops when the returned guard is dropped.
     ///
-    /// The touch is an unsigned POST without an action: the API answers it with an error envelope at
-    /// once. It names no account and no action, so it cannot count against the per-action rate limit
-    /// (which the API keeps per account and action) and it never needs credentials; it is not reported to
-    /// the observer (it is not an API call).
+    /// The touch is a bare `GET /` of the endpoint: the API answers it at once with an error envelope
+    /// (no action). It is unsigned and names no action, so it needs no credentials and cannot count
+    /// against the per-action rate limit (which the API keeps per account and action); it is not an API
+    /// call, so it is not reported to the observer either.
     pub fn spawn_keep_warm(&self, interval: Duration) -> KeepWarm {
         if interval.is_zero() {
             return KeepWarm(None);
@@ -619,9 +619,7 @@ impl VpcClient {
         let inner = &*self.inner;
         let result = inner
             .http
-            .post(inner.endpoint.clone())
-            .header(CONTENT_TYPE, CONTENT_TYPE_JSON)
-            .body("{}")
+            .get(inner.endpoint.clone())
             .timeout(inner.timeout)
             .send()
             .await;

@@ -517,6 +517,8 @@ struct State {
     tasks: HashMap<String, String>,
     /// The per-action rate limit (on at 20/s unless changed).
     limits: super::limits::RateLimits,
+    /// Keep-warm probes answered (bare `GET /`, not API requests).
+    probes: usize,
 }
 
 impl State {
@@ -674,6 +676,7 @@ impl FakeCloud {
             moves: Vec::new(),
             tasks: HashMap::new(),
             limits: super::limits::RateLimits::default(),
+            probes: 0,
         }));
         Mock::given(DropConnectionRule {
             state: state.clone(),
@@ -688,6 +691,15 @@ impl FakeCloud {
         .named("fault: drop connection")
         .mount(&server)
         .await;
+        Mock::given(wiremock::matchers::method("GET"))
+            .and(wiremock::matchers::path("/"))
+            .respond_with(Probe {
+                state: state.clone(),
+            })
+            .with_priority(2)
+            .named("keep-warm probe")
+            .mount(&server)
+            .await;
         Mock::given(any())
             .respond_with(Api {
                 state: state.clone(),
@@ -827,6 +839,12 @@ impl FakeCloud {
     /// in the last second; `None` turns it off. On at 20/s by default, as the API documents.
     pub fn set_rate_limit(&self, per_second: Option<u32>) {
         self.lock().limits.set_limit(per_second);
+    }
+
+    /// How many keep-warm probes (a bare `GET /`, see `VpcClient::spawn_keep_warm`) were answered. They are
+    /// not API requests: [`FakeCloud::requests`] does not list them.
+    pub fn probes(&self) -> usize {
+        self.lock().probes
     }
 
     /// Sets what `DescribeVpcTaskResult` answers for a task id (`SUCCESS`, `FAILED`, `RUNNING`).
@@ -973,6 +991,26 @@ impl Match for DropConnectionRule {
         };
         record(&mut st, inspected, &answer);
         true
+    }
+}
+
+/// Answers a keep-warm probe as the API answers a request without an action, and counts it.
+struct Probe {
+    state: Arc<Mutex<State>>,
+}
+
+impl Respond for Probe {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let mut st = lock(&self.state);
+        st.probes += 1;
+        let (body, _) = envelope(
+            Err(ApiError::new(
+                "MissingParameter",
+                "the X-TC-Action header is missing",
+            )),
+            &request_id(),
+        );
+        ResponseTemplate::new(200).set_body_json(body)
     }
 }
 
