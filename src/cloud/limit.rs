@@ -75,9 +75,17 @@ impl RateLimiter {
     /// Waits for a send slot for `action`; `false` (at once, without waiting) when the slot would come
     /// after `deadline`.
     pub(crate) async fn acquire(&self, action: &'static str, deadline: Instant) -> bool {
-        match self.reserve(action, Instant::now(), deadline) {
+        let now = Instant::now();
+        match self.reserve(action, now, deadline) {
             Ok(slot) => {
-                tokio::time::sleep_until(slot).await;
+                if slot > now {
+                    tracing::debug!(
+                        action,
+                        wait_ms = (slot - now).as_millis() as u64,
+                        "waiting for a vpc api rate-limit slot"
+                    );
+                    tokio::time::sleep_until(slot).await;
+                }
                 true
             }
             Err(_) => false,
