@@ -145,6 +145,14 @@ impl CloudConfig {
     }
 }
 
+/// Whether `s` can be a region id (`ap-guangzhou`, `ap-shanghai-fsi`): lowercase letters, digits and `-`.
+/// The default endpoint puts it in a host name, so nothing else may pass.
+pub fn is_region(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// The documented default rate limit of a VPC API action, per second.
 pub const DEFAULT_RATE_LIMIT: u32 = 20;
 
@@ -766,11 +774,7 @@ impl Config {
     /// Checks that cannot be expressed in the types.
     fn validate(&self) -> Result<(), ConfigError> {
         let region = &self.cloud.region;
-        if region.is_empty()
-            || !region
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+        if !is_region(region) {
             return Err(self.invalid(
                 "cloud.region",
                 format!("{region:?} is not a region like \"ap-guangzhou\""),

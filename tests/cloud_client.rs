@@ -1113,6 +1113,10 @@ async fn the_endpoint_defaults_to_the_regional_host_and_a_zero_rate_limit_is_ref
         "https://vpc.ap-shenzhen-fsi.tencentcloudapi.com/"
     );
 
+    let cloud: CloudConfig = toml::from_str("region = \"evil.example/x\"\n").unwrap();
+    let err = VpcClient::new(&cloud, credentials(false), fixed_clock()).unwrap_err();
+    assert!(err.to_string().starts_with("cloud.region: "), "{err}");
+
     let cloud: CloudConfig = toml::from_str("region = \"ap-guangzhou\"\nrate_limit = 0\n").unwrap();
     let err = VpcClient::new(&cloud, credentials(false), fixed_clock()).unwrap_err();
     assert!(err.to_string().starts_with("cloud.rate_limit: "), "{err}");

@@ -171,6 +171,15 @@ impl VpcClient {
         clock: SharedClock,
     ) -> Result<Self, CloudError> {
         let invalid = |key: &'static str, problem: String| CloudError::Config { key, problem };
+        if cloud.endpoint.is_none() && !crate::config::is_region(cloud.region.trim()) {
+            return Err(invalid(
+                "cloud.region",
+                format!(
+                    "{:?} is not a region like \"ap-guangzhou\" (it names the default endpoint's host)",
+                    cloud.region
+                ),
+            ));
+        }
         let endpoint_text = cloud.endpoint_url();
         let endpoint = reqwest::Url::parse(&endpoint_text).map_err(|e| {
             invalid(
