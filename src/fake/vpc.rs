@@ -693,6 +693,7 @@ impl FakeCloud {
         .await;
         Mock::given(wiremock::matchers::method("GET"))
             .and(wiremock::matchers::path("/"))
+            .and(|r: &Request| !r.headers.contains_key("x-tc-action"))
             .respond_with(Probe {
                 state: state.clone(),
             })
@@ -994,7 +995,8 @@ impl Match for DropConnectionRule {
     }
 }
 
-/// Answers a keep-warm probe as the API answers a request without an action, and counts it.
+/// Answers a keep-warm probe (a bare `GET /` without `X-TC-Action`; a GET that names an action is an API
+/// request and goes to [`Api`]) as the API answers a request without an action, and counts it.
 struct Probe {
     state: Arc<Mutex<State>>,
 }
