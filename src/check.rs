@@ -110,7 +110,7 @@ pub async fn check(
 /// itself is never printed). Accepted, since labs and fakes use them; said once at start and by `check`.
 pub fn cleartext_warnings(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    let endpoint = cfg.cloud.endpoint.as_str();
+    let endpoint = cfg.cloud.endpoint_url();
     if endpoint.to_ascii_lowercase().starts_with("http://") {
         out.push(format!(
             "cloud.endpoint {endpoint} is http://: the SecretId, the signature and any role token travel \

@@ -106,9 +106,10 @@ pub struct Config {
 pub struct CloudConfig {
     /// Region, e.g. `ap-guangzhou`; sent as `X-TC-Region`. Required.
     pub region: String,
-    /// VPC API endpoint. `http://` is allowed (tests point it at the fake).
-    #[serde(default = "default_endpoint")]
-    pub endpoint: String,
+    /// VPC API endpoint. `http://` is allowed (tests point it at the fake). When absent, the regional
+    /// endpoint `https://vpc.<region>.tencentcloudapi.com`: see [`CloudConfig::endpoint_url`].
+    #[serde(default)]
+    pub endpoint: Option<String>,
     /// CVM metadata service base URL.
     #[serde(default = "default_metadata_endpoint")]
     pub metadata_endpoint: String,
@@ -121,10 +122,45 @@ pub struct CloudConfig {
     /// Optional static SecretKey. The config file must then not be readable by group or others.
     #[serde(default)]
     pub secret_key: Option<Secret>,
+    /// Client-side limit of requests per second, per API action, shared by every HAVIP of the process.
+    /// The API's documented default is 20 per second per action per account.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// How often an idle client touches the endpoint to keep its connection open, so that a failover's
+    /// first call does not pay for DNS, TCP and TLS again. `0s` turns it off.
+    #[serde(default = "default_keep_warm")]
+    pub keep_warm: Dur,
 }
 
-fn default_endpoint() -> String {
-    "https://vpc.tencentcloudapi.com".into()
+impl CloudConfig {
+    /// The VPC endpoint to use: `cloud.endpoint` when set, else the regional
+    /// `https://vpc.<region>.tencentcloudapi.com`. The regional domain is the only one the financial
+    /// regions (`ap-shanghai-fsi`, `ap-shenzhen-fsi`) answer on, and the low-latency choice everywhere;
+    /// the nearest-access `vpc.tencentcloudapi.com` is "only for non-financial zones".
+    pub fn endpoint_url(&self) -> String {
+        match &self.endpoint {
+            Some(url) => url.clone(),
+            None => format!("https://vpc.{}.tencentcloudapi.com", self.region.trim()),
+        }
+    }
+}
+
+/// Whether `s` can be a region id (`ap-guangzhou`, `ap-shanghai-fsi`): lowercase letters, digits and `-`.
+/// The default endpoint puts it in a host name, so nothing else may pass.
+pub fn is_region(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The documented default rate limit of a VPC API action, per second.
+pub const DEFAULT_RATE_LIMIT: u32 = 20;
+
+fn default_rate_limit() -> u32 {
+    DEFAULT_RATE_LIMIT
+}
+fn default_keep_warm() -> Dur {
+    Dur::from_secs(30)
 }
 fn default_metadata_endpoint() -> String {
     "http://metadata.tencentyun.com/latest/meta-data/".into()
@@ -778,18 +814,15 @@ impl Config {
     /// Checks that cannot be expressed in the types.
     fn validate(&self) -> Result<(), ConfigError> {
         let region = &self.cloud.region;
-        if region.is_empty()
-            || !region
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+        if !is_region(region) {
             return Err(self.invalid(
                 "cloud.region",
                 format!("{region:?} is not a region like \"ap-guangzhou\""),
             ));
         }
+        let endpoint = self.cloud.endpoint_url();
         for (key, url) in [
-            ("cloud.endpoint", &self.cloud.endpoint),
+            ("cloud.endpoint", &endpoint),
             ("cloud.metadata_endpoint", &self.cloud.metadata_endpoint),
         ] {
             let ok = (url.starts_with("https://") || url.starts_with("http://"))
@@ -800,6 +833,12 @@ impl Config {
         }
         if self.cloud.timeout.get().is_zero() {
             return Err(self.invalid("cloud.timeout", "must be more than 0"));
+        }
+        if self.cloud.rate_limit == 0 {
+            return Err(self.invalid(
+                "cloud.rate_limit",
+                "must be more than 0 (requests per second per action)",
+            ));
         }
         match (&self.cloud.secret_id, &self.cloud.secret_key) {
             (Some(_), None) => {
@@ -1080,7 +1119,13 @@ vip = "172.16.2.250/24"
     #[test]
     fn minimal_config_from_the_contract_parses_with_defaults() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.cloud.endpoint, "https://vpc.tencentcloudapi.com");
+        assert_eq!(c.cloud.endpoint, None);
+        assert_eq!(
+            c.cloud.endpoint_url(),
+            "https://vpc.ap-guangzhou.tencentcloudapi.com"
+        );
+        assert_eq!(c.cloud.rate_limit, 20);
+        assert_eq!(c.cloud.keep_warm.get(), Duration::from_secs(30));
         assert_eq!(c.cloud.timeout.get(), Duration::from_secs(3));
         assert_eq!(c.node.instance_id, AutoOr::Auto);
         assert_eq!(c.node.address, AutoOr::Auto);
@@ -1097,6 +1142,22 @@ vip = "172.16.2.250/24"
         assert_eq!(c.agent.on_shutdown, OnShutdown::Keep);
         assert!(c.redis.is_none());
         assert!(c.metrics.listen.is_none());
+    }
+
+    #[test]
+    fn the_endpoint_comes_from_the_region_unless_set() {
+        let fsi = parse(&MINIMAL.replace("ap-guangzhou", "ap-shanghai-fsi")).unwrap();
+        assert_eq!(
+            fsi.cloud.endpoint_url(),
+            "https://vpc.ap-shanghai-fsi.tencentcloudapi.com"
+        );
+        let set = parse(&MINIMAL.replace(
+            "region = \"ap-guangzhou\"",
+            "region = \"ap-guangzhou\"\nendpoint = \"http://127.0.0.1:8080\"\nrate_limit = 5",
+        ))
+        .unwrap();
+        assert_eq!(set.cloud.endpoint_url(), "http://127.0.0.1:8080");
+        assert_eq!(set.cloud.rate_limit, 5);
     }
 
     #[test]
@@ -1131,6 +1192,16 @@ vip = "172.16.2.250/24"
                 "region = \"ap-guangzhou\"",
                 "region = \"AP Guangzhou\"",
                 "cloud.region",
+            ),
+            (
+                "region = \"ap-guangzhou\"",
+                "region = \"ap.guangzhou/x\"",
+                "cloud.region",
+            ),
+            (
+                "region = \"ap-guangzhou\"",
+                "region = \"ap-guangzhou\"\nrate_limit = 0",
+                "cloud.rate_limit",
             ),
             (
                 "\"172.16.2.15:26379\"",

@@ -195,6 +195,19 @@ struct Cached {
     expires_at: i64,
     /// When the last refresh failed, to space out retries while the current credentials still work.
     failed_at: Option<tokio::time::Instant>,
+    /// When the server last made us fetch again ([`CredentialProvider::refresh_rejected`]).
+    forced_at: Option<tokio::time::Instant>,
+}
+
+impl Cached {
+    fn new(fetched: Fetched) -> Self {
+        Self {
+            credential: fetched.credential,
+            expires_at: fetched.expires_at,
+            failed_at: None,
+            forced_at: None,
+        }
+    }
 }
 
 impl CredentialProvider {
@@ -242,11 +255,7 @@ impl CredentialProvider {
                         role,
                         metadata,
                         clock,
-                        cache: tokio::sync::Mutex::new(Cached {
-                            credential: fetched.credential,
-                            expires_at: fetched.expires_at,
-                            failed_at: None,
-                        }),
+                        cache: tokio::sync::Mutex::new(Cached::new(fetched)),
                     })),
                 }),
             })
@@ -290,12 +299,102 @@ impl CredentialProvider {
         &self.inner.source
     }
 
+    /// The credentials to sign the next request with, by the local clock: [`CredentialProvider::get_at`]
+    /// with no clock offset.
+    pub async fn get(&self) -> Result<Credential, CredentialError> {
+        self.get_at(0).await
+    }
+
     /// The credentials to sign the next request with. Role credentials come from the cache and are
     /// refreshed when [`REFRESH_BEFORE_EXPIRY`] or less remain; if that refresh fails while they are still
     /// valid, they are used until they expire (and the failure is logged).
-    pub async fn get(&self) -> Result<Credential, CredentialError> {
-        let state = match &self.inner.kind {
-            Kind::Static(credential) => return Ok(credential.clone()),
+    ///
+    /// `clock_offset_s` is added to the local clock to get the server's (the VPC client learns it from
+    /// `AuthFailure.SignatureExpire`): `ExpiredTime` is the server's time, so a host whose clock is behind
+    /// would otherwise refresh too late and sign with expired credentials.
+    pub async fn get_at(&self, clock_offset_s: i64) -> Result<Credential, CredentialError> {
+        let state = match self.role_state().await? {
+            Err(credential) => return Ok(credential.clone()),
+            Ok(state) => state,
+        };
+        let mut cache = state.cache.lock().await;
+        let now = unix_seconds(state.clock.now()) + clock_offset_s;
+        let remaining = cache.expires_at - now;
+        if remaining > REFRESH_BEFORE_EXPIRY.as_secs() as i64 {
+            return Ok(cache.credential.clone());
+        }
+        let still_valid = remaining > 0;
+        if still_valid
+            && cache
+                .failed_at
+                .is_some_and(|t| t.elapsed() < REFRESH_RETRY_INTERVAL)
+        {
+            return Ok(cache.credential.clone());
+        }
+        match fetch_role(&state.metadata, &state.role).await {
+            Ok(fresh) => {
+                tracing::info!(
+                    role = %state.role,
+                    expires_in_s = fresh.expires_at - now,
+                    "refreshed cam role credentials"
+                );
+                cache.credential = fresh.credential;
+                cache.expires_at = fresh.expires_at;
+                cache.failed_at = None;
+                Ok(cache.credential.clone())
+            }
+            Err(e) if still_valid => {
+                tracing::warn!(
+                    role = %state.role,
+                    remaining_s = remaining,
+                    error = %e,
+                    "cannot refresh cam role credentials, using the current ones until they expire"
+                );
+                cache.failed_at = Some(tokio::time::Instant::now());
+                Ok(cache.credential.clone())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The server refused `rejected` as expired or invalid (`AuthFailure.TokenFailure`): fetches the role
+    /// credentials again, whatever their `ExpiredTime` says. Returns whether different credentials are now
+    /// cached (so one retry may succeed). Static credentials cannot be refreshed (`false`). When another
+    /// caller already replaced `rejected`, nothing is fetched; forced fetches are at least
+    /// [`REFRESH_RETRY_INTERVAL`] apart, so a role the server keeps refusing does not turn every API call
+    /// into a metadata request.
+    pub async fn refresh_rejected(&self, rejected: &Credential) -> Result<bool, CredentialError> {
+        let Ok(state) = self.role_state().await? else {
+            return Ok(false);
+        };
+        let mut cache = state.cache.lock().await;
+        if cache.credential != *rejected {
+            return Ok(true);
+        }
+        if cache
+            .forced_at
+            .is_some_and(|t| t.elapsed() < REFRESH_RETRY_INTERVAL)
+        {
+            return Ok(false);
+        }
+        cache.forced_at = Some(tokio::time::Instant::now());
+        let fresh = fetch_role(&state.metadata, &state.role).await?;
+        let changed = fresh.credential != *rejected;
+        tracing::warn!(
+            role = %state.role,
+            changed,
+            "the api refused the cam role token; fetched the role credentials again"
+        );
+        cache.credential = fresh.credential;
+        cache.expires_at = fresh.expires_at;
+        cache.failed_at = None;
+        Ok(changed)
+    }
+
+    /// The role's state (resolving a deferred role first), or `Err` with the static credentials.
+    async fn role_state(&self) -> Result<Result<&RoleState, &Credential>, CredentialError> {
+        Ok(Ok(match &self.inner.kind {
+            Kind::Static(credential) => return Ok(Err(credential)),
             Kind::Role(state) => state.as_ref(),
             Kind::PendingRole(pending) => {
                 let PendingRole {
@@ -320,56 +419,12 @@ impl CredentialProvider {
                             role,
                             metadata: metadata.clone(),
                             clock: clock.clone(),
-                            cache: tokio::sync::Mutex::new(Cached {
-                                credential: fetched.credential,
-                                expires_at: fetched.expires_at,
-                                failed_at: None,
-                            }),
+                            cache: tokio::sync::Mutex::new(Cached::new(fetched)),
                         })
                     })
                     .await?
             }
-        };
-        let mut cache = state.cache.lock().await;
-        let now = unix_seconds(state.clock.now());
-        let remaining = cache.expires_at - now;
-        if remaining > REFRESH_BEFORE_EXPIRY.as_secs() as i64 {
-            return Ok(cache.credential.clone());
-        }
-        let still_valid = remaining > 0;
-        if still_valid
-            && cache
-                .failed_at
-                .is_some_and(|t| t.elapsed() < REFRESH_RETRY_INTERVAL)
-        {
-            return Ok(cache.credential.clone());
-        }
-        match fetch_role(&state.metadata, &state.role).await {
-            Ok(fresh) => {
-                tracing::info!(
-                    role = %state.role,
-                    expires_in_s = fresh.expires_at - now,
-                    "refreshed cam role credentials"
-                );
-                *cache = Cached {
-                    credential: fresh.credential,
-                    expires_at: fresh.expires_at,
-                    failed_at: None,
-                };
-                Ok(cache.credential.clone())
-            }
-            Err(e) if still_valid => {
-                tracing::warn!(
-                    role = %state.role,
-                    remaining_s = remaining,
-                    error = %e,
-                    "cannot refresh cam role credentials, using the current ones until they expire"
-                );
-                cache.failed_at = Some(tokio::time::Instant::now());
-                Ok(cache.credential.clone())
-            }
-            Err(e) => Err(e),
-        }
+        }))
     }
 }
 

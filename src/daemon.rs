@@ -1293,6 +1293,11 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
         }
         _ => {}
     }
+    // A warm connection for a failover's first call after hours of standby (cloud.keep_warm).
+    let _keep_warm = cloud
+        .client
+        .as_ref()
+        .map(|c| c.spawn_keep_warm(cfg.cloud.keep_warm.get()));
     let claimer = Claimer::new(
         cloud.client,
         Arc::new(net),

@@ -1,5 +1,7 @@
 //! The VPC client against plain wiremock mocks set up per test: retry classes, deadlines, the clock-skew
-//! retry, lenient decoding, the request as sent versus as signed, and secrets kept out of errors.
+//! retry, lenient decoding, the request as sent versus as signed, and secrets kept out of errors; and
+//! against the fake cloud: transient codes, the per-action rate limit (client and fake), batching of
+//! concurrent calls, and the warm connection behind a slow front.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,6 +162,11 @@ const RETRIED_CODES: &[&str] = &[
     "InternalError.ServerError",
     "InternalError.ModuleError",
     "UnsupportedOperation.MutexOperationTaskRunning",
+    "ServiceUnavailable",
+    "ServiceUnavailable.Maintenance",
+    "ActionLocked",
+    "ResourceUnavailable",
+    "ResourceUnavailable.HaVip",
 ];
 
 const NEVER_RETRIED_CODES: &[&str] = &[
@@ -990,4 +997,490 @@ async fn unusable_settings_are_refused_with_the_key() {
     )
     .unwrap_err();
     assert!(err.to_string().starts_with("cloud.timeout: "), "{err}");
+}
+
+// ---- against the fake cloud ----
+
+use havip_agent::fake::front::{FakeFront, FrontOptions};
+use havip_agent::fake::{FakeCloud, Fault, FaultKind, HavipSpec};
+
+/// A fake with the test key and HAVIPs `havip-00000000` .. `havip-0000000<n-1>`, unbound.
+async fn fake_with(n: usize) -> FakeCloud {
+    let fake = FakeCloud::start().await;
+    fake.add_key(SECRET_ID, SECRET_KEY);
+    for i in 0..n {
+        fake.add_havip(HavipSpec::new(
+            havip_id(i),
+            std::net::Ipv4Addr::new(198, 18, 0, 10 + i as u8),
+        ));
+    }
+    fake
+}
+
+fn havip_id(i: usize) -> String {
+    format!("havip-{i:08}")
+}
+
+/// A client of `endpoint` on the system clock (the fake checks timestamps against its own clock).
+fn live_client(endpoint: &str, extra: &str) -> VpcClient {
+    let cloud: CloudConfig = toml::from_str(&format!(
+        "region = \"ap-guangzhou\"\nendpoint = \"{endpoint}\"\ntimeout = \"2s\"\n{extra}"
+    ))
+    .unwrap();
+    VpcClient::new(&cloud, credentials(false), havip_agent::clock::system())
+        .unwrap()
+        .with_retry_policy(FAST)
+}
+
+fn answered(fake: &FakeCloud, action: &str, code: Option<&str>) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.action == action && r.error_code.as_deref() == code)
+        .count()
+}
+
+#[tokio::test]
+async fn two_service_unavailable_answers_then_success_is_a_success_within_the_deadline() {
+    let fake = fake_with(1).await;
+    fake.inject(Fault::service_unavailable("DescribeHaVips").times(2));
+    let client = live_client(&fake.endpoint(), "");
+
+    let havip = client
+        .describe_havip(&havip_id(0), in_secs(5))
+        .await
+        .expect("ServiceUnavailable is transient: retried until it succeeds");
+
+    assert_eq!(havip.havip_id, havip_id(0));
+    assert_eq!(
+        answered(&fake, "DescribeHaVips", Some("ServiceUnavailable")),
+        2
+    );
+    assert_eq!(answered(&fake, "DescribeHaVips", None), 1);
+}
+
+#[tokio::test]
+async fn action_locked_is_retried_until_the_deadline_and_stays_retryable() {
+    let fake = fake_with(1).await;
+    fake.inject(Fault::action_locked("AssociateHaVipInstance"));
+    let client = live_client(&fake.endpoint(), "");
+
+    let err = client
+        .associate(
+            &havip_id(0),
+            "ins-a",
+            InstanceType::Cvm,
+            Instant::now() + Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+
+    // Retryable is what makes `migrate-havip` exit 1 (Sentinel retries) rather than 2.
+    assert_eq!(err.code(), Some("ActionLocked"), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(answered(&fake, "AssociateHaVipInstance", Some("ActionLocked")) > 1);
+}
+
+#[tokio::test]
+async fn a_disassociate_of_a_pair_already_gone_counts_as_done() {
+    let fake = fake_with(1).await;
+    let client = live_client(&fake.endpoint(), "");
+
+    // The fake answers ResourceNotFound: the pair is not in the drift range.
+    client
+        .disassociate(&havip_id(0), "ins-a", InstanceType::Cvm, in_secs(5))
+        .await
+        .expect("already gone is done");
+    assert_eq!(
+        answered(&fake, "DisassociateHaVipInstance", Some("ResourceNotFound")),
+        1,
+        "asked once, not retried"
+    );
+
+    // Only for disassociate: associating with a HAVIP that does not exist is a failure.
+    let err = client
+        .associate("havip-deadbeef", "ins-a", InstanceType::Cvm, in_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("ResourceNotFound"), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_endpoint_defaults_to_the_regional_host_and_a_zero_rate_limit_is_refused() {
+    let cloud: CloudConfig = toml::from_str("region = \"ap-shenzhen-fsi\"\n").unwrap();
+    let client = VpcClient::new(&cloud, credentials(false), fixed_clock()).unwrap();
+    assert_eq!(
+        client.endpoint(),
+        "https://vpc.ap-shenzhen-fsi.tencentcloudapi.com/"
+    );
+
+    let cloud: CloudConfig = toml::from_str("region = \"evil.example/x\"\n").unwrap();
+    let err = VpcClient::new(&cloud, credentials(false), fixed_clock()).unwrap_err();
+    assert!(err.to_string().starts_with("cloud.region: "), "{err}");
+
+    let cloud: CloudConfig = toml::from_str("region = \"ap-guangzhou\"\nrate_limit = 0\n").unwrap();
+    let err = VpcClient::new(&cloud, credentials(false), fixed_clock()).unwrap_err();
+    assert!(err.to_string().starts_with("cloud.rate_limit: "), "{err}");
+}
+
+/// Sends of `action` that fell in one second of each other, at most: the fake's view of the client's rate.
+fn busiest_second(fake: &FakeCloud, action: &str) -> usize {
+    let at: Vec<SystemTime> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.action == action)
+        .map(|r| r.at)
+        .collect();
+    at.iter()
+        .map(|start| {
+            at.iter()
+                .filter(|t| {
+                    t.duration_since(*start)
+                        .is_ok_and(|d| d < Duration::from_secs(1))
+                })
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn requests_over_the_rate_limit_wait_instead_of_failing() {
+    // 35 calls at once against the fake's documented 20/s: the client's limiter holds them to its rate
+    // (10/s here, half the fake's, so that a loaded test machine delaying one burst's arrival cannot
+    // squeeze two bursts into one of the fake's seconds), nobody fails and the fake never has to refuse.
+    // Without the limiter, 15 of the first 35 would be refused.
+    let fake = fake_with(1).await;
+    let client = live_client(&fake.endpoint(), "rate_limit = 10\n");
+
+    let ids = [havip_id(0)];
+    let calls = (0..35).map(|_| client.describe_havips(&ids, in_secs(20)));
+    let results = futures::future::join_all(calls).await;
+
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(answered(&fake, "DescribeHaVips", None), 35);
+    assert_eq!(
+        answered(&fake, "DescribeHaVips", Some("RequestLimitExceeded")),
+        0
+    );
+    assert!(busiest_second(&fake, "DescribeHaVips") <= 20);
+}
+
+#[tokio::test]
+async fn the_fake_refuses_requests_past_its_limit_and_the_client_retries_them() {
+    // A client allowed more than the fake: the fake's limit answers RequestLimitExceeded, which the client
+    // retries within the deadline.
+    let fake = fake_with(1).await;
+    let client = live_client(&fake.endpoint(), "rate_limit = 1000\n");
+    let ids = [havip_id(0)];
+
+    let calls = (0..30).map(|_| client.describe_havips(&ids, in_secs(10)));
+    let results = futures::future::join_all(calls).await;
+
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(answered(&fake, "DescribeHaVips", Some("RequestLimitExceeded")) > 0);
+    assert_eq!(answered(&fake, "DescribeHaVips", None), 30);
+
+    // And it can be turned off.
+    fake.set_rate_limit(None);
+    fake.clear_requests();
+    let calls = (0..30).map(|_| client.describe_havips(&ids, in_secs(10)));
+    futures::future::join_all(calls).await;
+    assert_eq!(
+        answered(&fake, "DescribeHaVips", Some("RequestLimitExceeded")),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_slot_past_the_deadline_fails_without_sending() {
+    let fake = fake_with(1).await;
+    let client = live_client(&fake.endpoint(), "rate_limit = 1\n");
+    client
+        .describe_havips(&[havip_id(0)], in_secs(5))
+        .await
+        .unwrap();
+
+    // The next slot is a second away; this caller has 200 ms.
+    let err = client
+        .describe_havips(&[havip_id(0)], Instant::now() + Duration::from_millis(200))
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(err, CloudError::DeadlineExceeded { .. }),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests().len(), 1, "nothing sent past the limit");
+}
+
+/// Polls until the fake has seen `n` requests of `action` (the first call is then in flight).
+async fn until_seen(fake: &FakeCloud, action: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fake
+        .requests()
+        .iter()
+        .filter(|r| r.action == action)
+        .count()
+        < n
+    {
+        assert!(Instant::now() < deadline, "{action} never reached the fake");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_describes_while_one_is_in_flight_go_out_as_one_request() {
+    let fake = fake_with(10).await;
+    fake.inject(
+        Fault::on(
+            "DescribeHaVips",
+            FaultKind::Delay(Duration::from_millis(300)),
+        )
+        .times(1),
+    );
+    let client = live_client(&fake.endpoint(), "");
+
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.describe_havip(&havip_id(0), in_secs(5)).await }
+    });
+    until_seen(&fake, "DescribeHaVips", 1).await;
+    let rest = futures::future::join_all((1..10).map(|i| {
+        let client = client.clone();
+        async move { (i, client.describe_havip(&havip_id(i), in_secs(5)).await) }
+    }))
+    .await;
+
+    assert_eq!(first.await.unwrap().unwrap().havip_id, havip_id(0));
+    for (i, result) in rest {
+        assert_eq!(
+            result.unwrap().havip_id,
+            havip_id(i),
+            "caller {i} gets its own HAVIP"
+        );
+    }
+    let describes: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.action == "DescribeHaVips")
+        .collect();
+    assert_eq!(describes.len(), 2, "the lone first call, then one batch");
+    assert_eq!(describes[0].body["HaVipIds"], json!([havip_id(0)]));
+    let mut batched: Vec<String> = describes[1].body["HaVipIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    batched.sort();
+    assert_eq!(batched, (1..10).map(havip_id).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_batched_describe_with_an_unknown_id_still_answers_each_caller() {
+    let fake = fake_with(2).await;
+    fake.inject(
+        Fault::on(
+            "DescribeHaVips",
+            FaultKind::Delay(Duration::from_millis(300)),
+        )
+        .times(1),
+    );
+    let client = live_client(&fake.endpoint(), "");
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.describe_havip(&havip_id(0), in_secs(5)).await }
+    });
+    until_seen(&fake, "DescribeHaVips", 1).await;
+
+    // One malformed id makes the API refuse the whole batch: each id is then asked on its own.
+    let id1 = havip_id(1);
+    let (known, malformed, missing) = tokio::join!(
+        client.describe_havip(&id1, in_secs(5)),
+        client.describe_havip("vip-malformed", in_secs(5)),
+        client.describe_havip("havip-deadbeef", in_secs(5)),
+    );
+
+    first.await.unwrap().unwrap();
+    assert_eq!(known.unwrap().havip_id, havip_id(1));
+    assert_eq!(
+        malformed.unwrap_err().code(),
+        Some("InvalidParameterValue.Malformed")
+    );
+    assert!(
+        matches!(missing, Err(CloudError::NotFound { .. })),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_associations_batch_and_a_duplicate_does_not_fail_the_others() {
+    let fake = FakeCloud::start().await;
+    fake.add_key(SECRET_ID, SECRET_KEY);
+    for i in 0..6 {
+        let mut spec = HavipSpec::new(
+            havip_id(i),
+            std::net::Ipv4Addr::new(198, 18, 0, 10 + i as u8),
+        );
+        if i == 3 {
+            spec = spec.associate("ins-a");
+        }
+        fake.add_havip(spec);
+    }
+    fake.inject(
+        Fault::on(
+            "AssociateHaVipInstance",
+            FaultKind::Delay(Duration::from_millis(300)),
+        )
+        .times(1),
+    );
+    let client = live_client(&fake.endpoint(), "");
+    let associate = |i: usize| {
+        let client = client.clone();
+        async move {
+            client
+                .associate(&havip_id(i), "ins-a", InstanceType::Cvm, in_secs(5))
+                .await
+        }
+    };
+
+    let first = tokio::spawn(associate(0));
+    until_seen(&fake, "AssociateHaVipInstance", 1).await;
+    // Four queued callers; HAVIP 3 already has ins-a in its range.
+    let rest = futures::future::join_all((1..5).map(associate)).await;
+
+    first.await.unwrap().unwrap();
+    assert!(rest.iter().all(Result::is_ok), "{rest:?}");
+    for i in 0..5 {
+        assert!(
+            fake.havip(&havip_id(i)).unwrap().in_range("ins-a"),
+            "havip {i}"
+        );
+    }
+    let writes = fake.write_requests();
+    assert_eq!(
+        writes.len(),
+        1 + 1 + 4,
+        "first alone, the batch of four refused as a whole, then each of the four: {writes:?}"
+    );
+    assert_eq!(
+        writes[1].body["HaVipAssociationSet"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(
+        writes[1].error_code.as_deref(),
+        Some("InvalidParameterValue.DuplicatedHaVipAssociations")
+    );
+
+    // Without a duplicate the batch simply succeeds: one request for the queued callers.
+    fake.clear_requests();
+    fake.inject(
+        Fault::on(
+            "DisassociateHaVipInstance",
+            FaultKind::Delay(Duration::from_millis(300)),
+        )
+        .times(1),
+    );
+    let disassociate = |i: usize| {
+        let client = client.clone();
+        async move {
+            client
+                .disassociate(&havip_id(i), "ins-a", InstanceType::Cvm, in_secs(5))
+                .await
+        }
+    };
+    let first = tokio::spawn(disassociate(0));
+    until_seen(&fake, "DisassociateHaVipInstance", 1).await;
+    let rest = futures::future::join_all((1..5).map(disassociate)).await;
+    first.await.unwrap().unwrap();
+    assert!(rest.iter().all(Result::is_ok), "{rest:?}");
+    assert_eq!(
+        fake.write_requests().len(),
+        2,
+        "{:?}",
+        fake.write_requests()
+    );
+}
+
+/// A fake behind a front: new connections pay 0 ms (the count is what matters here), idle ones close
+/// after 1 s.
+const IDLE_CLOSE: Duration = Duration::from_secs(1);
+
+async fn fronted() -> (FakeCloud, FakeFront) {
+    let fake = fake_with(1).await;
+    let front = FakeFront::start(
+        fake.address(),
+        FrontOptions {
+            handshake_delay: Duration::ZERO,
+            idle_close: Some(IDLE_CLOSE),
+        },
+    )
+    .await
+    .unwrap();
+    (fake, front)
+}
+
+#[tokio::test]
+async fn keep_warm_keeps_the_connection_through_an_idle_spell() {
+    let (_fake, front) = fronted().await;
+    let client = live_client(&front.endpoint(), "");
+    client
+        .describe_havip(&havip_id(0), in_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(front.connections(), 1);
+
+    // Touches every 200 ms: far enough under the idle close to survive a loaded test machine.
+    let _warm = client.spawn_keep_warm(Duration::from_millis(200));
+    // An idle spell three times the server's idle timeout (the scenario itself, not a wait for a result).
+    // Half an interval off the touches: a call made while a touch holds the connection (HTTP/1.1, one
+    // request at a time) would open a second one.
+    tokio::time::sleep(IDLE_CLOSE * 3 + Duration::from_millis(100)).await;
+    client
+        .describe_havip(&havip_id(0), in_secs(5))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        front.connections(),
+        1,
+        "the first connection was still open"
+    );
+}
+
+#[tokio::test]
+async fn without_keep_warm_an_idle_spell_costs_a_new_connection() {
+    // The control for the test above: the front does close idle connections.
+    let (_fake, front) = fronted().await;
+    let client = live_client(&front.endpoint(), "");
+    client
+        .describe_havip(&havip_id(0), in_secs(5))
+        .await
+        .unwrap();
+
+    tokio::time::sleep(IDLE_CLOSE * 3).await;
+    client
+        .describe_havip(&havip_id(0), in_secs(5))
+        .await
+        .unwrap();
+
+    assert_eq!(front.connections(), 2);
+}
+
+#[tokio::test]
+async fn keep_warm_touches_are_probes_not_api_requests() {
+    let fake = fake_with(1).await;
+    let client = live_client(&fake.endpoint(), "");
+
+    client.touch().await;
+    client.touch().await;
+
+    assert_eq!(fake.probes(), 2);
+    assert!(
+        fake.requests().is_empty(),
+        "not an API request, and nothing for the rate limit to count"
+    );
 }

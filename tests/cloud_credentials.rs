@@ -496,3 +496,154 @@ async fn a_deferred_role_is_looked_up_on_first_use_once_metadata_answers() {
     assert_eq!(c.secret_id.expose(), "AKIDtmp");
     assert_eq!(c.token.as_ref().map(|t| t.expose()), Some("tok"));
 }
+
+// ---- role credentials against the fake cloud: the server's clock and its token verdicts ----
+
+mod against_the_fake_cloud {
+    use super::*;
+    use havip_agent::clock::{Clock, unix_seconds};
+    use havip_agent::cloud::{RetryPolicy, VpcClient};
+    use havip_agent::fake::{FakeCloud, FakeMetadata, MetadataSpec, RoleCredentials};
+    use tokio::time::Instant;
+
+    const ROLE: &str = "havip-role";
+
+    /// A host clock `behind` seconds behind the real one.
+    #[derive(Debug)]
+    struct Behind(u64);
+
+    impl Clock for Behind {
+        fn now(&self) -> SystemTime {
+            SystemTime::now() - Duration::from_secs(self.0)
+        }
+    }
+
+    fn role(n: u32, expires_at: i64) -> RoleCredentials {
+        RoleCredentials::new(
+            ROLE,
+            &format!("AKIDtmp{n}"),
+            &format!("tmpkey{n}-s3cr3t"),
+            &format!("token{n}-s3cr3t"),
+            expires_at,
+        )
+    }
+
+    fn accept(fake: &FakeCloud, n: u32) {
+        fake.add_temporary_key(
+            &format!("AKIDtmp{n}"),
+            &format!("tmpkey{n}-s3cr3t"),
+            &format!("token{n}-s3cr3t"),
+        );
+    }
+
+    /// A metadata service serving role credentials #1 (expiring at `expires_at`, server time), a provider
+    /// that fetched them, and a VPC client of `fake` on `clock`.
+    async fn setup(
+        fake: &FakeCloud,
+        expires_at: i64,
+        clock: SharedClock,
+    ) -> (FakeMetadata, VpcClient) {
+        let md = FakeMetadata::start(
+            MetadataSpec::new("ins-1", "198.18.0.11".parse().unwrap(), [2, 0, 0, 0, 0, 1])
+                .with_role(role(1, expires_at)),
+        )
+        .await;
+        let client = MetadataClient::new(&md.endpoint(), Duration::from_secs(2)).unwrap();
+        let creds =
+            CredentialProvider::resolve(&no_env, &cloud_config(None), &client, clock.clone())
+                .await
+                .unwrap();
+        let cloud: CloudConfig = toml::from_str(&format!(
+            "region = \"ap-guangzhou\"\nendpoint = \"{}\"\n",
+            fake.endpoint()
+        ))
+        .unwrap();
+        let vpc = VpcClient::new(&cloud, creds, clock)
+            .unwrap()
+            .with_retry_policy(RetryPolicy {
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(5),
+            });
+        (md, vpc)
+    }
+
+    #[tokio::test]
+    async fn a_host_clock_behind_the_server_refreshes_role_credentials_by_the_servers_clock() {
+        let fake = FakeCloud::start().await;
+        accept(&fake, 1);
+        accept(&fake, 2);
+        let server_now = unix_seconds(SystemTime::now());
+        // Ten minutes behind: by the host's clock #1 has 800 s left, by the server's only 200 s, less
+        // than the 300 s before expiry at which credentials are refreshed.
+        let (md, vpc) = setup(&fake, server_now + 200, Arc::new(Behind(600))).await;
+        md.set_role_credentials(Some(role(2, server_now + 3600)));
+
+        vpc.describe_havips(&[], Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("the call succeeds");
+
+        assert!(
+            vpc.clock_offset() >= 599,
+            "offset learned: {}",
+            vpc.clock_offset()
+        );
+        let requests = fake.requests();
+        let ok = requests
+            .iter()
+            .find(|r| r.error_code.is_none())
+            .expect("a successful request");
+        assert_eq!(
+            ok.secret_id.as_deref(),
+            Some("AKIDtmp2"),
+            "signed with refreshed credentials, as the server's clock says #1 expires soon: {requests:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_failure_refetches_the_role_credentials_once_and_retries() {
+        let fake = FakeCloud::start().await;
+        // The server no longer honours #1's token (expired by its clock, or revoked).
+        fake.add_temporary_key("AKIDtmp1", "tmpkey1-s3cr3t", "some-other-token");
+        accept(&fake, 2);
+        let server_now = unix_seconds(SystemTime::now());
+        let (md, vpc) = setup(&fake, server_now + 3600, havip_agent::clock::system()).await;
+        md.set_role_credentials(Some(role(2, server_now + 7200)));
+        let fetches = md.hits("cam/security-credentials/havip-role");
+
+        vpc.describe_havips(&[], Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("one refetch and one retry succeed");
+
+        let codes: Vec<(Option<String>, Option<String>)> = fake
+            .requests()
+            .iter()
+            .map(|r| (r.secret_id.clone(), r.error_code.clone()))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                (
+                    Some("AKIDtmp1".into()),
+                    Some("AuthFailure.TokenFailure".into())
+                ),
+                (Some("AKIDtmp2".into()), None),
+            ]
+        );
+        assert_eq!(md.hits("cam/security-credentials/havip-role"), fetches + 1);
+
+        // Refused again: no second refetch within the retry interval, and the error is returned.
+        fake.add_temporary_key("AKIDtmp2", "tmpkey2-s3cr3t", "revoked");
+        fake.clear_requests();
+        let err = vpc
+            .describe_havips(&[], Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("AuthFailure.TokenFailure"), "{err}");
+        assert_eq!(
+            fake.requests().len(),
+            1,
+            "not retried without new credentials"
+        );
+        assert_eq!(md.hits("cam/security-credentials/havip-role"), fetches + 1);
+    }
+}

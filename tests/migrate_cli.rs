@@ -417,6 +417,45 @@ fn api_answering_503_still_binds_and_exits_1() {
 }
 
 #[test]
+fn two_service_unavailable_answers_are_retried_and_the_claim_exits_0() {
+    // Regression: the VPC's documented transient codes made the claim exit 2, so Sentinel never retried.
+    let site = Site::new(
+        "mig-svc",
+        HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+        |_, fake| fake.inject(Fault::service_unavailable("DescribeHaVips").times(2)),
+    );
+
+    let r = site.run(&sentinel_args("leader", ME));
+
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    let unavailable = site
+        .fake
+        .requests()
+        .iter()
+        .filter(|q| q.error_code.as_deref() == Some("ServiceUnavailable"))
+        .count();
+    assert_eq!(unavailable, 2);
+}
+
+#[test]
+fn an_action_locked_until_the_deadline_exits_1_so_sentinel_retries() {
+    let site = Site::new(
+        "mig-lck",
+        HavipSpec::new(HAVIP_ID, vip_addr()).holder("ins-b"),
+        |node, fake| {
+            short(node);
+            fake.inject(Fault::action_locked("DescribeHaVips"));
+        },
+    );
+
+    let r = site.run(&sentinel_args("leader", ME));
+
+    assert_eq!(r.code, Some(1), "{}", r.show());
+    assert!(site.vip_bound());
+    assert!(final_error(&r).contains("ActionLocked"), "{}", r.show());
+}
+
+#[test]
 fn auth_failure_still_binds_and_exits_2_without_leaking_the_key() {
     let site = Site::standard("mig-auth");
     let wrong_key = "definitely-not-the-key-123";

@@ -1,4 +1,5 @@
-//! `VpcClient`: signed POSTs to the VPC API with retries bounded by the caller's deadline.
+//! `VpcClient`: signed POSTs to the VPC API with retries bounded by the caller's deadline, a per-action
+//! rate limit shared by the whole process, batching of concurrent HAVIP calls, and a warm connection.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,14 +12,16 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::ApiObserver;
-use super::error::{CloudError, excerpt};
+use super::batch::{Coalescer, Waiter};
+use super::error::{CloudError, excerpt, means_already_disassociated};
+use super::limit::RateLimiter;
 use super::types::{
     AssociationItem, AssociationRequest, DescribeHaVipsRequest, DescribeHaVipsResponse,
     DescribeVpcTaskResultRequest, DescribeVpcTaskResultResponse, HaVip, InstanceType, TaskStatus,
 };
 use crate::clock::{SharedClock, unix_seconds};
 use crate::config::CloudConfig;
-use crate::credentials::CredentialProvider;
+use crate::credentials::{Credential, CredentialProvider};
 use crate::metadata::error_chain;
 use crate::tc3::{self, SigningInput};
 
@@ -34,6 +37,17 @@ const PAGE_LIMIT: usize = 100;
 const DUPLICATED_ASSOCIATION: &str = "InvalidParameterValue.DuplicatedHaVipAssociations";
 /// The request's timestamp is more than 5 minutes off the server's clock.
 const SIGNATURE_EXPIRE: &str = "AuthFailure.SignatureExpire";
+/// The temporary credential's token is invalid, e.g. expired by the server's clock.
+const TOKEN_FAILURE: &str = "AuthFailure.TokenFailure";
+/// `AssociateHaVipInstance` / `DisassociateHaVipInstance` take at most this many items.
+const MAX_ASSOCIATION_ITEMS: usize = 10;
+/// Idle pooled connections are kept this long at least: longer than any keep-warm interval, so the
+/// connection the keep-warm task refreshes is the one a failover's first call finds.
+const MIN_POOL_IDLE: Duration = Duration::from_secs(90);
+/// How long past their deadline batched callers wait for the batch's answer (see `wait_for`).
+const RESULT_GRACE: Duration = Duration::from_millis(100);
+/// TCP keepalive probes on pooled connections: a NAT or firewall that drops an idle flow is noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Exponential backoff with full jitter: before retry `n` (0-based) the client sleeps a uniformly random
 /// time in `[0, min(cap, base * 2^n)]`, and never past the caller's deadline.
@@ -68,8 +82,9 @@ impl RetryPolicy {
     }
 }
 
-/// A client of the VPC API. Cheap to clone; clones share the HTTP connection pool and the clock-offset
-/// correction learned from `AuthFailure.SignatureExpire`.
+/// A client of the VPC API. Cheap to clone; clones share the HTTP connection pool, the clock-offset
+/// correction learned from `AuthFailure.SignatureExpire`, the per-action rate limiter and the batching
+/// queues. Build one per process: the rate limit is only shared by clones.
 #[derive(Clone)]
 pub struct VpcClient {
     inner: Arc<Inner>,
@@ -88,6 +103,34 @@ struct Inner {
     clock: SharedClock,
     /// Seconds to add to the local clock to get the server's, learned from a `Date` header.
     clock_offset: AtomicI64,
+    /// `cloud.rate_limit` requests per second per action, for every attempt of every caller.
+    limiter: RateLimiter,
+    /// Concurrent `describe_havip` callers, coalesced into one `DescribeHaVips{HaVipIds}`.
+    describes: Coalescer<String, Result<HaVip, CloudError>>,
+    /// Concurrent `associate` callers, coalesced into one `AssociateHaVipInstance`.
+    associates: Coalescer<Pair, Result<(), CloudError>>,
+    /// Concurrent `disassociate` callers, coalesced into one `DisassociateHaVipInstance`.
+    disassociates: Coalescer<Pair, Result<(), CloudError>>,
+}
+
+/// One (HAVIP, instance) item of an association change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pair {
+    havip_id: String,
+    instance_id: String,
+    ty: InstanceType,
+}
+
+/// The keep-warm task started by [`VpcClient::spawn_keep_warm`]; stops when dropped.
+#[derive(Debug)]
+pub struct KeepWarm(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for KeepWarm {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 impl fmt::Debug for VpcClient {
@@ -128,16 +171,26 @@ impl VpcClient {
         clock: SharedClock,
     ) -> Result<Self, CloudError> {
         let invalid = |key: &'static str, problem: String| CloudError::Config { key, problem };
-        let endpoint = reqwest::Url::parse(&cloud.endpoint).map_err(|e| {
+        if cloud.endpoint.is_none() && !crate::config::is_region(cloud.region.trim()) {
+            return Err(invalid(
+                "cloud.region",
+                format!(
+                    "{:?} is not a region like \"ap-guangzhou\" (it names the default endpoint's host)",
+                    cloud.region
+                ),
+            ));
+        }
+        let endpoint_text = cloud.endpoint_url();
+        let endpoint = reqwest::Url::parse(&endpoint_text).map_err(|e| {
             invalid(
                 "cloud.endpoint",
-                format!("{:?} is not a URL: {e}", cloud.endpoint),
+                format!("{endpoint_text:?} is not a URL: {e}"),
             )
         })?;
         if !matches!(endpoint.scheme(), "http" | "https") {
             return Err(invalid(
                 "cloud.endpoint",
-                format!("{:?} must be an http:// or https:// URL", cloud.endpoint),
+                format!("{endpoint_text:?} must be an http:// or https:// URL"),
             ));
         }
         // TC3 signs the canonical URI "/" and an empty query: any other path or a query would be sent but
@@ -146,8 +199,7 @@ impl VpcClient {
             return Err(invalid(
                 "cloud.endpoint",
                 format!(
-                    "{:?} must have no path or query (like \"https://vpc.tencentcloudapi.com\")",
-                    cloud.endpoint
+                    "{endpoint_text:?} must have no path or query (like \"https://vpc.tencentcloudapi.com\")"
                 ),
             ));
         }
@@ -157,7 +209,7 @@ impl VpcClient {
             (None, _) => {
                 return Err(invalid(
                     "cloud.endpoint",
-                    format!("{:?} has no host", cloud.endpoint),
+                    format!("{endpoint_text:?} has no host"),
                 ));
             }
         };
@@ -168,6 +220,10 @@ impl VpcClient {
         if timeout.is_zero() {
             return Err(invalid("cloud.timeout", "must be more than zero".into()));
         }
+        if cloud.rate_limit == 0 {
+            return Err(invalid("cloud.rate_limit", "must be more than zero".into()));
+        }
+        // An http:// endpoint is accepted (labs, the fake); `check::cleartext_warnings` says so at start.
         super::install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
@@ -176,6 +232,9 @@ impl VpcClient {
             // A redirect would re-send (or turn into a GET) a request signed for another host.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("havip-agent/", env!("CARGO_PKG_VERSION")))
+            // The warm path: keep idle connections longer than the keep-warm interval, and probe them.
+            .pool_idle_timeout(MIN_POOL_IDLE.max(cloud.keep_warm.get() * 3))
+            .tcp_keepalive(TCP_KEEPALIVE)
             .build()
             .map_err(|e| {
                 invalid(
@@ -193,6 +252,10 @@ impl VpcClient {
                 creds,
                 clock,
                 clock_offset: AtomicI64::new(0),
+                limiter: RateLimiter::new(cloud.rate_limit),
+                describes: Coalescer::new(PAGE_LIMIT),
+                associates: Coalescer::new(MAX_ASSOCIATION_ITEMS),
+                disassociates: Coalescer::new(MAX_ASSOCIATION_ITEMS),
             }),
             observer: None,
             retry: RetryPolicy::default(),
@@ -232,29 +295,116 @@ impl VpcClient {
     }
 
     /// `DescribeHaVips` for one HAVIP. [`CloudError::NotFound`] when the API does not know it.
+    ///
+    /// Concurrent callers (several HAVIP tasks, several claims) share requests: while one is in flight,
+    /// later callers queue, and the queue goes out as one `DescribeHaVips{HaVipIds}` when it returns.
     pub async fn describe_havip(
         &self,
         havip_id: &str,
         deadline: Instant,
     ) -> Result<HaVip, CloudError> {
-        let not_found = |request_id: Option<String>| CloudError::NotFound {
+        let (rx, drive) = self.inner.describes.push(havip_id.to_owned(), deadline);
+        if drive {
+            let this = self.clone();
+            tokio::spawn(async move {
+                while let Some(batch) = this.inner.describes.next_batch() {
+                    this.describe_batch(batch).await;
+                }
+            });
+        }
+        self.wait_for("DescribeHaVips", rx, deadline).await
+    }
+
+    /// Waits for a batched call's result, at most until the caller's deadline.
+    async fn wait_for<T>(
+        &self,
+        action: &'static str,
+        rx: tokio::sync::oneshot::Receiver<Result<T, CloudError>>,
+        deadline: Instant,
+    ) -> Result<T, CloudError> {
+        let started = Instant::now();
+        // The batch's own call stops at the deadline too and then reports its last real error (which
+        // says more than "timeout", and decides retry or not); give it a moment to arrive.
+        match tokio::time::timeout_at(deadline + RESULT_GRACE, rx).await {
+            Ok(Ok(result)) => result,
+            // The driver was dropped with the runtime: no answer will come.
+            Ok(Err(_)) => Err(CloudError::DeadlineExceeded {
+                action: action.into(),
+            }),
+            Err(_) => Err(CloudError::Timeout {
+                action: action.into(),
+                endpoint: self.endpoint().into(),
+                after: started.elapsed(),
+            }),
+        }
+    }
+
+    /// Sends one batch of `describe_havip` callers and answers each. A batch the API refuses outright
+    /// (e.g. one malformed id) is asked again one id at a time, so each caller gets its own answer.
+    async fn describe_batch(&self, batch: Vec<Waiter<String, Result<HaVip, CloudError>>>) {
+        let mut ids: Vec<String> = batch.iter().map(|w| w.item.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let deadline = batch
+            .iter()
+            .map(|w| w.deadline)
+            .max()
+            .unwrap_or_else(Instant::now);
+        if ids.len() > 1 {
+            match self.describe_havips(&ids, deadline).await {
+                Ok(found) => {
+                    for w in batch {
+                        let answer = found
+                            .iter()
+                            .find(|h| h.havip_id == w.item)
+                            .cloned()
+                            .ok_or_else(|| self.not_found(&w.item, None));
+                        w.answer(answer);
+                    }
+                    return;
+                }
+                Err(e) if e.is_retryable() => {
+                    for w in batch {
+                        w.answer(Err(e.clone()));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(ids = ids.len(), error = %e, "batched describe refused, asking one by one");
+                }
+            }
+        }
+        let answers =
+            futures::future::join_all(batch.iter().map(|w| self.describe_one(&w.item, w.deadline)))
+                .await;
+        for (w, answer) in batch.into_iter().zip(answers) {
+            w.answer(answer);
+        }
+    }
+
+    fn not_found(&self, havip_id: &str, request_id: Option<String>) -> CloudError {
+        CloudError::NotFound {
             havip_id: havip_id.to_owned(),
             region: self.inner.region.clone(),
             request_id,
-        };
+        }
+    }
+
+    /// `DescribeHaVips` for one HAVIP, unbatched.
+    async fn describe_one(&self, havip_id: &str, deadline: Instant) -> Result<HaVip, CloudError> {
         let found = match self.describe_havips(&[havip_id.to_owned()], deadline).await {
             Ok(found) => found,
             Err(CloudError::Api {
                 code, request_id, ..
             }) if code == "ResourceNotFound" || code.starts_with("ResourceNotFound.") => {
-                return Err(not_found(Some(request_id)));
+                return Err(self.not_found(havip_id, Some(request_id)));
             }
             Err(e) => return Err(e),
         };
         found
             .into_iter()
             .find(|h| h.havip_id == havip_id)
-            .ok_or_else(|| not_found(None))
+            .ok_or_else(|| self.not_found(havip_id, None))
     }
 
     /// `DescribeHaVips` for the given HAVIPs (in requests of at most 100 ids); every HAVIP of the region
@@ -313,7 +463,8 @@ impl VpcClient {
     }
 
     /// `AssociateHaVipInstance`: adds the instance to the HAVIP's drift range. Already being there
-    /// (`InvalidParameterValue.DuplicatedHaVipAssociations`) counts as success.
+    /// (`InvalidParameterValue.DuplicatedHaVipAssociations`) counts as success. Concurrent callers are
+    /// batched (at most 10 items per request, see [`VpcClient::describe_havip`]).
     pub async fn associate(
         &self,
         havip_id: &str,
@@ -321,27 +472,11 @@ impl VpcClient {
         ty: InstanceType,
         deadline: Instant,
     ) -> Result<(), CloudError> {
-        let action = "AssociateHaVipInstance";
-        match self
-            .association(action, havip_id, instance_id, ty, deadline)
-            .await
-        {
-            Err(CloudError::Api {
-                code, request_id, ..
-            }) if code == DUPLICATED_ASSOCIATION => {
-                tracing::info!(
-                    havip = havip_id,
-                    instance = instance_id,
-                    request_id,
-                    "instance already in the havip drift range"
-                );
-                Ok(())
-            }
-            other => other,
-        }
+        self.change(true, havip_id, instance_id, ty, deadline).await
     }
 
-    /// `DisassociateHaVipInstance`: removes the instance from the HAVIP's drift range.
+    /// `DisassociateHaVipInstance`: removes the instance from the HAVIP's drift range. A pair that is
+    /// already gone counts as success. Concurrent callers are batched like [`VpcClient::associate`].
     pub async fn disassociate(
         &self,
         havip_id: &str,
@@ -349,33 +484,158 @@ impl VpcClient {
         ty: InstanceType,
         deadline: Instant,
     ) -> Result<(), CloudError> {
-        self.association(
-            "DisassociateHaVipInstance",
-            havip_id,
-            instance_id,
-            ty,
-            deadline,
-        )
-        .await
+        self.change(false, havip_id, instance_id, ty, deadline)
+            .await
     }
 
-    async fn association(
+    async fn change(
         &self,
-        action: &'static str,
+        add: bool,
         havip_id: &str,
         instance_id: &str,
         ty: InstanceType,
         deadline: Instant,
     ) -> Result<(), CloudError> {
+        let pair = Pair {
+            havip_id: havip_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            ty,
+        };
+        let (action, queue) = if add {
+            ("AssociateHaVipInstance", &self.inner.associates)
+        } else {
+            ("DisassociateHaVipInstance", &self.inner.disassociates)
+        };
+        let (rx, drive) = queue.push(pair, deadline);
+        if drive {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let queue = if add {
+                    &this.inner.associates
+                } else {
+                    &this.inner.disassociates
+                };
+                while let Some(batch) = queue.next_batch() {
+                    this.change_batch(action, add, batch).await;
+                }
+            });
+        }
+        self.wait_for(action, rx, deadline).await
+    }
+
+    /// Sends one batch of association changes and answers each caller. The API is all or nothing: when
+    /// a batch of several fails with a non-transient error (one pair already there, one HAVIP gone), each
+    /// item is sent on its own so that one item's error does not fail the others.
+    async fn change_batch(
+        &self,
+        action: &'static str,
+        add: bool,
+        batch: Vec<Waiter<Pair, Result<(), CloudError>>>,
+    ) {
+        let mut pairs: Vec<Pair> = Vec::new();
+        for w in &batch {
+            if !pairs.contains(&w.item) {
+                pairs.push(w.item.clone());
+            }
+        }
+        let deadline = batch
+            .iter()
+            .map(|w| w.deadline)
+            .max()
+            .unwrap_or_else(Instant::now);
+        if pairs.len() > 1 {
+            match self.association(action, &pairs, deadline).await {
+                Ok(()) => {
+                    for w in batch {
+                        w.answer(Ok(()));
+                    }
+                    return;
+                }
+                Err(e) if e.is_retryable() => {
+                    for w in batch {
+                        w.answer(Err(e.clone()));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(action, items = pairs.len(), error = %e, "batched association change refused, sending each item alone");
+                }
+            }
+        }
+        let answers = futures::future::join_all(batch.iter().map(|w| async {
+            let result = self
+                .association(action, std::slice::from_ref(&w.item), w.deadline)
+                .await;
+            settle(add, &w.item, result)
+        }))
+        .await;
+        for (w, answer) in batch.into_iter().zip(answers) {
+            w.answer(answer);
+        }
+    }
+
+    async fn association(
+        &self,
+        action: &'static str,
+        pairs: &[Pair],
+        deadline: Instant,
+    ) -> Result<(), CloudError> {
+        let items: Vec<AssociationItem<'_>> = pairs
+            .iter()
+            .map(|p| AssociationItem {
+                ha_vip_id: &p.havip_id,
+                instance_id: &p.instance_id,
+                instance_type: p.ty.as_api_str(),
+            })
+            .collect();
         let request = AssociationRequest {
-            ha_vip_association_set: [AssociationItem {
-                ha_vip_id: havip_id,
-                instance_id,
-                instance_type: ty.as_api_str(),
-            }],
+            ha_vip_association_set: &items,
         };
         let _: serde::de::IgnoredAny = self.call(action, &request, deadline).await?;
         Ok(())
+    }
+
+    /// Starts a task that touches the endpoint every `interval` (none when `interval` is zero), so that
+    /// the pooled connection stays open through hours without API calls and a failover's first call does
+    /// not pay for DNS, TCP and TLS. Stops when the returned guard is dropped.
+    ///
+    /// The touch is a bare `GET /` of the endpoint: the API answers it at once with an error envelope
+    /// (no action). It is unsigned and names no action, so it needs no credentials and cannot count
+    /// against the per-action rate limit (which the API keeps per account and action); it is not an API
+    /// call, so it is not reported to the observer either.
+    pub fn spawn_keep_warm(&self, interval: Duration) -> KeepWarm {
+        if interval.is_zero() {
+            return KeepWarm(None);
+        }
+        let this = self.clone();
+        KeepWarm(Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.touch().await;
+            }
+        })))
+    }
+
+    /// One keep-warm touch (see [`VpcClient::spawn_keep_warm`]).
+    pub async fn touch(&self) {
+        let inner = &*self.inner;
+        let result = inner
+            .http
+            .get(inner.endpoint.clone())
+            .timeout(inner.timeout)
+            .send()
+            .await;
+        match result {
+            // Read the body so the connection goes back to the pool.
+            Ok(response) => {
+                let _ = response.bytes().await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e.without_url()), "keep-warm touch of the vpc endpoint failed")
+            }
+        }
     }
 
     /// `DescribeVpcTaskResult`: the status of an asynchronous action (its `RequestId` is the task id).
@@ -395,7 +655,9 @@ impl VpcClient {
         Ok(TaskStatus::from_wire(&status, response.output))
     }
 
-    /// One action, retried per the retry classes until `deadline`.
+    /// One action, retried per the retry classes until `deadline`. Every attempt first waits for a slot of
+    /// the per-action rate limit (within the deadline). `AuthFailure.SignatureExpire` corrects the clock
+    /// and `AuthFailure.TokenFailure` refetches role credentials, each once per call, then retries.
     pub(super) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         action: &'static str,
@@ -409,18 +671,43 @@ impl VpcClient {
         })?;
         let mut retries = 0u32;
         let mut skew_corrected = false;
+        let mut token_refreshed = false;
         let mut last_error: Option<CloudError> = None;
         loop {
-            let now = Instant::now();
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() {
+            let out_of_time = |last_error: Option<CloudError>| {
                 // A backoff sleep can end a hair past the deadline: the last real error says more.
-                return Err(last_error.unwrap_or_else(|| CloudError::DeadlineExceeded {
+                last_error.unwrap_or_else(|| CloudError::DeadlineExceeded {
                     action: action.into(),
-                }));
+                })
+            };
+            if deadline <= Instant::now() || !self.inner.limiter.acquire(action, deadline).await {
+                if last_error.is_none() {
+                    tracing::debug!(
+                        action,
+                        "no rate-limit slot for the vpc api call before its deadline"
+                    );
+                }
+                return Err(out_of_time(last_error));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(out_of_time(last_error));
             }
             let timeout = left.min(self.inner.timeout);
-            let failure = match self.attempt(action, &body, timeout).await {
+            let creds = self
+                .inner
+                .creds
+                .get_at(self.clock_offset())
+                .await
+                .map_err(CloudError::Credentials);
+            let attempt = match creds {
+                Ok(creds) => self
+                    .attempt(action, &body, timeout, &creds)
+                    .await
+                    .map_err(|e| (e, Some(creds))),
+                Err(e) => Err((AttemptError::from(e), None)),
+            };
+            let (failure, used) = match attempt {
                 Ok(value) => {
                     return serde_json::from_value(value).map_err(|e| CloudError::Decode {
                         action: action.into(),
@@ -430,6 +717,21 @@ impl VpcClient {
                 Err(failure) => failure,
             };
             let error = failure.error;
+            if error.code() == Some(TOKEN_FAILURE) && !token_refreshed {
+                // The token expired by the server's clock (or was revoked): fetch the role credentials
+                // once more and retry once. Static credentials cannot be refreshed: returned as is.
+                token_refreshed = true;
+                if let Some(used) = &used {
+                    match self.inner.creds.refresh_rejected(used).await {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(action, error = %e, "cannot refetch the cam role credentials after a token failure")
+                        }
+                    }
+                }
+                return Err(error);
+            }
             if error.code() == Some(SIGNATURE_EXPIRE) && !skew_corrected {
                 // Retry once with the server's clock; a second SignatureExpire is returned as is.
                 if let Some(server) = failure.server_time {
@@ -481,9 +783,9 @@ impl VpcClient {
         action: &'static str,
         body: &[u8],
         timeout: Duration,
+        creds: &Credential,
     ) -> Result<serde_json::Value, AttemptError> {
         let inner = &*self.inner;
-        let creds = inner.creds.get().await.map_err(CloudError::Credentials)?;
         let timestamp =
             unix_seconds(inner.clock.now()) + inner.clock_offset.load(Ordering::Relaxed);
         let signature = tc3::sign(
@@ -500,7 +802,7 @@ impl VpcClient {
             creds.secret_id.expose(),
             &creds.secret_key,
         );
-        let headers = self.headers(action, timestamp, &signature.authorization, &creds)?;
+        let headers = self.headers(action, timestamp, &signature.authorization, creds)?;
 
         let started = Instant::now();
         let result = self.send(action, headers, body.to_vec(), timeout).await;
@@ -649,6 +951,39 @@ impl VpcClient {
             }));
         }
         Ok(response)
+    }
+}
+
+/// One item's result of an association change, with the answers that mean "already as wanted" turned
+/// into success.
+fn settle(add: bool, pair: &Pair, result: Result<(), CloudError>) -> Result<(), CloudError> {
+    match result {
+        Err(CloudError::Api {
+            code, request_id, ..
+        }) if add && code == DUPLICATED_ASSOCIATION => {
+            tracing::info!(
+                havip = %pair.havip_id,
+                instance = %pair.instance_id,
+                request_id,
+                "instance already in the havip drift range"
+            );
+            Ok(())
+        }
+        // Only for disassociate: the pair (or the HAVIP) is already gone, which is what was wanted. For
+        // associate a missing HAVIP is a real failure.
+        Err(CloudError::Api {
+            code, request_id, ..
+        }) if !add && means_already_disassociated(&code) => {
+            tracing::info!(
+                havip = %pair.havip_id,
+                instance = %pair.instance_id,
+                request_id,
+                code,
+                "instance already out of the havip drift range"
+            );
+            Ok(())
+        }
+        other => other,
     }
 }
 

@@ -9,8 +9,9 @@ use crate::credentials::CredentialError;
 /// Longest excerpt of a non-JSON or non-200 body kept in an error.
 const BODY_EXCERPT: usize = 200;
 
-/// A failed VPC API call.
-#[derive(Debug, thiserror::Error)]
+/// A failed VPC API call. `Clone` so that one batched request's failure can be handed to every caller in
+/// the batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CloudError {
     /// The API answered with `Response.Error` (HTTP 200).
     #[error("{code}: {message} (RequestId {request_id})")]
@@ -112,15 +113,34 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     }
 }
 
-/// Whether an API error `Code` is worth retrying: throttling, internal errors and a conflicting task in
-/// progress. Every other code (authentication, parameters, missing resources, quotas, unknown codes) would
-/// fail the same way again.
+/// Whether an API error `Code` is worth retrying: throttling, internal errors, a conflicting task in
+/// progress, and the VPC's documented transient server-side codes (`ServiceUnavailable`, `ActionLocked`:
+/// "the resource is being operated on, wait for the last operation to end", `ResourceUnavailable`), each
+/// with its `.*` sub-codes. Every other code (authentication, parameters, missing resources, quotas,
+/// unknown codes) would fail the same way again.
 pub fn is_retryable_code(code: &str) -> bool {
-    code == "RequestLimitExceeded"
-        || code.starts_with("RequestLimitExceeded.")
-        || code == "InternalError"
-        || code.starts_with("InternalError.")
-        || code == "UnsupportedOperation.MutexOperationTaskRunning"
+    const FAMILIES: [&str; 5] = [
+        "RequestLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+        "ActionLocked",
+        "ResourceUnavailable",
+    ];
+    FAMILIES.iter().any(|family| {
+        code.strip_prefix(family)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    }) || code == "UnsupportedOperation.MutexOperationTaskRunning"
+}
+
+/// Whether a `DisassociateHaVipInstance` error means the pair is already gone, so the disassociation the
+/// caller wants is done: `ResourceNotFound*` (the pair, or the HAVIP, does not exist) and
+/// `InvalidParameterValue.*NotAssociated*`-like codes. Only for disassociate: for any other action these
+/// codes are real failures.
+pub(crate) fn means_already_disassociated(code: &str) -> bool {
+    code == "ResourceNotFound"
+        || code.starts_with("ResourceNotFound.")
+        || (code.starts_with("InvalidParameterValue.")
+            && code.to_ascii_lowercase().contains("notassociated"))
 }
 
 impl CloudError {
@@ -207,6 +227,47 @@ mod tests {
         assert!(!e.is_retryable());
         assert_eq!(e.code(), Some("AuthFailure.SignatureFailure"));
         assert_eq!(e.request_id(), Some("req-1"));
+    }
+
+    #[test]
+    fn transient_server_codes_are_retryable_with_their_sub_codes() {
+        for code in [
+            "ServiceUnavailable",
+            "ServiceUnavailable.Busy",
+            "ActionLocked",
+            "ResourceUnavailable",
+            "ResourceUnavailable.HaVip",
+            "InternalError",
+            "InternalError.ServerError",
+            "RequestLimitExceeded",
+            "RequestLimitExceeded.UinLimitExceeded",
+            "UnsupportedOperation.MutexOperationTaskRunning",
+        ] {
+            assert!(is_retryable_code(code), "{code} should be retried");
+        }
+        for code in [
+            "ServiceUnavailableX",
+            "ActionLockedForever",
+            "ResourceNotFound",
+            "UnsupportedOperation",
+            "AuthFailure.TokenFailure",
+        ] {
+            assert!(!is_retryable_code(code), "{code} should not be retried");
+        }
+    }
+
+    #[test]
+    fn only_missing_pairs_count_as_already_disassociated() {
+        for code in [
+            "ResourceNotFound",
+            "ResourceNotFound.HaVipAssociation",
+            "InvalidParameterValue.HaVipNotAssociated",
+        ] {
+            assert!(means_already_disassociated(code), "{code}");
+        }
+        for code in ["InvalidParameterValue", "InternalError", "ResourceInUse"] {
+            assert!(!means_already_disassociated(code), "{code}");
+        }
     }
 
     #[test]

@@ -2,18 +2,21 @@
 //! retries bounded by the caller's deadline.
 //!
 //! Owns the request envelope (`X-TC-*` headers, TC3 signature over the exact bytes sent), the response
-//! envelope (`Response.Error` means failure), the retry classes, the clock-skew correction, and the typed
+//! envelope (`Response.Error` means failure), the retry classes, the clock-skew correction, the per-action
+//! rate limit (`limit`), the batching of concurrent calls (`batch`), the warm connection, and the typed
 //! `HaVip`. It does not compute signatures itself (see `tc3`), find credentials (see `credentials`), or
 //! decide what to associate when (the claim and reconcile logic does).
 
+mod batch;
 mod client;
 mod eip;
 mod error;
+mod limit;
 mod types;
 
 use std::time::Duration;
 
-pub use client::{API_VERSION, RetryPolicy, SERVICE, VpcClient};
+pub use client::{API_VERSION, KeepWarm, RetryPolicy, SERVICE, VpcClient};
 pub use eip::{EipBound, EipError, EipState, eip_state};
 pub use error::{CloudError, is_retryable_code};
 pub use types::{HaVip, HaVipAssociation, HaVipState, InstanceType, TaskStatus, holder_id};

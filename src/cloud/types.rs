@@ -258,7 +258,7 @@ impl WireHaVip {
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct AssociationRequest<'a> {
-    pub ha_vip_association_set: [AssociationItem<'a>; 1],
+    pub ha_vip_association_set: &'a [AssociationItem<'a>],
 }
 
 #[derive(Serialize)]

@@ -367,6 +367,29 @@ impl Fault {
         self
     }
 
+    /// `ServiceUnavailable` on one action, until cleared (a documented transient server-side code).
+    pub fn service_unavailable(action: impl Into<String>) -> Self {
+        Self::on(
+            action,
+            FaultKind::ApiError {
+                code: "ServiceUnavailable".into(),
+                message: "The service is temporarily unavailable, please try again later.".into(),
+            },
+        )
+    }
+
+    /// `ActionLocked` on one action, until cleared: "the resource is being operated on, wait for the last
+    /// operation to end".
+    pub fn action_locked(action: impl Into<String>) -> Self {
+        Self::on(
+            action,
+            FaultKind::ApiError {
+                code: "ActionLocked".into(),
+                message: "The resource is locked by another operation; retry when it ends.".into(),
+            },
+        )
+    }
+
     /// Limits the fault to requests naming `havip_id` (one HAVIP slow or failing, the others not).
     pub fn for_havip(mut self, havip_id: impl Into<String>) -> Self {
         self.havip_id = Some(havip_id.into());
@@ -577,6 +600,10 @@ struct State {
     moves: Vec<HolderMove>,
     tasks: HashMap<String, String>,
     eip: eip::EipState,
+    /// The per-action rate limit (on at 20/s unless changed).
+    limits: super::limits::RateLimits,
+    /// Keep-warm probes answered (bare `GET /`, not API requests).
+    probes: usize,
 }
 
 impl State {
@@ -739,6 +766,8 @@ impl FakeCloud {
             moves: Vec::new(),
             tasks: HashMap::new(),
             eip: eip::EipState::default(),
+            limits: super::limits::RateLimits::default(),
+            probes: 0,
         }));
         Mock::given(DropConnectionRule {
             state: state.clone(),
@@ -753,6 +782,16 @@ impl FakeCloud {
         .named("fault: drop connection")
         .mount(&server)
         .await;
+        Mock::given(wiremock::matchers::method("GET"))
+            .and(wiremock::matchers::path("/"))
+            .and(|r: &Request| !r.headers.contains_key("x-tc-action"))
+            .respond_with(Probe {
+                state: state.clone(),
+            })
+            .with_priority(2)
+            .named("keep-warm probe")
+            .mount(&server)
+            .await;
         Mock::given(any())
             .respond_with(Api {
                 state: state.clone(),
@@ -937,6 +976,18 @@ impl FakeCloud {
         self.lock().now()
     }
 
+    /// Sets the per-action rate limit: `RequestLimitExceeded` once an action was answered this many times
+    /// in the last second; `None` turns it off. On at 20/s by default, as the API documents.
+    pub fn set_rate_limit(&self, per_second: Option<u32>) {
+        self.lock().limits.set_limit(per_second);
+    }
+
+    /// How many keep-warm probes (a bare `GET /`, see `VpcClient::spawn_keep_warm`) were answered. They are
+    /// not API requests: [`FakeCloud::requests`] does not list them.
+    pub fn probes(&self) -> usize {
+        self.lock().probes
+    }
+
     /// Sets what `DescribeVpcTaskResult` answers for a task id (`SUCCESS`, `FAILED`, `RUNNING`).
     pub fn set_task(&self, task_id: &str, status: &str) {
         self.lock()
@@ -1084,6 +1135,27 @@ impl Match for DropConnectionRule {
     }
 }
 
+/// Answers a keep-warm probe (a bare `GET /` without `X-TC-Action`; a GET that names an action is an API
+/// request and goes to [`Api`]) as the API answers a request without an action, and counts it.
+struct Probe {
+    state: Arc<Mutex<State>>,
+}
+
+impl Respond for Probe {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let mut st = lock(&self.state);
+        st.probes += 1;
+        let (body, _) = envelope(
+            Err(ApiError::new(
+                "MissingParameter",
+                "the X-TC-Action header is missing",
+            )),
+            &request_id(),
+        );
+        ResponseTemplate::new(200).set_body_json(body)
+    }
+}
+
 /// The answer the fake decided on.
 struct Answer {
     status: u16,
@@ -1224,6 +1296,13 @@ fn handle(st: &mut State, req: &Request, inspected: &Inspected, request_id: &str
     }
     if let Err(e) = &inspected.auth {
         return Err(ApiError::new(e.code, e.message.clone()));
+    }
+    // The limit is per account and action, so only authenticated requests count.
+    if let Err(message) = st
+        .limits
+        .admit(&inspected.action, std::time::Instant::now())
+    {
+        return Err(ApiError::new("RequestLimitExceeded", message));
     }
     match verify::header(&inspected.headers, "x-tc-version") {
         None => {

@@ -142,11 +142,13 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 pub fn cloud_config(endpoint: &str, timeout: Duration) -> CloudConfig {
     CloudConfig {
         region: "ap-guangzhou".into(),
-        endpoint: endpoint.to_owned(),
+        endpoint: Some(endpoint.to_owned()),
         metadata_endpoint: "http://127.0.0.1:9/latest/meta-data/".into(),
         timeout: Dur(timeout),
         secret_id: None,
         secret_key: None,
+        rate_limit: havip_agent::config::DEFAULT_RATE_LIMIT,
+        keep_warm: Dur::from_secs(30),
     }
 }
 

@@ -1,0 +1,329 @@
+//! Ten HAVIPs through one failover, one agent, the fake cloud's per-action rate limit on (20/s, as the VPC
+//! documents): every claim is confirmed, none fails or goes unconfirmed (what an operator would be alerted
+//! about), and batching cuts the calls: concurrent polls share `DescribeHaVips` requests and the drift-range
+//! changes share `AssociateHaVipInstance` requests. Helpers copied from `daemon_havips.rs`.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use havip_agent::alerts::Alerter;
+use havip_agent::claim::Claimer;
+use havip_agent::cloud::VpcClient;
+use havip_agent::config::Config;
+use havip_agent::credentials::{Credential, CredentialProvider};
+use havip_agent::daemon::{Agent, AgentEvent, AgentEventKind, AgentParts};
+use havip_agent::fake::{FakeCloud, FakeVpcNet, HavipSpec, RecordedRequest};
+use havip_agent::hooks::Hooks;
+use havip_agent::metrics::Metrics;
+use havip_agent::node::Identity;
+use havip_agent::secret::Secret;
+use havip_agent::sentinel::watcher::WatchOptions;
+use havip_agent::status::{Health, StatusHandle, StatusReport};
+use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
+use tokio::sync::broadcast;
+
+const SECRET_ID: &str = "AKIDmassEXAMPLE";
+const SECRET_KEY: &str = "massSecretKeyEXAMPLE";
+const ME: &str = "198.18.0.2";
+const OTHER: &str = "198.18.0.3";
+const HAVIPS: usize = 10;
+/// How long the events of interest may take on a loaded machine (a bound on waiting, not a speed claim).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn master_name(i: usize) -> String {
+    format!("m{i}")
+}
+
+fn havip_id(i: usize) -> String {
+    format!("havip-mass{i:04}")
+}
+
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 100 + i as u8)
+}
+
+fn master(ip: &str, epoch: u64) -> Mode {
+    Mode::Master {
+        ip: ip.parse().unwrap(),
+        epoch,
+    }
+}
+
+struct Node {
+    agent: Option<Agent>,
+    events: broadcast::Receiver<AgentEvent>,
+    /// The lock dir; removed after the agent stops (see `Drop`).
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        drop(self.agent.take()); // aborts the agent's tasks
+    }
+}
+
+/// One agent for the ten HAVIPs, this node at `ME`.
+async fn start_agent(cloud: &FakeCloud, sentinels: &[FakeSentinel]) -> Node {
+    havip_agent::cloud::install_tls_provider();
+    let mac = [0x02, 0, 0x5e, 0x20, 0, 1];
+    cloud.add_instance("ins-a", mac);
+    let dir = tempfile::tempdir().unwrap();
+    let sentinels: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("{:?}", s.addr()))
+        .collect();
+    let mut text = format!(
+        r#"
+[cloud]
+region = "ap-guangzhou"
+endpoint = "{endpoint}"
+metadata_endpoint = "http://127.0.0.1:9/latest/meta-data/"
+timeout = "1s"
+
+[node]
+instance_id = "ins-a"
+address = "{ME}"
+interface = "eth0"
+
+[sentinel]
+addresses = [{sentinels}]
+fence_after = "hold"
+
+[claim]
+lock_dir = "{lock}"
+"#,
+        endpoint = cloud.endpoint(),
+        sentinels = sentinels.join(", "),
+        lock = dir.path().join("lock").display(),
+    );
+    for i in 0..HAVIPS {
+        text.push_str(&format!(
+            "\n[[havip]]\nmaster = \"{}\"\nhavip_id = \"{}\"\nvip = \"{}/24\"\n",
+            master_name(i),
+            havip_id(i),
+            vip(i)
+        ));
+    }
+    let config = Arc::new(Config::parse_str(&text, std::path::Path::new("mass.toml")).unwrap());
+    let creds = CredentialProvider::fixed(Credential {
+        secret_id: Secret::new(SECRET_ID),
+        secret_key: Secret::new(SECRET_KEY),
+        token: None,
+    });
+    let metrics = Metrics::new();
+    // One client per process, as `boot` builds it: the rate limit and the batching queues are shared by
+    // every HAVIP task.
+    let vpc = VpcClient::new(&config.cloud, creds, havip_agent::clock::system()).unwrap();
+    let net = FakeVpcNet::new("eth0", mac, cloud.clone());
+    let claimer = Claimer::new(
+        Some(vpc),
+        Arc::new(net),
+        "ins-a",
+        config.node.instance_type,
+        config.announce.clone(),
+        config.cloud.timeout.get(),
+    );
+    let parts = AgentParts {
+        config: config.clone(),
+        identity: Identity {
+            instance_id: "ins-a".into(),
+            address: ME.parse().unwrap(),
+        },
+        claimer,
+        metrics: metrics.clone(),
+        status: StatusHandle::new(StatusReport::default()),
+        health: Health::new(Duration::from_secs(10)),
+        hooks: Hooks::with_metrics(&config.hooks, metrics.clone()),
+        alerter: Alerter::new(&config.alerts, metrics),
+        watch: WatchOptions::default(),
+    };
+    let (tx, events) = broadcast::channel(8192);
+    let agent = Agent::start_with_events(parts, tx);
+    Node {
+        agent: Some(agent),
+        events,
+        _dir: dir,
+    }
+}
+
+/// Waits until `pick` has seen every HAVIP, collecting what it returns per HAVIP event.
+async fn for_every_havip(
+    node: &mut Node,
+    what: &str,
+    mut pick: impl FnMut(&AgentEvent) -> bool,
+    seen_also: &mut Vec<AgentEvent>,
+) {
+    let mut done = BTreeSet::new();
+    let wait = async {
+        while done.len() < HAVIPS {
+            match node.events.recv().await {
+                Ok(e) => {
+                    if pick(&e) {
+                        done.insert(e.havip_id.clone());
+                    }
+                    seen_also.push(e);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    panic!("missed {n} agent events waiting for {what}")
+                }
+                Err(e) => panic!("agent event stream ended waiting for {what}: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} for every HAVIP within {PATIENCE:?}"));
+}
+
+/// How many HAVIP ids the `DescribeHaVips` requests asked about in all (one per caller, had nothing
+/// been batched).
+fn ids_asked(requests: &[RecordedRequest]) -> usize {
+    requests
+        .iter()
+        .map(|r| r.body["HaVipIds"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+/// Ten HAVIPs held by `ins-b`, the fake's rate limit at `limit` per second per action, one agent on
+/// standby, then every master moves to this node at once. Returns the fake and the agent's events from
+/// the failover until every HAVIP's claim finished; the request log starts at the failover.
+async fn mass_failover(limit: u32) -> (FakeCloud, Vec<AgentEvent>) {
+    let cloud = FakeCloud::start().await;
+    cloud.add_key(SECRET_ID, SECRET_KEY);
+    cloud.add_instance("ins-b", [0x02, 0, 0x5e, 0x20, 0, 2]);
+    for i in 0..HAVIPS {
+        cloud.add_havip(
+            HavipSpec::new(havip_id(i), vip(i))
+                .check_associate(true)
+                .associate("ins-b")
+                .holder("ins-b"),
+        );
+    }
+    cloud.set_rate_limit(Some(limit));
+    let sentinels: Vec<FakeSentinel> = (0..3)
+        .map(|_| FakeSentinel::start(master(OTHER, 1)).unwrap())
+        .collect();
+    let mut node = start_agent(&cloud, &sentinels).await;
+    let mut events = Vec::new();
+    for_every_havip(
+        &mut node,
+        "a standby decision",
+        |e| matches!(e.kind, AgentEventKind::Decision { desired: false, .. }),
+        &mut events,
+    )
+    .await;
+    cloud.clear_requests();
+
+    for s in &sentinels {
+        s.set(master(ME, 2));
+    }
+    let mut events = Vec::new();
+    for_every_havip(
+        &mut node,
+        "a finished claim",
+        |e| {
+            matches!(
+                e.kind,
+                AgentEventKind::Claimed { .. } | AgentEventKind::ClaimFailed { .. }
+            )
+        },
+        &mut events,
+    )
+    .await;
+    (cloud, events)
+}
+
+/// Every claim confirmed and every HAVIP on this node; nothing an operator would be alerted about (the
+/// alerts ClaimFailed and CloudUnconfirmed come from exactly these events).
+fn assert_all_moved_without_failures(cloud: &FakeCloud, events: &[AgentEvent]) {
+    let failures: Vec<&AgentEvent> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                AgentEventKind::ClaimFailed { .. }
+                    | AgentEventKind::Claimed {
+                        confirmed: false,
+                        ..
+                    }
+            )
+        })
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    for i in 0..HAVIPS {
+        let h = cloud.havip(&havip_id(i)).unwrap();
+        assert_eq!(h.instance_id.as_deref(), Some("ins-a"), "havip {i}");
+    }
+}
+
+fn refused(cloud: &FakeCloud) -> usize {
+    cloud
+        .requests()
+        .iter()
+        .filter(|r| r.error_code.as_deref() == Some("RequestLimitExceeded"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_havips_move_in_one_failover_under_the_rate_limit_with_batched_calls() {
+    // The documented 20/s, said explicitly so that a change of the fake's default cannot make this pass
+    // vacuously.
+    let (cloud, events) = mass_failover(20).await;
+
+    assert_all_moved_without_failures(&cloud, &events);
+    let requests = cloud.requests();
+    let describes: Vec<RecordedRequest> = requests
+        .iter()
+        .filter(|r| r.action == "DescribeHaVips")
+        .cloned()
+        .collect();
+    let asked = ids_asked(&describes);
+    let associates = requests
+        .iter()
+        .filter(|r| r.action == "AssociateHaVipInstance")
+        .count();
+    eprintln!(
+        "mass move: {} DescribeHaVips requests for {asked} HAVIP polls, {associates} AssociateHaVipInstance \
+         requests for {HAVIPS} HAVIPs, {} RequestLimitExceeded answers",
+        describes.len(),
+        refused(&cloud)
+    );
+    // Each HAVIP polls at least once (its drift-range check), so unbatched there would be one request per
+    // poll. Batched, concurrent polls share requests: while one is in flight the others queue and go out
+    // together, so on average a request carries well over two polls.
+    assert!(asked >= HAVIPS, "every HAVIP was polled: {asked}");
+    assert!(
+        describes.len() * 2 <= asked,
+        "{} DescribeHaVips requests for {asked} polls: not batched",
+        describes.len()
+    );
+    // The ten drift-range additions: the first goes alone, the nine queued behind it go out together
+    // (a batch of at most ten). On a loaded machine a batch can time out after the fake applied it; its
+    // retry then meets DuplicatedHaVipAssociations and falls back to one request per item, so the request
+    // count is not a stable bound, but the size of the largest batch is.
+    let largest_batch = requests
+        .iter()
+        .filter(|r| r.action == "AssociateHaVipInstance")
+        .map(|r| r.body["HaVipAssociationSet"].as_array().map_or(0, Vec::len))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (HAVIPS / 2..=10).contains(&largest_batch),
+        "largest AssociateHaVipInstance batch: {largest_batch} items ({associates} requests)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_stricter_than_the_client_refuses_requests_but_no_claim_fails() {
+    // 2/s per action, a tenth of what the client allows itself: the fake does answer
+    // RequestLimitExceeded, and the retries within each claim's deadline absorb it.
+    let (cloud, events) = mass_failover(2).await;
+
+    assert_all_moved_without_failures(&cloud, &events);
+    assert!(
+        refused(&cloud) > 0,
+        "the fake never refused a request, so this proves nothing"
+    );
+}
