@@ -312,6 +312,8 @@ fn read_loop(
         if !arp.is_gratuitous() {
             continue;
         }
+        // Read before the fake acts: it may call move subscribers (the lab rewrites the client's route).
+        let at = SystemTime::now();
         let outcome = fake.garp(arp.sender_mac, arp.sender_ip);
         let moved = outcome.moved();
         tracing::info!(
@@ -324,7 +326,7 @@ fn read_loop(
             "fake cloud saw gratuitous arp"
         );
         lock(seen).push(GarpSeen {
-            at: SystemTime::now(),
+            at,
             mac: arp.sender_mac,
             ip: arp.sender_ip,
             op: arp.op,
