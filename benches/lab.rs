@@ -12,8 +12,9 @@
 //! - `LAB_KEEP=1`: keep every run's directory (configs, logs);
 //! - `LAB_TIMELINE=1`: print every run's timeline (events, VIP bindings, GARPs, API calls, client gaps).
 //!
-//! Prints one row per run as it finishes, then the comparison table; a run that fails is reported and
-//! skipped. Under `cargo test` (no `--bench` argument) it does nothing.
+//! Prints one row per run as it finishes, then the comparison table (also written to `LAB_OUT` after every
+//! run, so a bench stopped early leaves the table so far); a run that fails is reported and skipped. Under
+//! `cargo test` (no `--bench` argument) it does nothing.
 
 use std::time::{Duration, Instant};
 
@@ -141,6 +142,11 @@ fn main() {
                                 );
                             }
                             reports.push(outcome.report);
+                            // The table so far, after every run: a bench stopped early keeps it.
+                            let doc = document(&reports, &failures, runs, &delays, started, false);
+                            if let Err(e) = std::fs::write(&out_path, doc) {
+                                eprintln!("cannot write {out_path}: {e}");
+                            }
                         }
                         Err(e) => {
                             println!(
@@ -160,10 +166,27 @@ fn main() {
             }
         }
     }
-    let table = Comparison::new(&reports).markdown();
+    let doc = document(&reports, &failures, runs, &delays, started, true);
+    println!("\n{doc}");
+    if let Err(e) = std::fs::write(&out_path, &doc) {
+        eprintln!("cannot write {out_path}: {e}");
+    } else {
+        println!("written to {out_path}");
+    }
+}
+
+/// The Markdown report: machine, command, the comparison table and the failed runs.
+fn document(
+    reports: &[RunReport],
+    failures: &[String],
+    runs: usize,
+    delays: &[Duration],
+    started: Instant,
+    complete: bool,
+) -> String {
     let mut doc = String::new();
     doc.push_str(&format!(
-        "Machine: {}\n\nCommand: `LAB_RUNS={runs} LAB_MOVE_DELAY_MS={} cargo bench --bench lab` ({} runs in {:.0} s)\n\n",
+        "Machine: {}\n\nCommand: `LAB_RUNS={runs} LAB_MOVE_DELAY_MS={} cargo bench --bench lab` ({} runs in {:.0} s{})\n\n",
         machine(),
         delays
             .iter()
@@ -171,19 +194,15 @@ fn main() {
             .collect::<Vec<_>>()
             .join(","),
         reports.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        if complete { "" } else { ", still running" }
     ));
-    doc.push_str(&table);
+    doc.push_str(&Comparison::new(reports).markdown());
     if !failures.is_empty() {
         doc.push_str("\nRuns that failed:\n");
-        for f in &failures {
+        for f in failures {
             doc.push_str(&format!("- {f}\n"));
         }
     }
-    println!("\n{doc}");
-    if let Err(e) = std::fs::write(&out_path, &doc) {
-        eprintln!("cannot write {out_path}: {e}");
-    } else {
-        println!("written to {out_path}");
-    }
+    doc
 }

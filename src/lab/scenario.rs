@@ -1,10 +1,11 @@
 //! The lab's scenarios and the run of one (method, scenario) pair, start to finish.
 //!
-//! Owns the timeline of a run: build the topology, start Redis + Sentinel on the three hosts, the
-//! observers and the VIP managers, wait for the initial state (VIP on node 0, the cloud agreeing), start
-//! the client, apply the fault, heal it, wait for Sentinel to settle, then stop the client and collect the
-//! records for `lab::report`. Every step has a deadline; everything is removed when the run ends, also on
-//! error or panic (drop guards, in reverse order of creation). It does not compute the figures.
+//! Owns the timeline of a run: build the topology (with the run's cloud move delay), start Redis + Sentinel
+//! on the three hosts, the observers and the VIP managers, wait for the initial state (VIP on node 0, the
+//! cloud agreeing, the client's data path pointing there), start the client, apply the fault, heal it, wait
+//! for Sentinel to settle, then stop the client and collect the records for `lab::report`. Every step has a
+//! deadline; everything is removed when the run ends, also on error or panic (drop guards, in reverse order
+//! of creation). It does not compute the figures.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
