@@ -7,11 +7,14 @@
 //! - `LAB_SCENARIOS`: comma list of 1..5 (default all);
 //! - `LAB_OUT`: where the Markdown table goes (default `target/lab-comparison.md`);
 //! - `LAB_HOLD_S`, `LAB_AFTER_HEAL_S`: fault hold and post-heal observation, seconds (default 10 and 10);
+//! - `LAB_MOVE_DELAY_MS`: comma list of the fake cloud's move delays, ms (default `0`); every scenario and
+//!   method runs with each;
 //! - `LAB_KEEP=1`: keep every run's directory (configs, logs);
 //! - `LAB_TIMELINE=1`: print every run's timeline (events, VIP bindings, GARPs, API calls, client gaps).
 //!
-//! Prints one row per run as it finishes, then the comparison table; a run that fails is reported and
-//! skipped. Under `cargo test` (no `--bench` argument) it does nothing.
+//! Prints one row per run as it finishes, then the comparison table (also written to `LAB_OUT` after every
+//! run, so a bench stopped early leaves the table so far); a run that fails is reported and skipped. Under
+//! `cargo test` (no `--bench` argument) it does nothing.
 
 use std::time::{Duration, Instant};
 
@@ -91,8 +94,13 @@ fn main() {
         |s| s.parse().ok().and_then(Scenario::from_number),
         &Scenario::ALL,
     );
+    let delays = env_list(
+        "LAB_MOVE_DELAY_MS",
+        |s| s.parse::<u64>().ok().map(Duration::from_millis),
+        &[Duration::ZERO],
+    );
     let out_path = std::env::var("LAB_OUT").unwrap_or_else(|_| "target/lab-comparison.md".into());
-    let opts = RunOptions {
+    let base = RunOptions {
         hold: env_secs("LAB_HOLD_S", 10),
         after_heal: env_secs("LAB_AFTER_HEAL_S", 10),
         binaries: Binaries {
@@ -112,55 +120,89 @@ fn main() {
     // Interleave methods within each round so slow drifts of the machine hit every method alike.
     for round in 0..runs {
         for &sc in &scenarios {
-            for &m in &methods {
-                if !sc.applies_to(m) {
-                    continue;
-                }
-                match rt.block_on(havip_agent::lab::run(m, sc, &opts)) {
-                    Ok(outcome) => {
-                        println!("{}", outcome.report.row());
-                        for n in &outcome.report.notes {
-                            println!("    note: {n}");
-                        }
-                        if std::env::var_os("LAB_TIMELINE").is_some() {
-                            println!(
-                                "{}",
-                                havip_agent::lab::report::timeline_text(&outcome.records)
-                            );
-                        }
-                        reports.push(outcome.report);
+            for &delay in &delays {
+                for &m in &methods {
+                    if !sc.applies_to(m) {
+                        continue;
                     }
-                    Err(e) => {
-                        println!(
-                            "{:<11} {:<2} run {round} FAILED: {e:#}",
-                            m.name(),
-                            sc.number()
-                        );
-                        failures.push(format!("{m} scenario {} run {round}: {e:#}", sc.number()));
+                    let opts = RunOptions {
+                        move_delay: delay,
+                        ..base.clone()
+                    };
+                    match rt.block_on(havip_agent::lab::run(m, sc, &opts)) {
+                        Ok(outcome) => {
+                            println!("{}", outcome.report.row());
+                            for n in &outcome.report.notes {
+                                println!("    note: {n}");
+                            }
+                            if std::env::var_os("LAB_TIMELINE").is_some() {
+                                println!(
+                                    "{}",
+                                    havip_agent::lab::report::timeline_text(&outcome.records)
+                                );
+                            }
+                            reports.push(outcome.report);
+                            // The table so far, after every run: a bench stopped early keeps it.
+                            let doc = document(&reports, &failures, runs, &delays, started, false);
+                            if let Err(e) = std::fs::write(&out_path, doc) {
+                                eprintln!("cannot write {out_path}: {e}");
+                            }
+                        }
+                        Err(e) => {
+                            println!(
+                                "{:<11} {:<2} {:>5} run {round} FAILED: {e:#}",
+                                m.name(),
+                                sc.number(),
+                                delay.as_millis()
+                            );
+                            failures.push(format!(
+                                "{m} scenario {} move delay {} ms run {round}: {e:#}",
+                                sc.number(),
+                                delay.as_millis()
+                            ));
+                        }
                     }
                 }
             }
         }
     }
-    let table = Comparison::new(&reports).markdown();
-    let mut doc = String::new();
-    doc.push_str(&format!(
-        "Machine: {}\n\nCommand: `LAB_RUNS={runs} cargo bench --bench lab` ({} runs in {:.0} s)\n\n",
-        machine(),
-        reports.len(),
-        started.elapsed().as_secs_f64()
-    ));
-    doc.push_str(&table);
-    if !failures.is_empty() {
-        doc.push_str("\nRuns that failed:\n");
-        for f in &failures {
-            doc.push_str(&format!("- {f}\n"));
-        }
-    }
+    let doc = document(&reports, &failures, runs, &delays, started, true);
     println!("\n{doc}");
     if let Err(e) = std::fs::write(&out_path, &doc) {
         eprintln!("cannot write {out_path}: {e}");
     } else {
         println!("written to {out_path}");
     }
+}
+
+/// The Markdown report: machine, command, the comparison table and the failed runs.
+fn document(
+    reports: &[RunReport],
+    failures: &[String],
+    runs: usize,
+    delays: &[Duration],
+    started: Instant,
+    complete: bool,
+) -> String {
+    let mut doc = String::new();
+    doc.push_str(&format!(
+        "Machine: {}\n\nCommand: `LAB_RUNS={runs} LAB_MOVE_DELAY_MS={} cargo bench --bench lab` ({} runs in {:.0} s{})\n\n",
+        machine(),
+        delays
+            .iter()
+            .map(|d| d.as_millis().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        reports.len(),
+        started.elapsed().as_secs_f64(),
+        if complete { "" } else { ", still running" }
+    ));
+    doc.push_str(&Comparison::new(reports).markdown());
+    if !failures.is_empty() {
+        doc.push_str("\nRuns that failed:\n");
+        for f in failures {
+            doc.push_str(&format!("- {f}\n"));
+        }
+    }
+    doc
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use havip_agent::fake::{FakeCloud, GarpSeen, GarpWatch, HavipSpec, watch_garp};
+use havip_agent::fake::{FakeCloud, GarpOutcome, GarpSeen, GarpWatch, HavipSpec, watch_garp};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 /// The MAC the sending veth end gets.
@@ -206,6 +206,44 @@ async fn the_watcher_sees_a_garp_crossing_a_bridge() {
     let seen = wait_for_seen(&watch, 1);
 
     assert!(seen[0].moved, "{seen:?}");
+    assert_eq!(
+        fake.havip("havip-00000001").unwrap().instance_id.as_deref(),
+        Some("ins-aaaaaaaa")
+    );
+}
+
+#[tokio::test]
+async fn with_a_move_delay_the_watcher_records_a_scheduled_move_and_the_holder_follows_later() {
+    let ns = Netns::new();
+    let fake = FakeCloud::start().await;
+    fake.add_instance("ins-aaaaaaaa", SENDER_MAC);
+    fake.add_havip(
+        HavipSpec::new("havip-00000001", VIP)
+            .check_associate(true)
+            .associate("ins-aaaaaaaa")
+            .associate("ins-bbbbbbbb")
+            .holder("ins-bbbbbbbb"),
+    );
+    fake.set_move_delay(Duration::from_millis(300)).unwrap();
+    let (tx, moves) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    fake.on_move(move |mv| {
+        let _ = tx.lock().unwrap().send(mv.clone());
+    });
+    let watch = ns.watch(&fake, "gb");
+
+    ns.arping(VIP, false);
+    let seen = wait_for_seen(&watch, 1);
+    let mv = moves
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the scheduled move is applied");
+
+    let GarpOutcome::MoveScheduled { to, due, .. } = &seen[0].outcome else {
+        panic!("the GARP only schedules the move: {seen:?}");
+    };
+    assert_eq!(to, "ins-aaaaaaaa");
+    assert!(!seen[0].moved, "{seen:?}");
+    assert!(mv.at >= *due, "applied at {:?}, due {due:?}", mv.at);
     assert_eq!(
         fake.havip("havip-00000001").unwrap().instance_id.as_deref(),
         Some("ins-aaaaaaaa")

@@ -7,8 +7,120 @@
 
 mod lab_support;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use havip_agent::fake::GarpOutcome;
+use havip_agent::lab::topology::{DriftRange, HAVIP_ID, Topology, VIP, vip_cidr};
 use havip_agent::lab::{Method, Scenario};
-use lab_support::{assert_lossless_and_settled, run};
+use havip_agent::testbed::netns::Lab;
+use lab_support::{assert_lossless_and_settled, one_lab_at_a_time, run};
+
+const PROBE_PORT: u16 = 7777;
+
+/// Binds the VIP on host `i` and serves "host <i+1>" on it, one line per connection, until the process ends.
+fn serve_name_on_vip(topo: &Topology, i: usize) {
+    let host = topo.host(i);
+    host.ns.add_addr(Lab::HOST_IF, &vip_cidr()).unwrap();
+    let listener = host
+        .ns
+        .run(|| TcpListener::bind((VIP, PROBE_PORT)))
+        .unwrap_or_else(|e| panic!("binding {VIP}:{PROBE_PORT} on host {}: {e}", i + 1));
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(format!("host {}\n", i + 1).as_bytes());
+        }
+    });
+}
+
+/// Who answers the client on the VIP (`None`: nobody within 300 ms).
+fn who_answers(topo: &Topology) -> Option<String> {
+    topo.client().ns.run(|| {
+        let addr = SocketAddr::from((VIP, PROBE_PORT));
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_millis(300)))
+            .ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        Some(text.trim().to_owned())
+    })
+}
+
+/// Sends one gratuitous ARP reply for the VIP from host `i` and waits until the fake has seen it.
+fn garp_from(topo: &Topology, i: usize) -> GarpOutcome {
+    let before = topo.garp().seen().len();
+    let out = topo
+        .host(i)
+        .ns
+        .command("arping")
+        .args(["-q", "-U", "-P", "-c", "1", "-w", "1", "-i", Lab::HOST_IF])
+        .args(["-S", &VIP.to_string(), &VIP.to_string()])
+        .output()
+        .expect("running arping (apt-get install arping)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = topo.garp().seen();
+        if let Some(g) = seen[before..]
+            .iter()
+            .find(|g| g.mac == topo.host(i).mac && g.ip == VIP)
+        {
+            return g.outcome.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fake saw no GARP from host {} ({out:?})",
+            i + 1
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_clients_traffic_follows_the_clouds_holder_and_a_stale_hosts_garp_does_not_steer_it() {
+    let _one = one_lab_at_a_time();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let topo = rt
+        .block_on(Topology::build("dp", DriftRange::Empty))
+        .unwrap();
+    serve_name_on_vip(&topo, 0);
+    serve_name_on_vip(&topo, 1);
+    let fake = topo.fake();
+
+    // Nobody holds the HAVIP: both hosts have the VIP bound, yet the client reaches neither.
+    let unheld = who_answers(&topo);
+    // Host 1 is let in and announces: the cloud moves the HAVIP, the client follows.
+    fake.set_check_associate(HAVIP_ID, false);
+    let to_host1 = garp_from(&topo, 0);
+    let after_move = who_answers(&topo);
+    // Host 2 (a stale host, out of the drift range) announces too: the cloud ignores it, so does the client.
+    fake.set_check_associate(HAVIP_ID, true);
+    let stale = garp_from(&topo, 1);
+    let after_stale = who_answers(&topo);
+    let neigh = topo
+        .client()
+        .ns
+        .ip(&["neigh", "show", &VIP.to_string()])
+        .unwrap();
+
+    assert_eq!(unheld, None, "no holder: the VIP's traffic goes nowhere");
+    assert!(to_host1.moved(), "{to_host1:?}");
+    assert_eq!(after_move.as_deref(), Some("host 1"));
+    assert!(matches!(stale, GarpOutcome::NotInRange { .. }), "{stale:?}");
+    assert_eq!(
+        after_stale.as_deref(),
+        Some("host 1"),
+        "the stale host's GARP did not steer the client"
+    );
+    assert!(
+        neigh.contains("PERMANENT"),
+        "the client's entry ignores ARP: {neigh}"
+    );
+    assert_eq!(topo.data_path().current(), Some(0));
+}
 
 #[test]
 fn agent_loses_no_acknowledged_write_when_the_master_host_loses_its_link_and_heals() {

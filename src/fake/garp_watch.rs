@@ -1,8 +1,10 @@
-//! Watches an interface for gratuitous ARP and moves HAVIP holders in a [`FakeCloud`], as the VPC does.
+//! Watches an interface for gratuitous ARP and hands every one to a [`FakeCloud`], as the VPC's control plane
+//! hears a guest's GARP.
 //!
 //! Owns: an `AF_PACKET` raw socket for ARP frames on one interface (e.g. the lab's bridge), parsing of
-//! Ethernet/ARP frames, the list of GARPs seen, and a background thread that stops on drop. It does not
-//! decide whether a holder moves: [`FakeCloud::garp`] does (drift range, `CheckAssociate`). It does not
+//! Ethernet/ARP frames, the list of GARPs seen (with what the fake made of each: moved, scheduled after the
+//! move delay, rate-limited, ...), and a background thread that stops on drop. It does not decide whether or
+//! when a holder moves: [`FakeCloud::garp`] does (drift range, `CheckAssociate`, move delay, rate limit). It does not
 //! send anything (the agent's announcements live in `crate::net`).
 //!
 //! The socket belongs to the network namespace of the thread that calls [`watch_garp`]: to watch an
@@ -34,7 +36,8 @@ pub struct GarpSeen {
     pub ip: Ipv4Addr,
     /// ARP request (1) or reply (2).
     pub op: u16,
-    /// Whether the fake moved a holder because of it.
+    /// Whether the fake moved a holder at once because of it (a move scheduled after the fake's move
+    /// delay shows in `outcome`, and later in [`FakeCloud::moves`]).
     pub moved: bool,
     /// What the fake made of it.
     pub outcome: GarpOutcome,
@@ -309,6 +312,8 @@ fn read_loop(
         if !arp.is_gratuitous() {
             continue;
         }
+        // Read before the fake acts: it may call move subscribers (the lab rewrites the client's route).
+        let at = SystemTime::now();
         let outcome = fake.garp(arp.sender_mac, arp.sender_ip);
         let moved = outcome.moved();
         tracing::info!(
@@ -321,7 +326,7 @@ fn read_loop(
             "fake cloud saw gratuitous arp"
         );
         lock(seen).push(GarpSeen {
-            at: SystemTime::now(),
+            at,
             mac: arp.sender_mac,
             ip: arp.sender_ip,
             op: arp.op,

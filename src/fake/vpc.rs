@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use wiremock::matchers::any;
 use wiremock::{Match, Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use super::moves::{Accepted, MoveHost, MoveTiming, Mover, PendingMove};
 use super::verify::{self, KeyRecord, SignedRequest};
 use crate::clock::{SharedClock, unix_seconds};
 use crate::secret::Secret;
@@ -280,6 +281,29 @@ pub enum GarpOutcome {
     UnknownMac,
     /// No HAVIP has this address.
     UnknownVip,
+    /// Accepted; with a move delay set ([`FakeCloud::set_move_delay`]) the platform moves the HAVIP at
+    /// `due`. It replaced a pending move to another instance, if there was one.
+    MoveScheduled {
+        /// The HAVIP.
+        havip_id: String,
+        /// The holder now.
+        from: Option<String>,
+        /// The instance that announced.
+        to: String,
+        /// When the move will be applied (wall clock).
+        due: SystemTime,
+    },
+    /// A move of this HAVIP to the announcing instance is already pending: its timer is not restarted.
+    MovePending {
+        /// The HAVIP.
+        havip_id: String,
+        /// The instance that announced.
+        to: String,
+        /// When the pending move will be applied (wall clock).
+        due: SystemTime,
+    },
+    /// Past the per-NIC GARP rate limit ([`FakeCloud::set_garp_rate_limit`]): dropped, never looked at.
+    RateLimited,
 }
 
 impl GarpOutcome {
@@ -604,6 +628,7 @@ struct State {
     limits: super::limits::RateLimits,
     /// Keep-warm probes answered (bare `GET /`, not API requests).
     probes: usize,
+    timing: MoveTiming,
 }
 
 impl State {
@@ -633,7 +658,10 @@ impl State {
     }
 
     fn garp(&mut self, mac: [u8; 6], ip: Ipv4Addr) -> GarpOutcome {
-        let now = self.now();
+        // The platform rate-limits GARP per NIC: frames past the limit are never looked at.
+        if !self.timing.admit_garp(mac, tokio::time::Instant::now()) {
+            return GarpOutcome::RateLimited;
+        }
         let Some(havip) = self.havips.values_mut().find(|h| h.spec.vip == ip) else {
             return GarpOutcome::UnknownVip;
         };
@@ -646,6 +674,10 @@ impl State {
         if havip.holder.as_deref() == Some(instance_id.as_str())
             && havip.eni.as_deref() == Some(eni_id.as_str())
         {
+            // The last accepted GARP wins: the holder's own replaces a pending move away from it.
+            if let Some(p) = self.timing.holder_announced(&havip_id) {
+                tracing::info!(havip = %havip_id, holder = %instance_id, cancelled_to = %p.to, "fake cloud dropped a pending havip move: the holder announced");
+            }
             return GarpOutcome::AlreadyHolder {
                 havip_id,
                 instance_id: instance_id.clone(),
@@ -657,21 +689,60 @@ impl State {
                 instance_id: instance_id.clone(),
             };
         }
-        let from = havip.holder.replace(instance_id.clone());
-        havip.eni = Some(eni_id.clone());
-        havip.flushed_time = Some(cloud_time(now));
-        self.moves.push(HolderMove {
-            at: SystemTime::now(),
-            havip_id: havip_id.clone(),
-            from: from.clone(),
-            to: instance_id.clone(),
-        });
-        tracing::info!(havip = %havip_id, from = ?from, to = %instance_id, "fake cloud moved havip holder");
-        GarpOutcome::Moved {
-            havip_id,
-            from,
-            to: instance_id.clone(),
+        let from = havip.holder.clone();
+        let to = instance_id.clone();
+        match self
+            .timing
+            .accept(&havip_id, &to, eni_id, std::time::Instant::now())
+        {
+            Accepted::Now(mv) => self.apply_move(mv),
+            Accepted::Scheduled { due } => {
+                tracing::info!(havip = %havip_id, from = ?from, to = %to, delay = ?self.timing.delay(), "fake cloud scheduled a havip move");
+                GarpOutcome::MoveScheduled {
+                    havip_id,
+                    from,
+                    to,
+                    due,
+                }
+            }
+            Accepted::AlreadyPending { due } => GarpOutcome::MovePending { havip_id, to, due },
         }
+    }
+
+    /// Moves the holder (at once, or when a scheduled move is due) and records the move.
+    fn apply_move(&mut self, mv: PendingMove) -> GarpOutcome {
+        let now = self.now();
+        let Some(havip) = self.havips.get_mut(&mv.havip_id) else {
+            // Deleted while the move was pending: nothing to move.
+            return GarpOutcome::UnknownVip;
+        };
+        let from = havip.holder.replace(mv.to.clone());
+        havip.eni = Some(mv.eni);
+        havip.flushed_time = Some(cloud_time(now));
+        let record = HolderMove {
+            at: SystemTime::now(),
+            havip_id: mv.havip_id.clone(),
+            from: from.clone(),
+            to: mv.to.clone(),
+        };
+        self.timing.moved(&record);
+        self.moves.push(record);
+        tracing::info!(havip = %mv.havip_id, from = ?from, to = %mv.to, "fake cloud moved havip holder");
+        GarpOutcome::Moved {
+            havip_id: mv.havip_id,
+            from,
+            to: mv.to,
+        }
+    }
+}
+
+impl MoveHost for State {
+    fn timing(&mut self) -> &mut MoveTiming {
+        &mut self.timing
+    }
+
+    fn apply(&mut self, mv: PendingMove) {
+        self.apply_move(mv);
     }
 }
 
@@ -714,6 +785,7 @@ fn request_id() -> String {
 pub struct FakeCloud {
     server: Arc<MockServer>,
     state: Arc<Mutex<State>>,
+    mover: Arc<Mover<State>>,
 }
 
 impl fmt::Debug for FakeCloud {
@@ -768,6 +840,7 @@ impl FakeCloud {
             eip: eip::EipState::default(),
             limits: super::limits::RateLimits::default(),
             probes: 0,
+            timing: MoveTiming::default(),
         }));
         Mock::given(DropConnectionRule {
             state: state.clone(),
@@ -802,6 +875,7 @@ impl FakeCloud {
             .await;
         FakeCloud {
             server: Arc::new(server),
+            mover: Arc::new(Mover::new(state.clone())),
             state,
         }
     }
@@ -945,9 +1019,52 @@ impl FakeCloud {
     }
 
     /// Acts as the VPC does on a gratuitous ARP for `ip` from `sender_mac`: moves the holder to the
-    /// instance owning the MAC if it is in the drift range (or `CheckAssociate` is off).
+    /// instance owning the MAC if it is in the drift range (or `CheckAssociate` is off), at once or after
+    /// the move delay ([`FakeCloud::set_move_delay`]). Frames past the per-NIC rate limit are dropped
+    /// ([`FakeCloud::set_garp_rate_limit`]). Subscribers ([`FakeCloud::on_move`]) hear of a move made at
+    /// once before this returns.
     pub fn garp(&self, sender_mac: [u8; 6], ip: Ipv4Addr) -> GarpOutcome {
-        self.lock().garp(sender_mac, ip)
+        let outcome = self.lock().garp(sender_mac, ip);
+        if matches!(outcome, GarpOutcome::MoveScheduled { .. }) {
+            self.mover.wake();
+        }
+        self.mover.deliver();
+        outcome
+    }
+
+    /// Sets how long the platform takes to move a HAVIP after an accepted GARP (default zero: at once, as
+    /// before). With a delay, an accepted GARP schedules the move to the sender at now + `delay`; a later
+    /// accepted GARP from another instance replaces the pending move, a repeat from the same sender does not
+    /// restart its timer, and `DescribeHaVips` shows the old holder until the move is applied by a
+    /// background thread (on the real clock). Moves already pending keep their time.
+    ///
+    /// Errors only when that thread cannot be started.
+    pub fn set_move_delay(&self, delay: Duration) -> std::io::Result<()> {
+        if !delay.is_zero() {
+            self.mover.ensure_thread()?;
+        }
+        self.lock().timing.set_delay(delay);
+        self.mover.wake();
+        Ok(())
+    }
+
+    /// Sets the per-NIC GARP rate limit: at most `limit` frames per second per sender MAC are looked at,
+    /// the rest are dropped and counted ([`FakeCloud::garps_rate_limited`]). `None` turns it off. The
+    /// default is [`super::moves::DEFAULT_GARP_RATE_LIMIT`].
+    pub fn set_garp_rate_limit(&self, limit: Option<u32>) {
+        self.lock().timing.set_rate_limit(limit);
+    }
+
+    /// GARP frames dropped by the rate limit so far.
+    pub fn garps_rate_limited(&self) -> u64 {
+        self.lock().timing.dropped()
+    }
+
+    /// Calls `callback` with every holder move from now on, in the order the moves were applied, on the
+    /// thread that applied it (the caller of [`FakeCloud::garp`], or the fake's move thread), outside the
+    /// fake's lock. Keep it short, and do not call [`FakeCloud::garp`] from it.
+    pub fn on_move(&self, callback: impl Fn(&HolderMove) + Send + Sync + 'static) {
+        self.lock().timing.subscribe(Arc::new(callback));
     }
 
     /// Every holder change so far, oldest first.

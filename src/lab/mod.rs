@@ -1,14 +1,17 @@
 //! The failover lab: real Redis + Sentinel on three network-namespace hosts on one bridge, a client writing
-//! through the VIP, the fake Tencent Cloud watching the bridge for GARP, and a VIP manager under test (the
-//! agent, `migrate-havip`, or the seed's script or keepalived). It runs the scenarios of issue 5 and
+//! through the VIP (its traffic goes to the fake cloud's holder, as in the VPC), the fake Tencent Cloud
+//! watching the bridge for GARP (moving the HAVIP after its configured delay), and a VIP manager under test
+//! (the agent, `migrate-havip`, or the seed's script or keepalived). It runs the scenarios of issue 5 and
 //! measures what `shared/reference/baseline.md` measured, the same way.
 //!
-//! Owns the lab's topology ([`topology`]), the writer ([`client`]), the instruments ([`observe`]), the VIP
-//! managers ([`method`]), the scenarios ([`scenario`]) and the figures ([`report`]). Used by the
+//! Owns the lab's topology ([`topology`]), its data path ([`datapath`]), the writer ([`client`]), the
+//! instruments ([`observe`]), the VIP managers ([`method`]), the scenarios ([`scenario`]) and the figures
+//! ([`report`]). Used by the
 //! `tests/lab_*.rs` tests (correctness) and `benches/lab.rs` (the comparison table). Needs root, iproute2,
 //! nftables, arping, redis-server/sentinel/cli and keepalived. It is not part of the agent.
 
 pub mod client;
+pub mod datapath;
 pub mod method;
 pub mod observe;
 pub mod report;

@@ -10,6 +10,8 @@
 //!   switch*: the durable gap's end (the first surviving ack after it) minus the first `+switch-master`
 //!   (negative when the client was back before Sentinel announced the switch). Without losses both gaps are
 //!   the same; in a partial partition only the durable one shows when the client reached the new master;
+//! - *outage above switch + delay*: the same end minus (the first `+switch-master` + the fake cloud's move
+//!   delay): what a VIP manager adds on top of Sentinel and the platform (at or below 0: nothing);
 //! - *post-heal outage*: the longest ack gap that ends after the heal;
 //! - *GARP after switch*: the new master's first gratuitous ARP for the VIP after the fault, minus the first
 //!   `+switch-master` (signed);
@@ -30,6 +32,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use super::client::Attempt;
+use super::datapath::Steer;
 use super::method::Method;
 use super::observe::{SentinelEvent, VipChange};
 use super::scenario::Scenario;
@@ -72,6 +75,10 @@ pub struct Records {
     pub garps: Vec<GarpSeen>,
     /// The fake cloud's holder moves.
     pub moves: Vec<HolderMove>,
+    /// The fake cloud's move delay in this run.
+    pub move_delay: Duration,
+    /// Rewrites of the client's data path (it follows the cloud's moves).
+    pub steers: Vec<Steer>,
     /// The fake cloud's request log.
     pub requests: Vec<RecordedRequest>,
     /// The cloud holder at the end.
@@ -129,6 +136,10 @@ pub struct RunReport {
     pub durable_outage_ms: Option<f64>,
     /// End of the durable gap minus the first `+switch-master` (signed).
     pub outage_above_switch_ms: Option<f64>,
+    /// The fake cloud's move delay, ms.
+    pub move_delay_ms: u64,
+    /// End of the durable gap minus (the first `+switch-master` + the move delay) (signed).
+    pub outage_above_switch_and_delay_ms: Option<f64>,
     /// Longest ack gap that ends after the heal.
     pub post_heal_outage_ms: Option<f64>,
     /// The new master's first GARP after the fault minus the first `+switch-master` (signed).
@@ -323,6 +334,11 @@ impl RunReport {
                 (Some((_, end)), Some(s)) => Some(ms_between(end, s)),
                 _ => None,
             },
+            move_delay_ms: r.move_delay.as_millis() as u64,
+            outage_above_switch_and_delay_ms: match (durable_gap, switch_at) {
+                (Some((_, end)), Some(s)) => Some(ms_between(end, s + r.move_delay)),
+                _ => None,
+            },
             post_heal_outage_ms: heal_gap.map(|(a, b)| ms_between(b, a)),
             garp_after_switch_ms: match (garp_at, switch_at) {
                 (Some(g), Some(s)) => Some(ms_between(g, s)),
@@ -353,14 +369,16 @@ impl RunReport {
     /// The column names of [`RunReport::row`].
     pub fn header() -> String {
         format!(
-            "{:<11} {:<2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>18} {:>7} {:>6} {:>5} {:>5}",
+            "{:<11} {:<2} {:>5} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>18} {:>7} {:>6} {:>5} {:>5}",
             "method",
             "sc",
+            "delay",
             "switch",
             "promo",
             "outage",
             "durable",
             "ab.sw",
+            "ab.sw+d",
             "garp",
             "cloud",
             "healout",
@@ -378,14 +396,16 @@ impl RunReport {
     pub fn row(&self) -> String {
         let l = &self.lost;
         format!(
-            "{:<11} {:<2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>18} {:>7} {:>6} {:>5} {:>5}",
+            "{:<11} {:<2} {:>5} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>18} {:>7} {:>6} {:>5} {:>5}",
             self.method.name(),
             self.scenario.number(),
+            self.move_delay_ms,
             opt(self.switch_ms),
             opt(self.promoted_ms),
             opt(self.outage_ms),
             opt(self.durable_outage_ms),
             opt(self.outage_above_switch_ms),
+            opt(self.outage_above_switch_and_delay_ms),
             opt(self.garp_after_switch_ms),
             opt(self.cloud_move_after_switch_ms),
             opt(self.post_heal_outage_ms),
@@ -502,59 +522,59 @@ fn med_range(values: &[Option<f64>]) -> String {
     }
 }
 
-/// Many runs side by side: per scenario, per method.
+/// Many runs side by side: per scenario, per cloud move delay, per method.
 #[derive(Debug, Clone, Default)]
 pub struct Comparison {
-    runs: BTreeMap<(Scenario, Method), Vec<RunReport>>,
+    runs: BTreeMap<(Scenario, u64, Method), Vec<RunReport>>,
 }
 
 impl Comparison {
     /// Groups the runs.
     pub fn new(runs: &[RunReport]) -> Comparison {
-        let mut map: BTreeMap<(Scenario, Method), Vec<RunReport>> = BTreeMap::new();
+        let mut map: BTreeMap<(Scenario, u64, Method), Vec<RunReport>> = BTreeMap::new();
         for r in runs {
-            map.entry((r.scenario, r.method))
+            map.entry((r.scenario, r.move_delay_ms, r.method))
                 .or_default()
                 .push(r.clone());
         }
         Comparison { runs: map }
     }
 
-    /// The runs of one scenario and method.
-    pub fn runs(&self, scenario: Scenario, method: Method) -> &[RunReport] {
+    /// The runs of one scenario, move delay (ms) and method.
+    pub fn runs(&self, scenario: Scenario, move_delay_ms: u64, method: Method) -> &[RunReport] {
         self.runs
-            .get(&(scenario, method))
+            .get(&(scenario, move_delay_ms, method))
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
 
     /// The comparison as a Markdown table: medians (min..max) in ms, totals, and ratios against the seed
-    /// script of the same scenario.
+    /// script of the same scenario and move delay.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| scenario | method | runs | Sentinel switch | client outage (acked) | outage of surviving writes | \
-             outage above first +switch-master | \
+            "| scenario | cloud move delay | method | runs | Sentinel switch | client outage (acked) | outage of surviving writes | \
+             outage above first +switch-master | outage above first +switch-master + delay | \
              GARP after it | cloud moved after it | post-heal outage | acked writes lost (during+after / acked; unsavable) | \
              lost vs seed | two hosts held the VIP | VIP on master ≤1 s after heal | cloud holder = master | signatures valid |"
         );
         let _ = writeln!(
             out,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
-        let scenarios: Vec<Scenario> = {
-            let mut s: Vec<Scenario> = self.runs.keys().map(|(s, _)| *s).collect();
+        let groups: Vec<(Scenario, u64)> = {
+            let mut s: Vec<(Scenario, u64)> = self.runs.keys().map(|(s, d, _)| (*s, *d)).collect();
             s.dedup();
             s
         };
-        for sc in scenarios {
+        for (sc, delay) in groups {
             let seed_lost: Option<usize> = {
-                let runs = self.runs(sc, Method::SeedScript);
+                let runs = self.runs(sc, delay, Method::SeedScript);
                 (!runs.is_empty()).then(|| runs.iter().map(|r| r.lost.during + r.lost.after).sum())
             };
             for m in Method::ALL {
-                let runs = self.runs(sc, m);
+                let runs = self.runs(sc, delay, m);
                 if runs.is_empty() {
                     continue;
                 }
@@ -577,14 +597,16 @@ impl Comparison {
                 let bad: usize = runs.iter().map(|r| r.bad_signatures).sum();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} / {} ({:.2} %); {} | {} | {} | {}/{} | {}/{} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} / {} ({:.2} %); {} | {} | {} | {}/{} | {}/{} | {} |",
                     sc.number(),
+                    delay,
                     m.name(),
                     runs.len(),
                     col(&|r| r.switch_ms),
                     col(&|r| r.outage_ms),
                     col(&|r| r.durable_outage_ms),
                     col(&|r| r.outage_above_switch_ms),
+                    col(&|r| r.outage_above_switch_and_delay_ms),
                     col(&|r| r.garp_after_switch_ms),
                     col(&|r| r.cloud_move_after_switch_ms),
                     col(&|r| r.post_heal_outage_ms),
@@ -656,6 +678,18 @@ pub fn timeline_text(r: &Records) -> String {
         lines.push((
             at(m.at),
             format!("cloud moved {} {:?} -> {}", m.havip_id, m.from, m.to),
+        ));
+    }
+    for s in &r.steers {
+        let to = s
+            .node
+            .map_or("nowhere".to_owned(), |n| format!("host {}", n + 1));
+        lines.push((
+            at(s.at),
+            match &s.error {
+                None => format!("client steered to {to}"),
+                Some(e) => format!("client NOT steered to {to}: {e}"),
+            },
         ));
     }
     for q in &r.requests {

@@ -1,10 +1,11 @@
 //! The lab's scenarios and the run of one (method, scenario) pair, start to finish.
 //!
-//! Owns the timeline of a run: build the topology, start Redis + Sentinel on the three hosts, the
-//! observers and the VIP managers, wait for the initial state (VIP on node 0, the cloud agreeing), start
-//! the client, apply the fault, heal it, wait for Sentinel to settle, then stop the client and collect the
-//! records for `lab::report`. Every step has a deadline; everything is removed when the run ends, also on
-//! error or panic (drop guards, in reverse order of creation). It does not compute the figures.
+//! Owns the timeline of a run: build the topology (with the run's cloud move delay), start Redis + Sentinel
+//! on the three hosts, the observers and the VIP managers, wait for the initial state (VIP on node 0, the
+//! cloud agreeing, the client's data path pointing there), start the client, apply the fault, heal it, wait
+//! for Sentinel to settle, then stop the client and collect the records for `lab::report`. Every step has a
+//! deadline; everything is removed when the run ends, also on error or panic (drop guards, in reverse order
+//! of creation). It does not compute the figures.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -114,6 +115,9 @@ pub struct RunOptions {
     pub binaries: Binaries,
     /// Keep the run's directory (configs, logs) instead of deleting it; its path is in the notes.
     pub keep_dir: bool,
+    /// How long the fake cloud takes to move the HAVIP after an accepted GARP (the platform's move time;
+    /// zero: at once).
+    pub move_delay: Duration,
 }
 
 impl Default for RunOptions {
@@ -126,6 +130,7 @@ impl Default for RunOptions {
             api_fault_for: Duration::from_secs(6),
             binaries: Binaries::default(),
             keep_dir: std::env::var_os("LAB_KEEP").is_some(),
+            move_delay: Duration::ZERO,
         }
     }
 }
@@ -217,6 +222,9 @@ pub async fn run(method: Method, scenario: Scenario, opts: &RunOptions) -> Resul
         .context("creating the run's temp dir")?;
     // Drop order (reverse of declaration): client, managers, observers, redis, topology, dir.
     let topo = Topology::build("lab", method.drift_range()).await?;
+    topo.fake()
+        .set_move_delay(opts.move_delay)
+        .context("setting the fake cloud's move delay")?;
     let (mut managers, setup) =
         Managers::prepare(method, &topo, dir.path(), opts.binaries.clone())?;
     let spec = LabSpec {
@@ -260,17 +268,19 @@ pub async fn run(method: Method, scenario: Scenario, opts: &RunOptions) -> Resul
         .collect();
     let events = SentinelEvents::start(topo.switch(), sentinels)?;
 
-    // Initial state: the VIP on node 0 only, and the cloud agreeing.
+    // Initial state: the VIP on node 0 only, the cloud agreeing, and the client's traffic going there.
     let old_master = 0;
     managers.start(old_master).await?;
     let fake = topo.fake().clone();
     let initial = wait_for(
-        "the VIP on host 1 only and the cloud holder ins-lab-1",
-        Duration::from_secs(30),
+        "the VIP on host 1 only, the cloud holder ins-lab-1 and the client steered to host 1",
+        Duration::from_secs(30) + opts.move_delay,
         || {
             let holders = vip_holders(&topo)?;
             let cloud = fake.havip(HAVIP_ID).and_then(|h| h.instance_id);
-            Ok(holders == vec![old_master] && cloud.as_deref() == Some(INSTANCE_IDS[old_master]))
+            Ok(holders == vec![old_master]
+                && cloud.as_deref() == Some(INSTANCE_IDS[old_master])
+                && topo.data_path().current() == Some(old_master))
         },
     )
     .await;
@@ -405,6 +415,8 @@ pub async fn run(method: Method, scenario: Scenario, opts: &RunOptions) -> Resul
         events: events.events(),
         garps: topo.garp().seen(),
         moves: fake.moves(),
+        move_delay: opts.move_delay,
+        steers: topo.data_path().steers(),
         requests: fake.requests(),
         cloud_holder: fake.havip(HAVIP_ID).and_then(|h| h.instance_id),
         vip_changes: vip_monitor.changes(),

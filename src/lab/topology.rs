@@ -3,8 +3,8 @@
 //!
 //! Owns the addresses and names every lab run uses ([`VIP`], [`HAVIP_ID`], the instance ids, ports), creating
 //! the namespaces (through [`crate::testbed::netns::Lab`]) and the fake's state (key pair, instances with
-//! their real veth MACs, the HAVIP). The data path is a plain L2 bridge, like the baseline lab: clients follow
-//! ARP; the fake's holder moves are recorded separately. Everything is removed when [`Topology`] drops (the
+//! their real veth MACs, the HAVIP) and the client's data path ([`DataPath`]): as in the VPC, the client's
+//! traffic for the VIP goes to the fake cloud's holder, whatever the hosts announce. Everything is removed when [`Topology`] drops (the
 //! namespaces delete themselves, also while a failing test unwinds). It does not start Redis, Sentinel or any
 //! VIP manager (see `lab::method` and `lab::scenario`).
 
@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, anyhow};
 
+use super::datapath::DataPath;
 use crate::fake::{FakeCloud, GarpWatch, HavipSpec, watch_garp};
 use crate::testbed::netns::{Lab, LabHost, Netns};
 
@@ -67,6 +68,7 @@ pub enum DriftRange {
 /// then the namespaces go.
 #[derive(Debug)]
 pub struct Topology {
+    data_path: DataPath,
     garp: GarpWatch,
     fake: FakeCloud,
     net: Lab,
@@ -104,17 +106,47 @@ impl Topology {
             }
         }
         fake.add_havip(spec);
+        let client = net
+            .host(CLIENT_NAME)
+            .ok_or_else(|| anyhow!("lab host {CLIENT_NAME} missing"))?;
+        let instances = INSTANCE_IDS
+            .iter()
+            .zip(HOST_NAMES)
+            .map(|(id, name)| {
+                let mac = net.host(name).map(|h| h.mac).unwrap_or_default();
+                ((*id).to_owned(), mac)
+            })
+            .collect();
+        let data_path = DataPath::start(
+            &fake,
+            HAVIP_ID,
+            VIP,
+            client.ns.name(),
+            Lab::HOST_IF,
+            instances,
+        )
+        .context("pointing the client's data path at the HAVIP's holder")?;
         let garp_fake = fake.clone();
         let garp = net
             .switch()
             .try_run(move || watch_garp(garp_fake, Lab::BRIDGE))?
             .context("starting the fake cloud's GARP watcher on br0")?;
-        Ok(Topology { garp, fake, net })
+        Ok(Topology {
+            data_path,
+            garp,
+            fake,
+            net,
+        })
     }
 
     /// The fake cloud.
     pub fn fake(&self) -> &FakeCloud {
         &self.fake
+    }
+
+    /// Where the client's traffic for the VIP goes (the fake's holder), and its rewrites.
+    pub fn data_path(&self) -> &DataPath {
+        &self.data_path
     }
 
     /// The GARP watcher on `br0`.

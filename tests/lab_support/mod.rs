@@ -1,11 +1,17 @@
 //! Shared by `lab_agent` and `lab_migrate`: the options of a test run, one lab at a time, and one more run
 //! when Sentinel itself failed over twice.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use havip_agent::lab::{Binaries, Method, RunOptions, RunOutcome, Scenario};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Holds off every other lab of this test binary while held: parallel labs on two cores distort Sentinel.
+#[allow(dead_code)] // Not every test binary including this module needs it.
+pub fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub fn options() -> RunOptions {
     RunOptions {
@@ -19,7 +25,7 @@ pub fn options() -> RunOptions {
 }
 
 pub fn run(method: Method, scenario: Scenario) -> RunOutcome {
-    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_lab_at_a_time();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
