@@ -181,22 +181,11 @@ pub async fn compute(cfg: &Config) -> StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::HaVipState;
 
     fn havip(address_ip: Option<&str>) -> HaVip {
         HaVip {
-            havip_id: "havip-xxxxxxxx".into(),
-            name: String::new(),
-            vip: "172.16.2.250".into(),
-            vpc_id: String::new(),
-            subnet_id: String::new(),
-            instance_id: None,
-            network_interface_id: None,
             address_ip: address_ip.map(str::to_owned),
-            state: HaVipState::Unbound,
-            check_associate: true,
-            associations: Vec::new(),
-            flushed_time: None,
+            ..HaVip::unbound("havip-xxxxxxxx", "172.16.2.250")
         }
     }
 

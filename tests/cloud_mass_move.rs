@@ -1,32 +1,19 @@
 //! Ten HAVIPs through one failover, one agent, the fake cloud's per-action rate limit on (20/s, as the VPC
 //! documents): every claim is confirmed, none fails or goes unconfirmed (what an operator would be alerted
 //! about), and batching cuts the calls: concurrent polls share `DescribeHaVips` requests and the drift-range
-//! changes share `AssociateHaVipInstance` requests. Helpers copied from `daemon_havips.rs`.
+//! changes share `AssociateHaVipInstance` requests. The agent is `testbed::inproc`'s.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use havip_agent::alerts::Alerter;
-use havip_agent::claim::Claimer;
-use havip_agent::cloud::VpcClient;
-use havip_agent::config::Config;
-use havip_agent::credentials::{Credential, CredentialProvider};
-use havip_agent::daemon::{Agent, AgentEvent, AgentEventKind, AgentParts};
-use havip_agent::fake::{FakeCloud, FakeVpcNet, HavipSpec, RecordedRequest};
-use havip_agent::hooks::Hooks;
-use havip_agent::metrics::Metrics;
-use havip_agent::node::Identity;
-use havip_agent::secret::Secret;
-use havip_agent::sentinel::watcher::WatchOptions;
-use havip_agent::status::{Health, StatusHandle, StatusReport};
+use havip_agent::daemon::{AgentEvent, AgentEventKind};
+use havip_agent::fake::{FakeCloud, HavipSpec, RecordedRequest};
 use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
-use tokio::sync::broadcast;
+use havip_agent::testbed::inproc::{
+    ADDRESS as ME, HavipEntry, INSTANCE_ID, InprocAgent, Missed, SECRET_ID, SECRET_KEY,
+};
 
-const SECRET_ID: &str = "AKIDmassEXAMPLE";
-const SECRET_KEY: &str = "massSecretKeyEXAMPLE";
-const ME: &str = "198.18.0.2";
 const OTHER: &str = "198.18.0.3";
 const HAVIPS: usize = 10;
 /// How long the events of interest may take on a loaded machine (a bound on waiting, not a speed claim).
@@ -51,130 +38,37 @@ fn master(ip: &str, epoch: u64) -> Mode {
     }
 }
 
-struct Node {
-    agent: Option<Agent>,
-    events: broadcast::Receiver<AgentEvent>,
-    /// The lock dir; removed after the agent stops (see `Drop`).
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        drop(self.agent.take()); // aborts the agent's tasks
-    }
-}
-
 /// One agent for the ten HAVIPs, this node at `ME`.
-async fn start_agent(cloud: &FakeCloud, sentinels: &[FakeSentinel]) -> Node {
-    havip_agent::cloud::install_tls_provider();
-    let mac = [0x02, 0, 0x5e, 0x20, 0, 1];
-    cloud.add_instance("ins-a", mac);
-    let dir = tempfile::tempdir().unwrap();
-    let sentinels: Vec<String> = sentinels
-        .iter()
-        .map(|s| format!("{:?}", s.addr()))
-        .collect();
-    let mut text = format!(
-        r#"
-[cloud]
-region = "ap-guangzhou"
-endpoint = "{endpoint}"
-metadata_endpoint = "http://127.0.0.1:9/latest/meta-data/"
-timeout = "1s"
-
-[node]
-instance_id = "ins-a"
-address = "{ME}"
-interface = "eth0"
-
-[sentinel]
-addresses = [{sentinels}]
-fence_after = "hold"
-
-[claim]
-lock_dir = "{lock}"
-"#,
-        endpoint = cloud.endpoint(),
-        sentinels = sentinels.join(", "),
-        lock = dir.path().join("lock").display(),
-    );
-    for i in 0..HAVIPS {
-        text.push_str(&format!(
-            "\n[[havip]]\nmaster = \"{}\"\nhavip_id = \"{}\"\nvip = \"{}/24\"\n",
-            master_name(i),
-            havip_id(i),
-            vip(i)
-        ));
-    }
-    let config = Arc::new(Config::parse_str(&text, std::path::Path::new("mass.toml")).unwrap());
-    let creds = CredentialProvider::fixed(Credential {
-        secret_id: Secret::new(SECRET_ID),
-        secret_key: Secret::new(SECRET_KEY),
-        token: None,
-    });
-    let metrics = Metrics::new();
-    // One client per process, as `boot` builds it: the rate limit and the batching queues are shared by
-    // every HAVIP task.
-    let vpc = VpcClient::new(&config.cloud, creds, havip_agent::clock::system()).unwrap();
-    let net = FakeVpcNet::new("eth0", mac, cloud.clone());
-    let claimer = Claimer::new(
-        Some(vpc),
-        Arc::new(net),
-        "ins-a",
-        config.node.instance_type,
-        config.announce.clone(),
-        config.cloud.timeout.get(),
-    );
-    let parts = AgentParts {
-        config: config.clone(),
-        identity: Identity {
-            instance_id: "ins-a".into(),
-            address: ME.parse().unwrap(),
-        },
-        claimer,
-        metrics: metrics.clone(),
-        status: StatusHandle::new(StatusReport::default()),
-        health: Health::new(Duration::from_secs(10)),
-        hooks: Hooks::with_metrics(&config.hooks, metrics.clone()),
-        alerter: Alerter::new(&config.alerts, metrics),
-        watch: WatchOptions::default(),
-    };
-    let (tx, events) = broadcast::channel(8192);
-    let agent = Agent::start_with_events(parts, tx);
-    Node {
-        agent: Some(agent),
-        events,
-        _dir: dir,
-    }
+fn start_agent(cloud: &FakeCloud, sentinels: &[FakeSentinel]) -> InprocAgent {
+    (0..HAVIPS)
+        .fold(InprocAgent::builder(cloud, sentinels), |b, i| {
+            b.havip(HavipEntry::new(master_name(i), havip_id(i), vip(i)))
+        })
+        .start()
+        .expect("the agent starts")
 }
 
-/// Waits until `pick` has seen every HAVIP, collecting what it returns per HAVIP event.
+/// Waits until `pick` has seen every HAVIP, collecting every event on the way (none may be missed).
 async fn for_every_havip(
-    node: &mut Node,
+    node: &mut InprocAgent,
     what: &str,
     mut pick: impl FnMut(&AgentEvent) -> bool,
     seen_also: &mut Vec<AgentEvent>,
 ) {
     let mut done = BTreeSet::new();
-    let wait = async {
-        while done.len() < HAVIPS {
-            match node.events.recv().await {
-                Ok(e) => {
-                    if pick(&e) {
-                        done.insert(e.havip_id.clone());
-                    }
-                    seen_also.push(e);
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    panic!("missed {n} agent events waiting for {what}")
-                }
-                Err(e) => panic!("agent event stream ended waiting for {what}: {e}"),
+    node.next_event(
+        PATIENCE,
+        Missed::Fail,
+        &format!("{what} for every HAVIP"),
+        |e| {
+            if pick(e) {
+                done.insert(e.havip_id.clone());
             }
-        }
-    };
-    tokio::time::timeout(PATIENCE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} for every HAVIP within {PATIENCE:?}"));
+            seen_also.push(e.clone());
+            (done.len() == HAVIPS).then_some(())
+        },
+    )
+    .await;
 }
 
 /// How many HAVIP ids the `DescribeHaVips` requests asked about in all (one per caller, had nothing
@@ -205,7 +99,7 @@ async fn mass_failover(limit: u32) -> (FakeCloud, Vec<AgentEvent>) {
     let sentinels: Vec<FakeSentinel> = (0..3)
         .map(|_| FakeSentinel::start(master(OTHER, 1)).unwrap())
         .collect();
-    let mut node = start_agent(&cloud, &sentinels).await;
+    let mut node = start_agent(&cloud, &sentinels);
     let mut events = Vec::new();
     for_every_havip(
         &mut node,
@@ -254,7 +148,7 @@ fn assert_all_moved_without_failures(cloud: &FakeCloud, events: &[AgentEvent]) {
     assert!(failures.is_empty(), "{failures:?}");
     for i in 0..HAVIPS {
         let h = cloud.havip(&havip_id(i)).unwrap();
-        assert_eq!(h.instance_id.as_deref(), Some("ins-a"), "havip {i}");
+        assert_eq!(h.instance_id.as_deref(), Some(INSTANCE_ID), "havip {i}");
     }
 }
 

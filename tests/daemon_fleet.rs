@@ -13,32 +13,6 @@ use havip_agent::testbed::agents::{Fleet, FleetSpec, HAVIP_ID};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-/// Polls `cond` every 20 ms until it holds or `within` passes; panics with `what` and `fleet` state.
-async fn wait_for(fleet: &Fleet, within: Duration, what: &str, cond: impl Fn(&Fleet) -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond(fleet) {
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {within:?} waiting for {what}: holders {:?}, cloud holder {:?}\n{}",
-                fleet.holders(),
-                fleet.cloud_holder(),
-                fleet.lab.logs_tail(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The lab's current master, once every running Sentinel agrees on it.
-async fn master_index(fleet: &Fleet) -> usize {
-    let addr = fleet
-        .lab
-        .wait_master(|_| true, Duration::from_secs(20))
-        .await
-        .expect("the sentinels agree on a master");
-    fleet.lab.node_of(addr).expect("the master is a lab host")
-}
-
 /// Every event of every agent from now on, tagged with the host index.
 fn subscribe_all(fleet: &Fleet) -> Vec<broadcast::Receiver<AgentEvent>> {
     fleet.nodes.iter().map(|n| n.events.subscribe()).collect()
@@ -77,19 +51,16 @@ fn claim_done(f: &Fleet, i: usize) -> bool {
 
 /// Waits until host `i` holds the VIP alone, the cloud agrees and its claim has finished.
 async fn wait_new_holder(fleet: &Fleet, old: usize) -> usize {
-    wait_for(
-        fleet,
-        Duration::from_secs(30),
-        "a new master to hold the vip",
-        |f| {
-            let holders = f.holders();
-            holders.len() == 1
-                && holders[0] != old
-                && f.cloud_holder() == Some(holders[0])
-                && claim_done(f, holders[0])
-        },
-    )
-    .await;
+    fleet
+        .wait_until(
+            Duration::from_secs(30),
+            "a new master to hold the vip",
+            |f| {
+                let holders = f.holders();
+                holders.len() == 1 && holders[0] != old && f.settled_on(holders[0])
+            },
+        )
+        .await;
     fleet.holders()[0]
 }
 
@@ -111,14 +82,14 @@ async fn settled_fleet(spec: FleetSpec) -> (Fleet, usize) {
         havip_agent::logging::init(havip_agent::logging::LogFormat::Human);
     }
     let fleet = Fleet::start(spec).await.expect("fleet starts");
-    let m = master_index(&fleet).await;
-    wait_for(
-        &fleet,
-        Duration::from_secs(20),
-        "the initial master to hold the vip",
-        |f| f.holders() == vec![m] && f.cloud_holder() == Some(m) && claim_done(f, m),
-    )
-    .await;
+    let m = fleet.master_index().await;
+    fleet
+        .wait_until(
+            Duration::from_secs(20),
+            "the initial master to hold the vip",
+            |f| f.settled_on(m),
+        )
+        .await;
     (fleet, m)
 }
 
@@ -136,7 +107,7 @@ async fn only_the_new_masters_agent_claims_and_the_old_one_releases_when_the_mas
     let killed_at = Instant::now();
     let new = wait_new_holder(&fleet, old).await;
     assert_eq!(
-        master_index(&fleet).await,
+        fleet.master_index().await,
         new,
         "the vip is on sentinel's master"
     );
@@ -266,13 +237,13 @@ async fn a_holder_that_loses_the_sentinel_majority_releases_and_pauses_writes_an
     for i in &others {
         fleet.lab.stop_sentinel(*i).unwrap();
     }
-    wait_for(
-        &fleet,
-        Duration::from_secs(10),
-        "the cut-off holder to release",
-        |f| f.holders().is_empty(),
-    )
-    .await;
+    fleet
+        .wait_until(
+            Duration::from_secs(10),
+            "the cut-off holder to release",
+            |f| f.holders().is_empty(),
+        )
+        .await;
     // The local Redis is paused for writes.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -310,13 +281,13 @@ async fn a_holder_that_loses_the_sentinel_majority_releases_and_pauses_writes_an
     for i in &others {
         fleet.lab.cont_sentinel(*i).unwrap();
     }
-    wait_for(
-        &fleet,
-        Duration::from_secs(10),
-        "the master to hold the vip again",
-        |f| f.holders() == vec![m],
-    )
-    .await;
+    fleet
+        .wait_until(
+            Duration::from_secs(10),
+            "the master to hold the vip again",
+            |f| f.holders() == vec![m],
+        )
+        .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let events = drain(&mut rxs);
@@ -386,13 +357,11 @@ async fn local_drift_is_repaired_and_a_cloud_mismatch_is_announced_away() {
             .recording()
             .remove_behind_back(Fleet::vip())
     );
-    wait_for(
-        &fleet,
-        Duration::from_secs(10),
-        "the vip to be bound again",
-        |f| f.holders() == vec![m],
-    )
-    .await;
+    fleet
+        .wait_until(Duration::from_secs(10), "the vip to be bound again", |f| {
+            f.holders() == vec![m]
+        })
+        .await;
 
     // The cloud moves the HAVIP elsewhere (a stray GARP from another in-range instance): re-announce.
     let other = (0..3).find(|i| *i != m).unwrap();
@@ -400,13 +369,13 @@ async fn local_drift_is_repaired_and_a_cloud_mismatch_is_announced_away() {
         .cloud
         .garp(havip_agent::testbed::agents::mac_of(other), Fleet::vip());
     assert!(moved.moved(), "{moved:?}");
-    wait_for(
-        &fleet,
-        Duration::from_secs(10),
-        "the cloud holder to come back",
-        |f| f.cloud_holder() == Some(m),
-    )
-    .await;
+    fleet
+        .wait_until(
+            Duration::from_secs(10),
+            "the cloud holder to come back",
+            |f| f.cloud_holder() == Some(m),
+        )
+        .await;
     fleet.shutdown().await;
 }
 

@@ -108,18 +108,6 @@ async fn wait_for(fleet: &Fleet, what: &str, cond: impl Fn(&Fleet) -> bool) {
     }
 }
 
-/// Host `m` alone holds the VIP, the cloud agrees, and its agent's claim finished.
-fn on_master(f: &Fleet, m: usize) -> bool {
-    f.holders() == vec![m]
-        && f.cloud_holder() == Some(m)
-        && f.nodes[m]
-            .status
-            .snapshot()
-            .havips
-            .first()
-            .is_some_and(|h| h.local_bound && h.cloud_matches == Some(true))
-}
-
 /// Watches for [`OBSERVE`] that host `m` keeps the VIP alone; panics at the first moment it does not.
 async fn stays_on_master(fleet: &Fleet, m: usize, phase: &str) {
     let start = Instant::now();
@@ -192,7 +180,7 @@ async fn a_foreign_sentinel_with_a_newer_epoch_never_moves_the_vip_off_the_real_
         )
         .expect("the master is a lab host");
     wait_for(&fleet, "the real master to hold the vip", |f| {
-        on_master(f, m)
+        f.settled_on(m)
             && reachable(f, 2)
             && f.nodes
                 .iter()

@@ -7,26 +7,18 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use havip_agent::alerts::Alerter;
-use havip_agent::claim::{Claimer, Step};
-use havip_agent::cloud::VpcClient;
-use havip_agent::config::{Config, VipCidr};
-use havip_agent::credentials::{Credential, CredentialProvider};
-use havip_agent::daemon::{Agent, AgentEvent, AgentEventKind, AgentParts};
+use havip_agent::claim::Step;
+use havip_agent::config::VipCidr;
+use havip_agent::daemon::AgentEventKind;
 use havip_agent::fake::{FakeCloud, FakeVpcNet, Fault, FaultKind, HavipSpec};
-use havip_agent::hooks::Hooks;
-use havip_agent::metrics::Metrics;
 use havip_agent::net::{Change, LocalNet, NetError};
-use havip_agent::node::Identity;
-use havip_agent::secret::Secret;
-use havip_agent::sentinel::watcher::WatchOptions;
-use havip_agent::status::{Health, StatusHandle, StatusReport};
+use havip_agent::status::Health;
 use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
-use tokio::sync::broadcast;
+use havip_agent::testbed::inproc::{
+    ADDRESS as ME, HavipEntry, INSTANCE_ID, InprocAgent, InprocBuilder, Missed, SECRET_ID,
+    SECRET_KEY,
+};
 
-const SECRET_ID: &str = "AKIDhavipsEXAMPLE";
-const SECRET_KEY: &str = "havipsSecretKeyEXAMPLE";
-const ME: &str = "198.18.0.2";
 const OTHER: &str = "198.18.0.3";
 const FAST: (&str, &str, &str) = ("alpha", "havip-fast0001", "198.18.0.100");
 const SLOW: (&str, &str, &str) = ("beta", "havip-slow0001", "198.18.0.101");
@@ -54,125 +46,12 @@ fn master(ip: &str, epoch: u64) -> Mode {
     }
 }
 
-struct Node {
-    agent: Option<Agent>,
-    events: broadcast::Receiver<AgentEvent>,
-    net: FakeVpcNet,
-    /// The lock dir; removed after the agent stops (see `Drop`).
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        drop(self.agent.take()); // aborts the agent's tasks
-    }
-}
-
-/// One agent for both HAVIPs (both masters), this node at `ME`.
-async fn start_agent(cloud: &FakeCloud, sentinels: &[FakeSentinel]) -> Node {
-    start_agent_with(
-        cloud,
-        sentinels,
-        |n| Arc::new(n),
-        Health::new(Duration::from_secs(10)),
+/// One agent for both HAVIPs (both masters), this node at `ME`; the caller may turn more knobs.
+fn agent<'a>(cloud: &'a FakeCloud, sentinels: &[FakeSentinel]) -> InprocBuilder<'a> {
+    [FAST, SLOW].into_iter().fold(
+        InprocAgent::builder(cloud, sentinels),
+        |b, (master, id, vip)| b.havip(HavipEntry::new(master, id, vip.parse().unwrap())),
     )
-    .await
-}
-
-/// [`start_agent`] with the agent's interface wrapped by `wrap` and its health given.
-async fn start_agent_with(
-    cloud: &FakeCloud,
-    sentinels: &[FakeSentinel],
-    wrap: impl FnOnce(FakeVpcNet) -> Arc<dyn LocalNet>,
-    health: Health,
-) -> Node {
-    havip_agent::cloud::install_tls_provider();
-    let mac = [0x02, 0, 0x5e, 0x20, 0, 1];
-    cloud.add_instance("ins-a", mac);
-    let dir = tempfile::tempdir().unwrap();
-    let sentinels: Vec<String> = sentinels
-        .iter()
-        .map(|s| format!("{:?}", s.addr()))
-        .collect();
-    let text = format!(
-        r#"
-[cloud]
-region = "ap-guangzhou"
-endpoint = "{endpoint}"
-metadata_endpoint = "http://127.0.0.1:9/latest/meta-data/"
-timeout = "1s"
-
-[node]
-instance_id = "ins-a"
-address = "{ME}"
-interface = "eth0"
-
-[sentinel]
-addresses = [{sentinels}]
-fence_after = "hold"
-
-[[havip]]
-master = "{fast_master}"
-havip_id = "{fast_id}"
-vip = "{fast_vip}/24"
-
-[[havip]]
-master = "{slow_master}"
-havip_id = "{slow_id}"
-vip = "{slow_vip}/24"
-
-[claim]
-lock_dir = "{lock}"
-"#,
-        endpoint = cloud.endpoint(),
-        sentinels = sentinels.join(", "),
-        fast_master = FAST.0,
-        fast_id = FAST.1,
-        fast_vip = FAST.2,
-        slow_master = SLOW.0,
-        slow_id = SLOW.1,
-        slow_vip = SLOW.2,
-        lock = dir.path().join("lock").display(),
-    );
-    let config = Arc::new(Config::parse_str(&text, std::path::Path::new("havips.toml")).unwrap());
-    let creds = CredentialProvider::fixed(Credential {
-        secret_id: Secret::new(SECRET_ID),
-        secret_key: Secret::new(SECRET_KEY),
-        token: None,
-    });
-    let metrics = Metrics::new();
-    let vpc = VpcClient::new(&config.cloud, creds, havip_agent::clock::system()).unwrap();
-    let net = FakeVpcNet::new("eth0", mac, cloud.clone());
-    let claimer = Claimer::new(
-        Some(vpc),
-        wrap(net.clone()),
-        "ins-a",
-        config.node.instance_type,
-        config.announce.clone(),
-        config.cloud.timeout.get(),
-    );
-    let parts = AgentParts {
-        config: config.clone(),
-        identity: Identity {
-            instance_id: "ins-a".into(),
-            address: ME.parse().unwrap(),
-        },
-        claimer,
-        metrics: metrics.clone(),
-        status: StatusHandle::new(StatusReport::default()),
-        health,
-        hooks: Hooks::with_metrics(&config.hooks, metrics.clone()),
-        alerter: Alerter::new(&config.alerts, metrics),
-        watch: WatchOptions::default(),
-    };
-    let (tx, events) = broadcast::channel(8192);
-    let agent = Agent::start_with_events(parts, tx);
-    Node {
-        agent: Some(agent),
-        events,
-        net,
-        _dir: dir,
-    }
 }
 
 fn start_cloud_havips(cloud: &FakeCloud) {
@@ -182,51 +61,31 @@ fn start_cloud_havips(cloud: &FakeCloud) {
     }
 }
 
-/// Waits for the first event of `node` for which `pick` returns `Some`.
-async fn next_event<T>(
-    node: &mut Node,
-    what: &str,
-    mut pick: impl FnMut(&AgentEvent) -> Option<T>,
-) -> T {
-    let wait = async {
-        loop {
-            match node.events.recv().await {
-                Ok(e) => {
-                    if let Some(t) = pick(&e) {
-                        return t;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(e) => panic!("agent event stream ended waiting for {what}: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
-}
-
 /// Waits until both HAVIPs' claims are confirmed by the cloud.
-async fn both_confirmed(node: &mut Node) {
+async fn both_confirmed(node: &mut InprocAgent) {
     let mut confirmed = BTreeSet::new();
-    next_event(node, "confirmed claims of both HAVIPs", |e| {
-        if matches!(
-            e.kind,
-            AgentEventKind::Claimed {
-                confirmed: true,
-                ..
+    node.next_event(
+        PATIENCE,
+        Missed::Skip,
+        "confirmed claims of both HAVIPs",
+        |e| {
+            if matches!(
+                e.kind,
+                AgentEventKind::Claimed {
+                    confirmed: true,
+                    ..
+                }
+            ) {
+                confirmed.insert(e.havip_id.clone());
             }
-        ) {
-            confirmed.insert(e.havip_id.clone());
-        }
-        (confirmed.len() == 2).then_some(())
-    })
+            (confirmed.len() == 2).then_some(())
+        },
+    )
     .await;
 }
 
-fn is_bound(net: &FakeVpcNet, vip: &str) -> bool {
-    let vip: Ipv4Addr = vip.parse().unwrap();
-    net.recording().bound().iter().any(|b| b.addr == vip)
+fn is_bound(node: &InprocAgent, vip: &str) -> bool {
+    node.is_bound(vip.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,31 +96,36 @@ async fn a_hanging_cloud_for_one_havip_never_delays_the_other() {
     cloud.inject(Fault::always(FaultKind::Delay(Duration::from_secs(30))).for_havip(SLOW.1));
     let sentinels = fake_sentinels(master(ME, 1), None);
 
-    let mut node = start_agent(&cloud, &sentinels).await;
+    let mut node = agent(&cloud, &sentinels).start().unwrap();
 
     // The fast HAVIP is claimed and confirmed by the cloud while the slow one's claim is still running
     // (it keeps announcing and asking until its 15 s deadline): had the HAVIPs shared one queue, the fast
     // one would wait for that.
     let (mut slow_bound, mut slow_finished) = (false, false);
-    next_event(&mut node, "the fast HAVIP's confirmed claim", |e| {
-        if e.havip_id == SLOW.1 {
-            slow_bound |= matches!(e.kind, AgentEventKind::Claim(Step::Bound { .. }));
-            slow_finished |= matches!(e.kind, AgentEventKind::Claimed { .. });
-        }
-        (e.havip_id == FAST.1
-            && matches!(
-                e.kind,
-                AgentEventKind::Claimed {
-                    confirmed: true,
-                    ..
-                }
-            ))
-        .then_some(())
-    })
+    node.next_event(
+        PATIENCE,
+        Missed::Skip,
+        "the fast HAVIP's confirmed claim",
+        |e| {
+            if e.havip_id == SLOW.1 {
+                slow_bound |= matches!(e.kind, AgentEventKind::Claim(Step::Bound { .. }));
+                slow_finished |= matches!(e.kind, AgentEventKind::Claimed { .. });
+            }
+            (e.havip_id == FAST.1
+                && matches!(
+                    e.kind,
+                    AgentEventKind::Claimed {
+                        confirmed: true,
+                        ..
+                    }
+                ))
+            .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         cloud.havip(FAST.1).unwrap().instance_id.as_deref(),
-        Some("ins-a")
+        Some(INSTANCE_ID)
     );
     // ...while every request about the slow one is still held back.
     let slow_requests: Vec<_> = cloud
@@ -286,10 +150,16 @@ async fn a_hanging_cloud_for_one_havip_never_delays_the_other() {
     // The slow HAVIP is bound and announced locally all the same: a hanging cloud never stops that step.
     assert!(slow_bound, "the slow HAVIP was not bound locally");
     // (Its first GARP waits up to 300 ms for the drift-range check, which here never answers.)
-    next_event(&mut node, "the slow HAVIP's first announce", |e| {
-        (e.havip_id == SLOW.1 && matches!(e.kind, AgentEventKind::Claim(Step::Announced { .. })))
+    node.next_event(
+        PATIENCE,
+        Missed::Skip,
+        "the slow HAVIP's first announce",
+        |e| {
+            (e.havip_id == SLOW.1
+                && matches!(e.kind, AgentEventKind::Claim(Step::Announced { .. })))
             .then_some(())
-    })
+        },
+    )
     .await;
     assert!(
         !node
@@ -299,7 +169,7 @@ async fn a_hanging_cloud_for_one_havip_never_delays_the_other() {
             .is_empty(),
         "the slow HAVIP was not announced"
     );
-    assert!(is_bound(&node.net, FAST.2) && is_bound(&node.net, SLOW.2));
+    assert!(is_bound(&node, FAST.2) && is_bound(&node, SLOW.2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +178,7 @@ async fn a_sentinel_answering_garbage_is_ignored_and_the_agent_keeps_following_t
     start_cloud_havips(&cloud);
     let sentinels = fake_sentinels(master(ME, 1), Some(0));
 
-    let mut node = start_agent(&cloud, &sentinels).await;
+    let mut node = agent(&cloud, &sentinels).start().unwrap();
 
     // Two good Sentinels of three are a majority: both HAVIPs are claimed despite the third's garbage.
     both_confirmed(&mut node).await;
@@ -323,14 +193,19 @@ async fn a_sentinel_answering_garbage_is_ignored_and_the_agent_keeps_following_t
         s.set(master(OTHER, 2));
     }
     let mut released = BTreeSet::new();
-    next_event(&mut node, "releases of both HAVIPs after the switch", |e| {
-        if matches!(e.kind, AgentEventKind::Released { .. }) {
-            released.insert(e.havip_id.clone());
-        }
-        (released.len() == 2).then_some(())
-    })
+    node.next_event(
+        PATIENCE,
+        Missed::Skip,
+        "releases of both HAVIPs after the switch",
+        |e| {
+            if matches!(e.kind, AgentEventKind::Released { .. }) {
+                released.insert(e.havip_id.clone());
+            }
+            (released.len() == 2).then_some(())
+        },
+    )
     .await;
-    assert!(!is_bound(&node.net, FAST.2) && !is_bound(&node.net, SLOW.2));
+    assert!(!is_bound(&node, FAST.2) && !is_bound(&node, SLOW.2));
 }
 
 /// The fake interface, except that `is_bound` for the FAST HAVIP's VIP never returns once `hang` is set: that
@@ -372,13 +247,11 @@ async fn a_havip_task_that_hangs_turns_health_red_naming_it() {
     let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health = Health::new(Duration::from_secs(3));
     let h = hang.clone();
-    let mut node = start_agent_with(
-        &cloud,
-        &sentinels,
-        move |inner| Arc::new(HangingNet { inner, hang: h }),
-        health.clone(),
-    )
-    .await;
+    let mut node = agent(&cloud, &sentinels)
+        .wrap_net(move |inner| Arc::new(HangingNet { inner, hang: h }))
+        .health(health.clone())
+        .start()
+        .unwrap();
     both_confirmed(&mut node).await;
     assert!(health.is_healthy(), "{:?}", health.check());
 

@@ -3,27 +3,17 @@
 //! binds a missing EIP once and never touches it on failover.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use havip_agent::alerts::Alerter;
-use havip_agent::claim::Claimer;
 use havip_agent::cloud::{CloudError, EipBound, EipError, RetryPolicy, VpcClient};
-use havip_agent::config::{CloudConfig, Config};
-use havip_agent::credentials::{Credential, CredentialProvider};
-use havip_agent::daemon::{Agent, AgentParts};
-use havip_agent::fake::{FakeCloud, FakeVpcNet, HavipSpec};
-use havip_agent::hooks::Hooks;
-use havip_agent::metrics::Metrics;
-use havip_agent::node::Identity;
-use havip_agent::secret::Secret;
-use havip_agent::sentinel::watcher::WatchOptions;
-use havip_agent::status::{Health, StatusHandle, StatusReport};
+use havip_agent::config::CloudConfig;
+use havip_agent::fake::{FakeCloud, HavipSpec};
 use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
+use havip_agent::testbed::inproc::{
+    ADDRESS as ME, HavipEntry, InprocAgent, SECRET_ID, SECRET_KEY, credentials,
+};
 use tokio::time::Instant;
 
-const SECRET_ID: &str = "AKIDeipEXAMPLE";
-const SECRET_KEY: &str = "eipSecretKeyEXAMPLE";
 const HAVIP: &str = "havip-eip00001";
 const OTHER_HAVIP: &str = "havip-eip00002";
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
@@ -51,12 +41,7 @@ fn client(cloud: &FakeCloud) -> VpcClient {
         cloud.endpoint()
     ))
     .unwrap();
-    let creds = CredentialProvider::fixed(Credential {
-        secret_id: Secret::new(SECRET_ID),
-        secret_key: Secret::new(SECRET_KEY),
-        token: None,
-    });
-    VpcClient::new(&cfg, creds, havip_agent::clock::system())
+    VpcClient::new(&cfg, credentials(), havip_agent::clock::system())
         .unwrap()
         .with_retry_policy(RetryPolicy {
             base: Duration::from_millis(20),
@@ -326,7 +311,6 @@ async fn two_nodes_binding_at_once_both_end_done_with_one_bind() {
 
 // ----- the daemon -----
 
-const ME: &str = "198.18.0.2";
 const PEER: &str = "198.18.0.3";
 
 fn master(ip: &str, epoch: u64) -> Mode {
@@ -336,110 +320,25 @@ fn master(ip: &str, epoch: u64) -> Mode {
     }
 }
 
-struct Node {
-    agent: Option<Agent>,
-    status: StatusHandle,
-    metrics: Metrics,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        drop(self.agent.take());
-    }
-}
-
 /// An agent for `instance` at `address` with `eip` configured on HAVIP, against `sentinels` and `cloud`;
 /// `alert_url` receives its alerts (generic JSON).
-async fn start_node(
+fn start_node(
     cloud: &FakeCloud,
     sentinels: &[FakeSentinel],
     instance: &str,
     address: &str,
     mac: [u8; 6],
     alert_url: Option<&str>,
-) -> Node {
-    havip_agent::cloud::install_tls_provider();
-    cloud.add_instance(instance, mac);
-    let dir = tempfile::tempdir().unwrap();
-    let list: Vec<String> = sentinels
-        .iter()
-        .map(|s| format!("{:?}", s.addr()))
-        .collect();
+) -> InprocAgent {
     let alert = alert_url
         .map(|u| format!("\n[[alert]]\nurl = \"{u}\"\nformat = \"json\"\n"))
         .unwrap_or_default();
-    let text = format!(
-        r#"
-[cloud]
-region = "ap-guangzhou"
-endpoint = "{endpoint}"
-metadata_endpoint = "http://127.0.0.1:9/latest/meta-data/"
-timeout = "1s"
-
-[node]
-instance_id = "{instance}"
-address = "{address}"
-interface = "eth0"
-
-[sentinel]
-addresses = [{sentinels}]
-fence_after = "hold"
-
-[[havip]]
-master = "mymaster"
-havip_id = "{HAVIP}"
-vip = "{VIP}/24"
-eip = "{EIP}"
-
-[claim]
-lock_dir = "{lock}"
-
-[agent]
-verify_interval = "1s"
-{alert}"#,
-        endpoint = cloud.endpoint(),
-        sentinels = list.join(", "),
-        lock = dir.path().join("lock").display(),
-    );
-    let config = Arc::new(Config::parse_str(&text, std::path::Path::new("eip.toml")).unwrap());
-    let creds = CredentialProvider::fixed(Credential {
-        secret_id: Secret::new(SECRET_ID),
-        secret_key: Secret::new(SECRET_KEY),
-        token: None,
-    });
-    let metrics = Metrics::new();
-    let vpc = VpcClient::new(&config.cloud, creds, havip_agent::clock::system()).unwrap();
-    let net = FakeVpcNet::new("eth0", mac, cloud.clone());
-    let claimer = Claimer::new(
-        Some(vpc),
-        Arc::new(net),
-        instance,
-        config.node.instance_type,
-        config.announce.clone(),
-        config.cloud.timeout.get(),
-    );
-    let status = StatusHandle::new(StatusReport::default());
-    let parts = AgentParts {
-        config: config.clone(),
-        identity: Identity {
-            instance_id: instance.into(),
-            address: address.parse().unwrap(),
-        },
-        claimer,
-        metrics: metrics.clone(),
-        status: status.clone(),
-        health: Health::new(Duration::from_secs(10)),
-        hooks: Hooks::with_metrics(&config.hooks, metrics.clone()),
-        alerter: Alerter::new(&config.alerts, metrics.clone()),
-        watch: WatchOptions::default(),
-    };
-    Node {
-        agent: Some(Agent::start(parts)),
-        status,
-        metrics,
-        _dir: dir,
-    }
+    InprocAgent::builder(cloud, sentinels)
+        .node(instance, address.parse().unwrap(), mac)
+        .havip(HavipEntry::new("mymaster", HAVIP, VIP).with_eip(EIP))
+        .extra_toml(&format!("[agent]\nverify_interval = \"1s\"\n{alert}"))
+        .start()
+        .unwrap()
 }
 
 /// Polls `f` every 50 ms until it holds, failing with `what` after [`PATIENCE`].
@@ -461,7 +360,7 @@ fn reads(cloud: &FakeCloud) -> usize {
         .count()
 }
 
-fn eip_bound_metric(node: &Node) -> Option<f64> {
+fn eip_bound_metric(node: &InprocAgent) -> Option<f64> {
     node.metrics
         .value("havip_agent_eip_bound", &[("havip", HAVIP)])
 }
@@ -480,8 +379,7 @@ async fn the_agents_bind_a_missing_eip_once_and_never_touch_it_on_failover() {
         ME,
         [2, 0, 0x5e, 0, 0, 0xa],
         None,
-    )
-    .await;
+    );
     let b = start_node(
         &cloud,
         &sentinels,
@@ -489,8 +387,7 @@ async fn the_agents_bind_a_missing_eip_once_and_never_touch_it_on_failover() {
         PEER,
         [2, 0, 0x5e, 0, 0, 0xb],
         None,
-    )
-    .await;
+    );
 
     until("the eip bound and the holder on ins-a", || {
         cloud.havip_eip(HAVIP) == Some(EIP)
@@ -555,8 +452,7 @@ async fn the_agent_retries_a_failed_bind_task_until_the_eip_is_bound() {
         ME,
         [2, 0, 0x5e, 0, 1, 0xa],
         None,
-    )
-    .await;
+    );
 
     until("the eip bound after a retry", || {
         cloud.havip_eip(HAVIP) == Some(EIP)
@@ -598,8 +494,7 @@ async fn the_agent_never_replaces_another_eip_and_alerts_once() {
         ME,
         [2, 0, 0x5e, 0, 2, 0xa],
         Some(&hook.uri()),
-    )
-    .await;
+    );
 
     until("the agent to report the eip not bound", || {
         eip_bound_metric(&a) == Some(0.0)

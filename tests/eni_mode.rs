@@ -14,44 +14,6 @@ use havip_agent::config::Config;
 use havip_agent::fake::{FakeMetadata, MetadataSpec};
 use havip_agent::testbed::agents::{Fleet, FleetSpec, HAVIP_ID, SECRET_ID, SECRET_KEY, eni_of};
 use migrate_support::ns_with_nics;
-use tokio::time::Instant;
-
-/// Polls `cond` every 20 ms until it holds or `within` passes; panics naming `what`.
-async fn wait_for(fleet: &Fleet, within: Duration, what: &str, cond: impl Fn(&Fleet) -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond(fleet) {
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {within:?} waiting for {what}: holders {:?}, cloud {:?}\n{}",
-                fleet.holders(),
-                fleet.cloud.havip(HAVIP_ID),
-                fleet.lab.logs_tail(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Host `i` holds the VIP alone, the cloud names its ENI, and its own status says the cloud agrees.
-fn settled_on(f: &Fleet, i: usize) -> bool {
-    f.holders() == vec![i]
-        && f.cloud_holder() == Some(i)
-        && f.nodes[i]
-            .status
-            .snapshot()
-            .havips
-            .first()
-            .is_some_and(|h| h.cloud_matches == Some(true) && h.local_bound)
-}
-
-async fn master_index(fleet: &Fleet) -> usize {
-    let addr = fleet
-        .lab
-        .wait_master(|_| true, Duration::from_secs(20))
-        .await
-        .expect("the sentinels agree on a master");
-    fleet.lab.node_of(addr).expect("the master is a lab host")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eni_mode_daemon_follows_a_failover_and_status_names_the_holder_eni() {
@@ -63,24 +25,24 @@ async fn eni_mode_daemon_follows_a_failover_and_status_names_the_holder_eni() {
     })
     .await
     .expect("fleet starts");
-    let old = master_index(&fleet).await;
-    wait_for(
-        &fleet,
-        Duration::from_secs(30),
-        "the initial master's ENI to hold the vip, confirmed",
-        |f| settled_on(f, old),
-    )
-    .await;
+    let old = fleet.master_index().await;
+    fleet
+        .wait_until(
+            Duration::from_secs(30),
+            "the initial master's ENI to hold the vip, confirmed",
+            |f| f.settled_on(old),
+        )
+        .await;
 
     // Act: kill the master's redis.
     fleet.lab.kill_redis(old);
-    wait_for(
-        &fleet,
-        Duration::from_secs(30),
-        "a new master to hold the vip",
-        |f| f.holders().len() == 1 && f.holders()[0] != old && settled_on(f, f.holders()[0]),
-    )
-    .await;
+    fleet
+        .wait_until(
+            Duration::from_secs(30),
+            "a new master to hold the vip",
+            |f| f.holders().len() == 1 && f.holders()[0] != old && f.settled_on(f.holders()[0]),
+        )
+        .await;
     let new = fleet.holders()[0];
 
     // Assert: the cloud names the new host's CVM and ENI; the drift range holds ENI entries; the agent's
@@ -100,7 +62,7 @@ async fn eni_mode_daemon_follows_a_failover_and_status_names_the_holder_eni() {
     assert_eq!(status.havips[0].cloud_holder, Some(eni_of(new)));
     assert_eq!(status.havips[0].cloud_matches, Some(true));
     assert_eq!(
-        master_index(&fleet).await,
+        fleet.master_index().await,
         new,
         "the vip is on sentinel's master"
     );

@@ -83,6 +83,30 @@ impl<I, O> Coalescer<I, O> {
     }
 }
 
+/// The latest deadline of a batch's callers: the batch's one request may take as long as its most
+/// patient caller waits (the others stop listening at their own deadlines).
+pub(crate) fn latest_deadline<I, O>(batch: &[Waiter<I, O>]) -> Instant {
+    batch
+        .iter()
+        .map(|w| w.deadline)
+        .max()
+        .unwrap_or_else(Instant::now)
+}
+
+/// Answers every caller of a batch with the same result: its one request succeeded or failed as a whole.
+pub(crate) fn answer_all<I, O: Clone>(batch: Vec<Waiter<I, O>>, out: O) {
+    for w in batch {
+        w.answer(out.clone());
+    }
+}
+
+/// Answers each caller of a batch with its own result, in the batch's order.
+pub(crate) fn answer_each<I, O>(batch: Vec<Waiter<I, O>>, answers: impl IntoIterator<Item = O>) {
+    for (w, answer) in batch.into_iter().zip(answers) {
+        w.answer(answer);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +143,23 @@ mod tests {
         drop(rx1);
         let batch = c.next_batch().unwrap();
         assert_eq!(batch.iter().map(|w| w.item).collect::<Vec<_>>(), [2]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_runs_to_its_latest_deadline_and_each_caller_gets_its_own_answer() {
+        let c: Coalescer<u32, u32> = Coalescer::new(10);
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(5);
+        let (rx1, _) = c.push(1, later);
+        let (rx2, _) = c.push(2, now);
+        let batch = c.next_batch().unwrap();
+        assert_eq!(latest_deadline(&batch), later);
+        answer_each(batch, [10, 20]);
+        assert_eq!((rx1.await.unwrap(), rx2.await.unwrap()), (10, 20));
+
+        let (rx3, _) = c.push(3, now);
+        let (rx4, _) = c.push(4, now);
+        answer_all(c.next_batch().unwrap(), 7);
+        assert_eq!((rx3.await.unwrap(), rx4.await.unwrap()), (7, 7));
     }
 }

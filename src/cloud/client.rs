@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::ApiObserver;
-use super::batch::{Coalescer, Waiter};
+use super::batch::{Coalescer, Waiter, answer_all, answer_each, latest_deadline};
 use super::error::{CloudError, excerpt, means_already_disassociated};
 use super::limit::RateLimiter;
 use super::types::{
@@ -345,28 +345,24 @@ impl VpcClient {
         let mut ids: Vec<String> = batch.iter().map(|w| w.item.clone()).collect();
         ids.sort();
         ids.dedup();
-        let deadline = batch
-            .iter()
-            .map(|w| w.deadline)
-            .max()
-            .unwrap_or_else(Instant::now);
         if ids.len() > 1 {
-            match self.describe_havips(&ids, deadline).await {
+            match self.describe_havips(&ids, latest_deadline(&batch)).await {
                 Ok(found) => {
-                    for w in batch {
-                        let answer = found
-                            .iter()
-                            .find(|h| h.havip_id == w.item)
-                            .cloned()
-                            .ok_or_else(|| self.not_found(&w.item, None));
-                        w.answer(answer);
-                    }
+                    let answers: Vec<_> = batch
+                        .iter()
+                        .map(|w| {
+                            found
+                                .iter()
+                                .find(|h| h.havip_id == w.item)
+                                .cloned()
+                                .ok_or_else(|| self.not_found(&w.item, None))
+                        })
+                        .collect();
+                    answer_each(batch, answers);
                     return;
                 }
                 Err(e) if e.is_retryable() => {
-                    for w in batch {
-                        w.answer(Err(e.clone()));
-                    }
+                    answer_all(batch, Err(e));
                     return;
                 }
                 Err(e) => {
@@ -377,9 +373,7 @@ impl VpcClient {
         let answers =
             futures::future::join_all(batch.iter().map(|w| self.describe_one(&w.item, w.deadline)))
                 .await;
-        for (w, answer) in batch.into_iter().zip(answers) {
-            w.answer(answer);
-        }
+        answer_each(batch, answers);
     }
 
     fn not_found(&self, havip_id: &str, request_id: Option<String>) -> CloudError {
@@ -538,23 +532,17 @@ impl VpcClient {
                 pairs.push(w.item.clone());
             }
         }
-        let deadline = batch
-            .iter()
-            .map(|w| w.deadline)
-            .max()
-            .unwrap_or_else(Instant::now);
         if pairs.len() > 1 {
-            match self.association(action, &pairs, deadline).await {
+            match self
+                .association(action, &pairs, latest_deadline(&batch))
+                .await
+            {
                 Ok(()) => {
-                    for w in batch {
-                        w.answer(Ok(()));
-                    }
+                    answer_all(batch, Ok(()));
                     return;
                 }
                 Err(e) if e.is_retryable() => {
-                    for w in batch {
-                        w.answer(Err(e.clone()));
-                    }
+                    answer_all(batch, Err(e));
                     return;
                 }
                 Err(e) => {
@@ -569,9 +557,7 @@ impl VpcClient {
             settle(add, &w.item, result)
         }))
         .await;
-        for (w, answer) in batch.into_iter().zip(answers) {
-            w.answer(answer);
-        }
+        answer_each(batch, answers);
     }
 
     async fn association(

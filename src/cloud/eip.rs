@@ -299,22 +299,11 @@ impl VpcClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::HaVipState;
 
     fn havip(address_ip: Option<&str>) -> HaVip {
         HaVip {
-            havip_id: "havip-1".into(),
-            name: String::new(),
-            vip: "10.0.0.9".into(),
-            vpc_id: String::new(),
-            subnet_id: String::new(),
-            instance_id: None,
-            network_interface_id: None,
             address_ip: address_ip.map(str::to_owned),
-            state: HaVipState::Unbound,
-            check_associate: true,
-            associations: Vec::new(),
-            flushed_time: None,
+            ..HaVip::unbound("havip-1", "10.0.0.9")
         }
     }
 

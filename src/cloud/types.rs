@@ -41,6 +41,26 @@ pub struct HaVip {
 }
 
 impl HaVip {
+    /// A HAVIP that nothing holds: `havip_id` with `vip`, no holder and no EIP, state `UNBOUND`, drift-range
+    /// limiting on with an empty range, other fields empty. A base to set the fields that matter on:
+    /// `HaVip { address_ip: Some(eip), ..HaVip::unbound(id, vip) }`.
+    pub fn unbound(havip_id: impl Into<String>, vip: impl Into<String>) -> HaVip {
+        HaVip {
+            havip_id: havip_id.into(),
+            name: String::new(),
+            vip: vip.into(),
+            vpc_id: String::new(),
+            subnet_id: String::new(),
+            instance_id: None,
+            network_interface_id: None,
+            address_ip: None,
+            state: HaVipState::Unbound,
+            check_associate: true,
+            associations: Vec::new(),
+            flushed_time: None,
+        }
+    }
+
     /// Whether `instance_id` (a CVM or ENI id) is listed in the drift range. Says nothing about whether the
     /// range is enforced: see [`HaVip::accepts_garp_from`].
     pub fn in_range(&self, instance_id: &str) -> bool {
@@ -331,18 +351,10 @@ mod tests {
     fn held_by_compares_the_instance_in_cvm_mode_and_the_eni_in_eni_mode() {
         // The real API: the CVM in InstanceId, the ENI that announced in NetworkInterfaceId.
         let h = HaVip {
-            havip_id: "havip-1".into(),
-            name: String::new(),
-            vip: "10.0.0.9".into(),
-            vpc_id: String::new(),
-            subnet_id: String::new(),
             instance_id: Some("ins-a".into()),
             network_interface_id: Some("eni-a2".into()),
-            address_ip: None,
             state: HaVipState::Available,
-            check_associate: true,
-            associations: Vec::new(),
-            flushed_time: None,
+            ..HaVip::unbound("havip-1", "10.0.0.9")
         };
         assert!(h.held_by(InstanceType::Cvm, "ins-a"));
         assert!(

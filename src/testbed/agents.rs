@@ -13,17 +13,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::broadcast;
 
-use crate::alerts::Alerter;
-use crate::claim::Claimer;
-use crate::cloud::VpcClient;
 use crate::config::Config;
-use crate::credentials::{Credential, CredentialProvider};
-use crate::daemon::{Agent, AgentEvent, AgentParts};
+use crate::daemon::{Agent, AgentEvent};
 use crate::fake::{FakeCloud, FakeVpcNet, HavipSpec};
-use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::node::Identity;
-use crate::secret::Secret;
 use crate::sentinel::watcher::WatchOptions;
 use crate::status::{Health, StatusHandle, StatusReport};
 use crate::testbed::redis::{LabSpec, RedisLab};
@@ -224,13 +218,7 @@ impl Fleet {
                 .map(|a| format!("\"{a}\""))
                 .collect();
             let text = format!(
-                r#"
-[cloud]
-region = "ap-guangzhou"
-endpoint = "{endpoint}"
-metadata_endpoint = "http://127.0.0.1:9/latest/meta-data/"
-timeout = "1s"
-
+                r#"{cloud_toml}
 [node]
 instance_id = "{instance_id}"
 address = "{address}"
@@ -252,7 +240,7 @@ lock_dir = "{lock_dir}"
 {metrics}
 {extra}
 "#,
-                endpoint = cloud.endpoint(),
+                cloud_toml = super::inproc::cloud_toml(&cloud),
                 interface = match (&external, &spec.external_interface) {
                     (Some(_), Some(ifname)) => ifname.clone(),
                     _ => format!("fleet{}", i + 1),
@@ -310,36 +298,18 @@ lock_dir = "{lock_dir}"
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[i];
         anyhow::ensure!(node.agent.is_none(), "agent {} already runs", i + 1);
-        let creds = CredentialProvider::fixed(Credential {
-            secret_id: Secret::new(SECRET_ID),
-            secret_key: Secret::new(SECRET_KEY),
-            token: None,
-        });
-        let cloud = VpcClient::new(&node.config.cloud, creds, crate::clock::system())
-            .context("building the cloud client")?
-            .with_observer(Arc::new(node.metrics.clone()));
-        let claimer = Claimer::new(
-            Some(cloud),
-            Arc::new(node.net.clone()),
-            node.instance_id.clone(),
-            node.config.node.instance_type,
-            node.config.announce.clone(),
-            node.config.cloud.timeout.get(),
-        );
-        let parts = AgentParts {
-            config: node.config.clone(),
-            identity: Identity {
+        let parts = super::inproc::agent_parts(
+            &node.config,
+            Identity {
                 instance_id: node.instance_id.clone(),
                 address: node.address,
             },
-            claimer,
-            metrics: node.metrics.clone(),
-            status: node.status.clone(),
-            health: node.health.clone(),
-            hooks: Hooks::with_metrics(&node.config.hooks, node.metrics.clone()),
-            alerter: Alerter::new(&node.config.alerts, node.metrics.clone()),
-            watch: self.watch.clone(),
-        };
+            Arc::new(node.net.clone()),
+            &node.metrics,
+            &node.status,
+            &node.health,
+            self.watch.clone(),
+        )?;
         node.agent = Some(Agent::start_with_events(parts, node.events.clone()));
         Ok(())
     }
@@ -387,6 +357,48 @@ lock_dir = "{lock_dir}"
         self.nodes
             .iter()
             .position(|n| h.held_by(ty, &n.instance_id))
+    }
+
+    /// Whether host `i` has settled as the holder: it alone holds the VIP, the cloud names it, and its
+    /// agent's status says the VIP is bound locally and the cloud matches.
+    pub fn settled_on(&self, i: usize) -> bool {
+        self.holders() == vec![i]
+            && self.cloud_holder() == Some(i)
+            && self.nodes[i]
+                .status
+                .snapshot()
+                .havips
+                .first()
+                .is_some_and(|h| h.local_bound && h.cloud_matches == Some(true))
+    }
+
+    /// The lab's current master as a host index, once every running Sentinel agrees on it (within 20 s).
+    /// Panics when they do not, or when the master is no lab host.
+    pub async fn master_index(&self) -> usize {
+        let addr = self
+            .lab
+            .wait_master(|_| true, Duration::from_secs(20))
+            .await
+            .expect("the sentinels agree on a master");
+        self.lab.node_of(addr).expect("the master is a lab host")
+    }
+
+    /// Polls `cond` every 20 ms until it holds, for at most `within`; then panics naming `what`, with the
+    /// holders, the cloud's view and the lab's last log lines.
+    pub async fn wait_until(&self, within: Duration, what: &str, cond: impl Fn(&Fleet) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !cond(self) {
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {within:?} waiting for {what}: holders {:?}, cloud holder {:?} ({:?})\n{}",
+                    self.holders(),
+                    self.cloud_holder(),
+                    self.cloud.havip(HAVIP_ID),
+                    self.lab.logs_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The VIP address.

@@ -2,5 +2,6 @@
 
 pub mod agents;
 pub mod fake_sentinel;
+pub mod inproc;
 pub mod netns;
 pub mod redis;
