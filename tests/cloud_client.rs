@@ -1228,23 +1228,29 @@ async fn until_seen(fake: &FakeCloud, action: &str, n: usize) {
     }
 }
 
+/// Sends `call`, the first `action` request, and holds it in flight for 300 ms (once), so that the callers
+/// after it queue into one batch. Returns its task once the fake has the request.
+async fn first_in_flight<T: Send + 'static>(
+    fake: &FakeCloud,
+    action: &str,
+    call: impl Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    fake.inject(Fault::on(action, FaultKind::Delay(Duration::from_millis(300))).times(1));
+    let first = tokio::spawn(call);
+    until_seen(fake, action, 1).await;
+    first
+}
+
 #[tokio::test]
 async fn concurrent_describes_while_one_is_in_flight_go_out_as_one_request() {
     let fake = fake_with(10).await;
-    fake.inject(
-        Fault::on(
-            "DescribeHaVips",
-            FaultKind::Delay(Duration::from_millis(300)),
-        )
-        .times(1),
-    );
     let client = live_client(&fake.endpoint(), "");
 
-    let first = tokio::spawn({
+    let first = first_in_flight(&fake, "DescribeHaVips", {
         let client = client.clone();
         async move { client.describe_havip(&havip_id(0), in_secs(5)).await }
-    });
-    until_seen(&fake, "DescribeHaVips", 1).await;
+    })
+    .await;
     let rest = futures::future::join_all((1..10).map(|i| {
         let client = client.clone();
         async move { (i, client.describe_havip(&havip_id(i), in_secs(5)).await) }
@@ -1279,19 +1285,12 @@ async fn concurrent_describes_while_one_is_in_flight_go_out_as_one_request() {
 #[tokio::test]
 async fn a_batched_describe_with_an_unknown_id_still_answers_each_caller() {
     let fake = fake_with(2).await;
-    fake.inject(
-        Fault::on(
-            "DescribeHaVips",
-            FaultKind::Delay(Duration::from_millis(300)),
-        )
-        .times(1),
-    );
     let client = live_client(&fake.endpoint(), "");
-    let first = tokio::spawn({
+    let first = first_in_flight(&fake, "DescribeHaVips", {
         let client = client.clone();
         async move { client.describe_havip(&havip_id(0), in_secs(5)).await }
-    });
-    until_seen(&fake, "DescribeHaVips", 1).await;
+    })
+    .await;
 
     // One malformed id makes the API refuse the whole batch: each id is then asked on its own.
     let id1 = havip_id(1);
@@ -1327,13 +1326,6 @@ async fn concurrent_associations_batch_and_a_duplicate_does_not_fail_the_others(
         }
         fake.add_havip(spec);
     }
-    fake.inject(
-        Fault::on(
-            "AssociateHaVipInstance",
-            FaultKind::Delay(Duration::from_millis(300)),
-        )
-        .times(1),
-    );
     let client = live_client(&fake.endpoint(), "");
     let associate = |i: usize| {
         let client = client.clone();
@@ -1344,8 +1336,7 @@ async fn concurrent_associations_batch_and_a_duplicate_does_not_fail_the_others(
         }
     };
 
-    let first = tokio::spawn(associate(0));
-    until_seen(&fake, "AssociateHaVipInstance", 1).await;
+    let first = first_in_flight(&fake, "AssociateHaVipInstance", associate(0)).await;
     // Four queued callers; HAVIP 3 already has ins-a in its range.
     let rest = futures::future::join_all((1..5).map(associate)).await;
 
@@ -1377,13 +1368,6 @@ async fn concurrent_associations_batch_and_a_duplicate_does_not_fail_the_others(
 
     // Without a duplicate the batch simply succeeds: one request for the queued callers.
     fake.clear_requests();
-    fake.inject(
-        Fault::on(
-            "DisassociateHaVipInstance",
-            FaultKind::Delay(Duration::from_millis(300)),
-        )
-        .times(1),
-    );
     let disassociate = |i: usize| {
         let client = client.clone();
         async move {
@@ -1392,8 +1376,7 @@ async fn concurrent_associations_batch_and_a_duplicate_does_not_fail_the_others(
                 .await
         }
     };
-    let first = tokio::spawn(disassociate(0));
-    until_seen(&fake, "DisassociateHaVipInstance", 1).await;
+    let first = first_in_flight(&fake, "DisassociateHaVipInstance", disassociate(0)).await;
     let rest = futures::future::join_all((1..5).map(disassociate)).await;
     first.await.unwrap().unwrap();
     assert!(rest.iter().all(Result::is_ok), "{rest:?}");

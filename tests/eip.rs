@@ -72,6 +72,14 @@ fn eip_calls(cloud: &FakeCloud) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// The EIP binds the fake accepted (`(action, None)`), oldest first; a refused one does not count.
+fn accepted_binds(cloud: &FakeCloud) -> Vec<(String, Option<String>)> {
+    eip_calls(cloud)
+        .into_iter()
+        .filter(|(action, code)| action == ASSOCIATE && code.is_none())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_bind_polls_its_task_from_running_to_success_and_only_then_shows_address_ip() {
     let cloud = cloud().await;
@@ -301,11 +309,7 @@ async fn two_nodes_binding_at_once_both_end_done_with_one_bind() {
         .filter(|r| matches!(r, EipBound::Bound { .. }))
         .count();
     assert_eq!(bound, 1, "exactly one bound it: {ra:?} {rb:?}");
-    let accepted = eip_calls(&cloud)
-        .iter()
-        .filter(|(action, code)| action == ASSOCIATE && code.is_none())
-        .count();
-    assert_eq!(accepted, 1, "{:?}", eip_calls(&cloud));
+    assert_eq!(accepted_binds(&cloud).len(), 1, "{:?}", eip_calls(&cloud));
     assert_eq!(cloud.havip_eip(HAVIP), Some(EIP));
 }
 
@@ -318,6 +322,13 @@ fn master(ip: &str, epoch: u64) -> Mode {
         ip: ip.parse().unwrap(),
         epoch,
     }
+}
+
+/// Three fake Sentinels naming `ip` the master at epoch 1.
+fn sentinels_naming(ip: &str) -> Vec<FakeSentinel> {
+    (0..3)
+        .map(|_| FakeSentinel::start(master(ip, 1)).unwrap())
+        .collect()
 }
 
 /// An agent for `instance` at `address` with `eip` configured on HAVIP, against `sentinels` and `cloud`;
@@ -368,9 +379,7 @@ fn eip_bound_metric(node: &InprocAgent) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_bind_a_missing_eip_once_and_never_touch_it_on_failover() {
     let cloud = cloud().await;
-    let sentinels: Vec<FakeSentinel> = (0..3)
-        .map(|_| FakeSentinel::start(master(ME, 1)).unwrap())
-        .collect();
+    let sentinels = sentinels_naming(ME);
     // Both nodes start with the EIP missing: both may try, one binds, the other finds it done.
     let a = start_node(
         &cloud,
@@ -404,13 +413,7 @@ async fn the_agents_bind_a_missing_eip_once_and_never_touch_it_on_failover() {
     let s = a.status.snapshot().havips[0].clone();
     assert_eq!(s.eip.as_deref(), Some("203.0.113.10"));
     assert_eq!(s.cloud_eip.as_deref(), Some("203.0.113.10"));
-    let accepted = |cloud: &FakeCloud| {
-        eip_calls(cloud)
-            .iter()
-            .filter(|(action, code)| action == ASSOCIATE && code.is_none())
-            .count()
-    };
-    assert_eq!(accepted(&cloud), 1, "{:?}", eip_calls(&cloud));
+    assert_eq!(accepted_binds(&cloud).len(), 1, "{:?}", eip_calls(&cloud));
 
     // Failover to ins-b: the HAVIP moves, the EIP goes with it, and no agent calls an EIP action.
     let before = eip_calls(&cloud).len();
@@ -442,9 +445,7 @@ async fn the_agents_bind_a_missing_eip_once_and_never_touch_it_on_failover() {
 async fn the_agent_retries_a_failed_bind_task_until_the_eip_is_bound() {
     let cloud = cloud().await;
     cloud.fail_next_eip_tasks(1, "internal error while binding");
-    let sentinels: Vec<FakeSentinel> = (0..3)
-        .map(|_| FakeSentinel::start(master(ME, 1)).unwrap())
-        .collect();
+    let sentinels = sentinels_naming(ME);
     let a = start_node(
         &cloud,
         &sentinels,
@@ -462,10 +463,7 @@ async fn the_agent_retries_a_failed_bind_task_until_the_eip_is_bound() {
         eip_bound_metric(&a) == Some(1.0)
     })
     .await;
-    let accepted: Vec<_> = eip_calls(&cloud)
-        .into_iter()
-        .filter(|(action, code)| action == ASSOCIATE && code.is_none())
-        .collect();
+    let accepted = accepted_binds(&cloud);
     assert_eq!(
         accepted.len(),
         2,
@@ -484,9 +482,7 @@ async fn the_agent_never_replaces_another_eip_and_alerts_once() {
         .await;
     let cloud = cloud().await;
     cloud.set_havip_eip(HAVIP, OTHER_EIP);
-    let sentinels: Vec<FakeSentinel> = (0..3)
-        .map(|_| FakeSentinel::start(master(ME, 1)).unwrap())
-        .collect();
+    let sentinels = sentinels_naming(ME);
     let a = start_node(
         &cloud,
         &sentinels,

@@ -9,7 +9,7 @@ mod migrate_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use havip_agent::boot::{BootError, boot_with};
+use havip_agent::boot::{Boot, BootError, boot_with};
 use havip_agent::config::Config;
 use havip_agent::fake::{FakeMetadata, MetadataSpec};
 use havip_agent::testbed::agents::{Fleet, FleetSpec, HAVIP_ID, SECRET_ID, SECRET_KEY, eni_of};
@@ -94,26 +94,31 @@ fn auto_eni_config(metadata: &str) -> Config {
     Config::parse_str(&text, std::path::Path::new("eni-auto.toml")).unwrap()
 }
 
+/// The metadata of CVM `ins-e` with its primary ENI (198.18.0.10, a MAC no test interface has).
+fn ins_e() -> MetadataSpec {
+    MetadataSpec::new(
+        "ins-e",
+        "198.18.0.10".parse().unwrap(),
+        [2, 0, 0, 0, 0, 0xe1],
+    )
+}
+
+/// Boots [`auto_eni_config`] (in the caller's namespace) against a fake metadata service serving `spec`.
+async fn boot_auto_eni(spec: MetadataSpec) -> Result<Boot, BootError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let md = FakeMetadata::start_on(listener, spec).await;
+    boot_with(Arc::new(auto_eni_config(&md.endpoint()))).await
+}
+
 #[test]
 fn auto_instance_id_in_eni_mode_is_the_eni_of_the_interface_mac() {
     let ns = ns_with_nics("eni-auto", &[("eth0", "peer0")]);
     let mac = ns.mac("eth0").unwrap();
     let resolved = ns.block_on(|| async move {
         // Arrange: eth0 is a secondary ENI of ins-e in the metadata (the primary has another MAC).
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let md = FakeMetadata::start_on(
-            listener,
-            MetadataSpec::new(
-                "ins-e",
-                "198.18.0.10".parse().unwrap(),
-                [2, 0, 0, 0, 0, 0xe1],
-            )
-            .with_eni(mac, "eni-second01", "198.18.0.11".parse().unwrap()),
-        )
-        .await;
+        let spec = ins_e().with_eni(mac, "eni-second01", "198.18.0.11".parse().unwrap());
         // Act
-        let boot = boot_with(Arc::new(auto_eni_config(&md.endpoint()))).await;
-        boot.map(|b| b.identity.instance_id)
+        boot_auto_eni(spec).await.map(|b| b.identity.instance_id)
     });
     assert_eq!(resolved.unwrap(), "eni-second01");
 }
@@ -124,17 +129,7 @@ fn auto_instance_id_in_eni_mode_without_an_eni_for_the_mac_is_a_config_error_say
     let ns = ns_with_nics("eni-miss", &[("eth0", "peer0")]);
     let err = ns.block_on(|| async move {
         // Arrange: the metadata knows only the primary ENI, with another MAC than eth0's.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let md = FakeMetadata::start_on(
-            listener,
-            MetadataSpec::new(
-                "ins-e",
-                "198.18.0.10".parse().unwrap(),
-                [2, 0, 0, 0, 0, 0xe1],
-            ),
-        )
-        .await;
-        boot_with(Arc::new(auto_eni_config(&md.endpoint())))
+        boot_auto_eni(ins_e())
             .await
             .expect_err("no ENI for eth0's MAC")
     });
