@@ -1521,13 +1521,16 @@ vip = "172.16.2.250/24"
                 line: 19,
             },
         ];
-        for row in rows {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, row) in rows.iter().enumerate() {
             let text = if row.tail.is_empty() {
                 MINIMAL.replace("region = \"ap-guangzhou\"", row.cloud_lines)
             } else {
                 format!("{MINIMAL}{}", row.tail)
             };
-            let e = parse(&text).expect_err(row.name);
+            let path = dir.path().join(format!("malformed-{i}.toml"));
+            std::fs::write(&path, &text).unwrap();
+            let e = Config::load(&path).expect_err(row.name);
             let shown = format!("{e} / {e:?}");
             assert!(
                 !shown.contains(MARKER),

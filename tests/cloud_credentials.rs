@@ -815,4 +815,57 @@ mod against_the_fake_cloud {
         );
         assert_eq!(md.hits("cam/security-credentials/havip-role"), fetches + 1);
     }
+
+    // Guards the header path: a credential that cannot go into a header is reported by name, not value.
+    #[tokio::test]
+    async fn a_credential_that_cannot_be_a_header_is_reported_without_its_value() {
+        const MARKER: &str = "Zq9EnvMarker3318";
+        for (name, env) in [
+            (
+                "SecretId with a newline",
+                env_of(&[
+                    (ENV_SECRET_ID, "AKIDx\nZq9EnvMarker3318"),
+                    (ENV_SECRET_KEY, "k3y-s3cr3t"),
+                ]),
+            ),
+            (
+                "token with a newline",
+                env_of(&[
+                    (ENV_SECRET_ID, "AKIDx"),
+                    (ENV_SECRET_KEY, "k3y-s3cr3t"),
+                    (ENV_TOKEN, "tok\nZq9EnvMarker3318"),
+                ]),
+            ),
+        ] {
+            let fake = FakeCloud::start().await;
+            let md = MetadataClient::new("http://127.0.0.1:9/", Duration::from_secs(1)).unwrap();
+            let creds = CredentialProvider::resolve(&env, &cloud_config(None), &md, clock())
+                .await
+                .unwrap();
+            assert!(!format!("{creds:?}").contains(MARKER), "{name}");
+            let cloud: CloudConfig = toml::from_str(&format!(
+                "region = \"ap-guangzhou\"\nendpoint = \"{}\"\n",
+                fake.endpoint()
+            ))
+            .unwrap();
+            let vpc = VpcClient::new(&cloud, creds, clock()).unwrap();
+
+            let e = vpc
+                .describe_havips(&[], Instant::now() + Duration::from_secs(5))
+                .await
+                .expect_err(name);
+
+            let shown = format!("{e} / {e:?}");
+            assert!(
+                shown.contains("cannot be sent in an HTTP header"),
+                "{name}: {shown}"
+            );
+            assert!(
+                shown.contains("credentials ("),
+                "{name}: the credential is named: {shown}"
+            );
+            assert!(!shown.contains(MARKER), "{name}: {shown}");
+            assert!(fake.requests().is_empty(), "{name}: nothing was sent");
+        }
+    }
 }
