@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::{AlertConfig, AlertFormat, WecomMsgType};
 use crate::metrics::Metrics;
-use crate::secret::Secret;
+use crate::secret::{Redactor, Secret};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -239,6 +239,8 @@ impl DeliveryError {
 struct Sink {
     name: String,
     url: Secret,
+    /// Scrubs the URL and its key out of everything an attempt reports.
+    redactor: Redactor,
     format: AlertFormat,
     msgtype: WecomMsgType,
     timeout: Duration,
@@ -318,6 +320,7 @@ impl Alerter {
                 let sink = Sink {
                     name: format!("alert[{i}]"),
                     url: c.url.clone(),
+                    redactor: Redactor::for_url(&c.url),
                     format: c.format,
                     msgtype: c.msgtype,
                     timeout: c.timeout.get(),
@@ -440,8 +443,11 @@ async fn worker(
     }
 }
 
-/// One attempt. Errors never carry the URL.
+/// One attempt. Errors never carry the URL or its key: reqwest's errors are taken `without_url()`, and
+/// everything the webhook or a library says is passed through the sink's [`Redactor`] (a WeCom error
+/// can echo the bare key).
 async fn deliver(client: &reqwest::Client, sink: &Sink, body: &Value) -> Result<(), DeliveryError> {
+    let scrub = |text: String| sink.redactor.redact(&text);
     let attempt = async {
         let resp = client
             .post(sink.url.expose())
@@ -449,7 +455,7 @@ async fn deliver(client: &reqwest::Client, sink: &Sink, body: &Value) -> Result<
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| DeliveryError::Transport(error_chain(e.without_url())))?;
+            .map_err(|e| DeliveryError::Transport(scrub(error_chain(e.without_url()))))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(DeliveryError::Http(status.as_u16()));
@@ -459,21 +465,25 @@ async fn deliver(client: &reqwest::Client, sink: &Sink, body: &Value) -> Result<
             let bytes = resp
                 .bytes()
                 .await
-                .map_err(|e| DeliveryError::Transport(error_chain(e.without_url())))?;
+                .map_err(|e| DeliveryError::Transport(scrub(error_chain(e.without_url()))))?;
             let reply: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| DeliveryError::WecomReply(e.to_string()))?;
+                .map_err(|e| DeliveryError::WecomReply(scrub(e.to_string())))?;
             let errcode = reply
                 .get("errcode")
                 .and_then(Value::as_i64)
-                .ok_or_else(|| DeliveryError::WecomReply(truncate(reply.to_string(), 200)))?;
+                .ok_or_else(|| {
+                    // Scrub before cutting, so a cut cannot leave half a key behind.
+                    DeliveryError::WecomReply(truncate(scrub(reply.to_string()), 200))
+                })?;
             if errcode != 0 {
                 let errmsg = reply
                     .get("errmsg")
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned();
-                // WeCom's errmsg may quote request details; keep it short and free of the key.
-                let errmsg = truncate(errmsg.replace(sink.url.expose(), "***"), 200);
+                // WeCom's errmsg may quote request details, the key among them ("invalid webhook url,
+                // hint: [..]"): keep it short and free of the key.
+                let errmsg = truncate(scrub(errmsg), 200);
                 return Err(DeliveryError::Wecom { errcode, errmsg });
             }
         }

@@ -32,13 +32,16 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The TOML is malformed, a key is unknown, or a value has the wrong form. The message names the key.
+    /// The TOML is malformed, a key is unknown, or a value has the wrong form. The message names the key
+    /// and the line, never the value (it may be a secret).
     #[error("config file {path}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// toml's message, which names the key and shows the line.
+        /// `key: what is wrong (line L, column C)`, built from the error's span.
         message: String,
+        /// The 1-based line of the error, when toml gave its place.
+        line: Option<usize>,
     },
     /// A value is well-formed but not acceptable.
     #[error("config file {path}: {key}: {problem}")]
@@ -328,12 +331,12 @@ impl<'de> Deserialize<'de> for FenceAfter {
             "auto" => Ok(FenceAfter::Auto),
             "hold" | "never" => Ok(FenceAfter::Hold),
             other => humantime::parse_duration(other)
-                .map(FenceAfter::After)
                 .map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "{other:?} is not \"auto\", \"hold\" or a duration like \"500ms\": {e}"
-                    ))
-                }),
+                    format!("{other:?} is not \"auto\", \"hold\" or a duration like \"500ms\": {e}")
+                })
+                .and_then(|d| within_max_duration(other, d))
+                .map(FenceAfter::After)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -644,12 +647,26 @@ impl Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"3s\" or \"250ms\": {e}"
-            ))
-        })
+        humantime::parse_duration(&s)
+            .map_err(|e| format!("{s:?} is not a duration like \"3s\" or \"250ms\": {e}"))
+            .and_then(|d| within_max_duration(&s, d))
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
+}
+
+/// The longest duration any key accepts. Every duration ends up added to an `Instant`, which panics on
+/// overflow (`"100000000000d"` parses); none of them makes sense beyond a day.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn within_max_duration(text: &str, d: Duration) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than the longest accepted duration, {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
 }
 
 impl fmt::Display for Dur {
@@ -767,6 +784,84 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
     None
 }
 
+/// Keys whose value is a secret: a parse error on them never shows toml's or serde's message, which can
+/// quote the value (`invalid type: integer `123``).
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    matches!(
+        last,
+        "secret_id" | "secret_key" | "password" | "url" | "token"
+    ) || last.contains("secret")
+        || last.contains("password")
+}
+
+/// The message of a TOML error without the source line that toml's `Display` shows (an unterminated
+/// `secret_key = "...` would otherwise be quoted into the journal): `key: problem (line L, column C)`.
+/// Returns the message and the 1-based line.
+fn parse_error_message(text: &str, e: &toml::de::Error) -> (String, Option<usize>) {
+    let start = e.span().map(|s| s.start.min(text.len()));
+    let key = start.and_then(|s| key_path_at(text, s));
+    let place = start.map(|s| {
+        let before = &text.as_bytes()[..s];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = text
+            .get(line_start..s)
+            .map_or(s - line_start, |t| t.chars().count())
+            + 1;
+        (line, column, line_start)
+    });
+    // toml's and serde's messages are one line each, but a few span two ("invalid string\nexpected ..").
+    let raw = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let problem = if key.as_deref().is_some_and(is_secret_key) {
+        "is malformed or has the wrong type (the value is not shown: it is a secret)".to_owned()
+    } else if key.is_some() {
+        raw
+    } else {
+        // The place is not a `key = value` line we understand (a multi-line value, a stray line): keep
+        // every word of that line out of the message, in case it is a pasted secret.
+        let line_text = place.map_or("", |(_, _, ls)| {
+            let rest = &text[ls..];
+            rest.split('\n').next().unwrap_or(rest)
+        });
+        redact_line_value(&raw, line_text)
+    };
+    let mut message = match &key {
+        Some(key) => format!("{key}: {problem}"),
+        None => problem,
+    };
+    if let Some((line, column, _)) = place {
+        message.push_str(&format!(" (line {line}, column {column})"));
+    }
+    (message, place.map(|(line, _, _)| line))
+}
+
+/// `message` with every word of `line`'s value (the part after `=`, or the whole line) that is 4
+/// characters or longer replaced by `***`.
+fn redact_line_value(message: &str, line: &str) -> String {
+    let value = line.split_once('=').map_or(line, |(_, v)| v);
+    let mut out = message.to_owned();
+    let mut words: Vec<&str> = value
+        .split(|c: char| c.is_whitespace() || "\"'`,[]{}".contains(c))
+        .filter(|w| w.chars().count() >= 4)
+        .collect();
+    // Longest first, so a word inside another does not leave the rest of the longer one behind.
+    words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    for w in words {
+        out = out.replace(w, "***");
+    }
+    out
+}
+
 impl Config {
     /// Reads, parses and validates the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -783,14 +878,11 @@ impl Config {
     /// Parses and validates TOML text; `path` is only used in messages.
     pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let key = e.span().and_then(|span| key_path_at(text, span.start));
-            let message = e.to_string().trim_end().to_owned();
+            let (message, line) = parse_error_message(text, &e);
             ConfigError::Parse {
                 path: path.to_path_buf(),
-                message: match key {
-                    Some(key) => format!("{key}: {message}"),
-                    None => message,
-                },
+                message,
+                line,
             }
         })?;
         cfg.source = path.to_path_buf();
@@ -1054,15 +1146,24 @@ impl Config {
         Ok(())
     }
 
-    /// Refuses a config that holds a secret key and is readable by group or others.
+    /// Refuses a config that holds a secret (a key, a password, an alert URL) and is readable by group or
+    /// others. Alert URLs count: WeCom and most webhooks put their key in the URL.
     fn check_file_mode(&self, path: &Path) -> Result<(), ConfigError> {
         use std::os::unix::fs::PermissionsExt;
-        let has_secret = self.cloud.secret_key.is_some()
-            || self.sentinel.password.is_some()
-            || self.redis.as_ref().is_some_and(|r| r.password.is_some());
-        if !has_secret {
+        let secret_key = if self.cloud.secret_key.is_some() {
+            Some("cloud.secret_key".to_owned())
+        } else if self.sentinel.password.is_some() {
+            Some("sentinel.password".to_owned())
+        } else if self.redis.as_ref().is_some_and(|r| r.password.is_some()) {
+            Some("redis.password".to_owned())
+        } else if !self.alerts.is_empty() {
+            Some("alert[0].url".to_owned())
+        } else {
+            None
+        };
+        let Some(secret_key) = secret_key else {
             return Ok(());
-        }
+        };
         let mode = std::fs::metadata(path)
             .map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
@@ -1072,7 +1173,7 @@ impl Config {
             .mode();
         if mode & 0o077 != 0 {
             return Err(self.invalid(
-                "cloud.secret_key",
+                secret_key,
                 format!(
                     "the file holds secrets but is readable by group or others (mode {:o}): run chmod 600 {}",
                     mode & 0o777,
@@ -1350,6 +1451,178 @@ vip = "172.16.2.250/24"
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::load(&path).unwrap();
         assert!(!format!("{c:?}").contains("topsecretkey"));
+    }
+
+    /// A malformed config whose error must name `line` and never show `MARKER`.
+    struct Malformed {
+        name: &'static str,
+        /// Replaces `region = "ap-guangzhou"` (line 3 of `MINIMAL`), unless `tail` is set.
+        cloud_lines: &'static str,
+        /// Appended to `MINIMAL` instead.
+        tail: &'static str,
+        /// The line toml reports.
+        line: usize,
+    }
+
+    const MARKER: &str = "Zq9MarkerSecret7731";
+
+    // Regression: toml's `Display` quotes the offending source line, so an unterminated `secret_key` went
+    // into the journal and `check` output whole.
+    #[test]
+    fn parse_errors_name_the_line_and_never_quote_a_secret() {
+        let rows = [
+            Malformed {
+                name: "unterminated secret_key",
+                cloud_lines: "region = \"ap-guangzhou\"\nsecret_id = \"AKIDx\"\nsecret_key = \"Zq9MarkerSecret7731",
+                tail: "",
+                line: 5,
+            },
+            Malformed {
+                name: "bare secret_key",
+                cloud_lines: "region = \"ap-guangzhou\"\nsecret_key = Zq9MarkerSecret7731",
+                tail: "",
+                line: 4,
+            },
+            Malformed {
+                name: "secret_key of the wrong type",
+                cloud_lines: "region = \"ap-guangzhou\"\nsecret_key = [\"Zq9MarkerSecret7731\", 1]",
+                tail: "",
+                line: 4,
+            },
+            Malformed {
+                name: "secret_id as a number",
+                cloud_lines: "region = \"ap-guangzhou\"\nsecret_id = 9977313112\nsecret_key = \"Zq9MarkerSecret7731\"",
+                tail: "",
+                line: 4,
+            },
+            Malformed {
+                name: "unterminated multi-line secret_key",
+                cloud_lines: "region = \"ap-guangzhou\"\nsecret_key = \"\"\"Zq9MarkerSecret7731",
+                tail: "",
+                // toml finds the string unterminated at the end of the file.
+                line: 18,
+            },
+            Malformed {
+                name: "a pasted secret on a line of its own",
+                cloud_lines: "region = \"ap-guangzhou\"\nZq9MarkerSecret7731",
+                tail: "",
+                line: 4,
+            },
+            Malformed {
+                name: "unterminated alert url",
+                cloud_lines: "",
+                tail: "\n[[alert]]\nurl = \"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=Zq9MarkerSecret7731\n",
+                line: 19,
+            },
+            Malformed {
+                name: "redis password of the wrong type",
+                cloud_lines: "",
+                tail: "\n[redis]\npassword = { a = \"Zq9MarkerSecret7731\" }\n",
+                line: 19,
+            },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let text = if row.tail.is_empty() {
+                MINIMAL.replace("region = \"ap-guangzhou\"", row.cloud_lines)
+            } else {
+                format!("{MINIMAL}{}", row.tail)
+            };
+            let path = dir.path().join(format!("malformed-{i}.toml"));
+            std::fs::write(&path, &text).unwrap();
+            let e = Config::load(&path).expect_err(row.name);
+            let shown = format!("{e} / {e:?}");
+            assert!(
+                !shown.contains(MARKER),
+                "{}: the secret leaked: {shown}",
+                row.name
+            );
+            assert!(
+                shown.contains(&format!("line {}", row.line)),
+                "{}: no line {} in {shown}",
+                row.name,
+                row.line
+            );
+            assert!(
+                matches!(e, ConfigError::Parse { line: Some(l), .. } if l == row.line),
+                "{}: {e:?}",
+                row.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_secret_key_is_named_in_the_error() {
+        let e = err(&MINIMAL.replace(
+            "region = \"ap-guangzhou\"",
+            "region = \"ap-guangzhou\"\nsecret_key = 12345",
+        ));
+        assert!(e.contains("cloud.secret_key: "), "{e}");
+        assert!(!e.contains("12345"), "{e}");
+    }
+
+    #[test]
+    fn non_secret_values_are_still_quoted_to_help() {
+        let e = err(&MINIMAL.replace("vip = \"172.16.2.250/24\"", "vip = \"172.16.2.250\""));
+        assert!(
+            e.contains("havip[0].vip: \"172.16.2.250\" has no prefix length"),
+            "{e}"
+        );
+        assert!(e.contains("(line 16, column 7)"), "{e}");
+    }
+
+    // Regression: `Instant + 100000000000d` panics at run time; absurd durations must fail at load.
+    #[test]
+    fn absurd_durations_are_refused_at_load_naming_the_key() {
+        for (table, line, key) in [
+            ("[cloud]", "timeout = \"100000000000d\"", "cloud.timeout"),
+            ("[cloud]", "keep_warm = \"25h\"", "cloud.keep_warm"),
+            (
+                "[sentinel]",
+                "fence_after = \"100000000000d\"",
+                "sentinel.fence_after",
+            ),
+            (
+                "[sentinel]",
+                "heartbeat = \"18446744073709551615s\"",
+                "sentinel.heartbeat",
+            ),
+            (
+                "[sentinel]",
+                "fence_after = \"1e30s\"",
+                "sentinel.fence_after",
+            ),
+        ] {
+            let text = MINIMAL.replacen(table, &format!("{table}\n{line}"), 1);
+            let e = err(&text);
+            assert!(e.contains(&format!("{key}: ")), "{line}: {e}");
+        }
+        let e = err(&MINIMAL.replacen("[sentinel]", "[sentinel]\nfence_after = \"2days\"", 1));
+        assert!(e.contains("longest accepted duration, 1day"), "{e}");
+        let c = parse(&MINIMAL.replacen("[sentinel]", "[sentinel]\nfence_after = \"1day\"", 1));
+        assert_eq!(
+            c.unwrap().sentinel.fence_after,
+            FenceAfter::After(MAX_DURATION)
+        );
+    }
+
+    // Regression: alert URLs carry keys (WeCom `?key=`) but were exempt from the 0600 rule.
+    #[test]
+    fn an_alert_url_in_a_group_readable_file_is_refused_without_printing_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = format!(
+            "{MINIMAL}\n[[alert]]\nurl = \"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={MARKER}\"\n"
+        );
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("alert[0].url: "), "{e}");
+        assert!(e.contains("chmod 600"), "{e}");
+        assert!(!e.contains(MARKER), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Config::load(&path).unwrap().alerts.len(), 1);
     }
 
     #[test]

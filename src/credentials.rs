@@ -241,11 +241,11 @@ impl CredentialProvider {
                 }
                 Err(e) => return Err(CredentialError::RoleLookup(e)),
             };
-            let fetched = fetch_role(&metadata, &role).await?;
+            let fetched = fetch_role(&metadata, &role, &clock).await?;
             let source = CredentialSource::CvmRole { role: role.clone() };
             tracing::info!(
                 source = %source,
-                expires_in_s = fetched.expires_at - unix_seconds(clock.now()),
+                expires_in_s = fetched.expires_at.saturating_sub(unix_seconds(clock.now())),
                 "using tencent cloud credentials"
             );
             Ok(Self {
@@ -318,8 +318,10 @@ impl CredentialProvider {
             Ok(state) => state,
         };
         let mut cache = state.cache.lock().await;
-        let now = unix_seconds(state.clock.now()) + clock_offset_s;
-        let remaining = cache.expires_at - now;
+        // Saturating: the offset comes from a server's Date header, and neither it nor `ExpiredTime` may
+        // make this wrap.
+        let now = unix_seconds(state.clock.now()).saturating_add(clock_offset_s);
+        let remaining = cache.expires_at.saturating_sub(now);
         if remaining > REFRESH_BEFORE_EXPIRY.as_secs() as i64 {
             return Ok(cache.credential.clone());
         }
@@ -331,11 +333,11 @@ impl CredentialProvider {
         {
             return Ok(cache.credential.clone());
         }
-        match fetch_role(&state.metadata, &state.role).await {
+        match fetch_role(&state.metadata, &state.role, &state.clock).await {
             Ok(fresh) => {
                 tracing::info!(
                     role = %state.role,
-                    expires_in_s = fresh.expires_at - now,
+                    expires_in_s = fresh.expires_at.saturating_sub(now),
                     "refreshed cam role credentials"
                 );
                 cache.credential = fresh.credential;
@@ -378,7 +380,7 @@ impl CredentialProvider {
             return Ok(false);
         }
         cache.forced_at = Some(tokio::time::Instant::now());
-        let fresh = fetch_role(&state.metadata, &state.role).await?;
+        let fresh = fetch_role(&state.metadata, &state.role, &state.clock).await?;
         let changed = fresh.credential != *rejected;
         tracing::warn!(
             role = %state.role,
@@ -413,7 +415,7 @@ impl CredentialProvider {
                             }
                             Err(e) => return Err(CredentialError::RoleLookup(e)),
                         };
-                        let fetched = fetch_role(metadata, &role).await?;
+                        let fetched = fetch_role(metadata, &role, clock).await?;
                         tracing::info!(role = %role, "cam role found: using its credentials");
                         Ok(RoleState {
                             role,
@@ -495,7 +497,24 @@ struct Fetched {
     expires_at: i64,
 }
 
-async fn fetch_role(metadata: &MetadataClient, role: &str) -> Result<Fetched, CredentialError> {
+/// The longest a role credential is trusted without a refresh, whatever its `ExpiredTime` says. CAM role
+/// credentials last hours; a later `ExpiredTime` (a hostile or broken metadata answer, e.g. year 99999
+/// or `i64::MAX`) must not pin one credential forever, nor wrap the arithmetic below.
+pub const MAX_ROLE_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// `ExpiredTime` clamped to `[0, now + MAX_ROLE_CREDENTIAL_LIFETIME]` (Unix seconds): a negative one
+/// counts as expired (the credential is still used, and refreshed on the next call), a far one as
+/// expiring after the maximum lifetime. Pure, for tests.
+pub fn clamp_expiry(expired_time: i64, now: i64) -> i64 {
+    let latest = now.saturating_add(MAX_ROLE_CREDENTIAL_LIFETIME.as_secs() as i64);
+    expired_time.clamp(0, latest.max(0))
+}
+
+async fn fetch_role(
+    metadata: &MetadataClient,
+    role: &str,
+    clock: &SharedClock,
+) -> Result<Fetched, CredentialError> {
     let path = format!("{ROLE_PATH}{role}");
     let doc = metadata
         .role_credentials(role)
@@ -532,6 +551,6 @@ async fn fetch_role(metadata: &MetadataClient, role: &str) -> Result<Fetched, Cr
             secret_key: doc.tmp_secret_key,
             token: Some(doc.token),
         },
-        expires_at: doc.expired_time,
+        expires_at: clamp_expiry(doc.expired_time, unix_seconds(clock.now())),
     })
 }

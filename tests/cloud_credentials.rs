@@ -10,7 +10,7 @@ use havip_agent::clock::{SharedClock, TokioClock};
 use havip_agent::config::CloudConfig;
 use havip_agent::credentials::{
     Credential, CredentialError, CredentialProvider, CredentialSource, ENV_SECRET_ID,
-    ENV_SECRET_KEY, ENV_TOKEN,
+    ENV_SECRET_KEY, ENV_TOKEN, MAX_ROLE_CREDENTIAL_LIFETIME, clamp_expiry,
 };
 use havip_agent::metadata::MetadataClient;
 use havip_agent::secret::Secret;
@@ -383,6 +383,175 @@ async fn role_credentials_are_cached_and_refreshed_when_300_seconds_remain() {
     assert_eq!(hits(&server, ROLE_DOC).await, 2);
 }
 
+/// Role document #`n` with a raw `ExpiredTime` (any JSON number).
+fn role_doc_expiring(n: u32, expired_time: serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "TmpSecretId": format!("AKIDtmp{n}"),
+        "TmpSecretKey": format!("tmpkey{n}-s3cr3t"),
+        "Token": format!("token{n}-s3cr3t"),
+        "ExpiredTime": expired_time,
+        "Code": "Success",
+    }))
+}
+
+#[test]
+fn expiry_is_clamped_between_zero_and_the_longest_lifetime() {
+    let now = T0 as i64;
+    let max = now + MAX_ROLE_CREDENTIAL_LIFETIME.as_secs() as i64;
+    for (expired_time, want) in [
+        (now + 7200, now + 7200),
+        (i64::MAX, max),
+        (3_093_527_980_800, max), // year 99999
+        (-1, 0),
+        (i64::MIN, 0),
+    ] {
+        assert_eq!(
+            clamp_expiry(expired_time, now),
+            want,
+            "ExpiredTime {expired_time}"
+        );
+    }
+    assert_eq!(
+        clamp_expiry(i64::MAX, i64::MAX),
+        i64::MAX,
+        "no wrap near the top"
+    );
+    assert_eq!(
+        clamp_expiry(5, i64::MIN),
+        0,
+        "a clock before 1970 cannot wrap either"
+    );
+}
+
+// Regression: `expires_at - now` wrapped (a panic in debug builds) on a hostile `ExpiredTime`, and a
+// far-future one pinned the first credentials forever.
+#[tokio::test(start_paused = true)]
+async fn a_far_future_expired_time_cannot_wrap_and_is_refreshed_after_the_longest_lifetime() {
+    for far in [
+        serde_json::json!(i64::MAX),
+        serde_json::json!(3_093_527_980_800_i64),
+    ] {
+        let server = MockServer::start().await;
+        mount_role(&server, role_doc_expiring(1, far.clone()), 1).await;
+        then_role(&server, role_doc(2, T0 + 2 * 86_400, "Success")).await;
+        let provider = real_io(CredentialProvider::resolve(
+            &no_env,
+            &cloud_config(None),
+            &metadata(&server),
+            clock(),
+        ))
+        .await
+        .unwrap();
+
+        // Offsets at both ends of i64 (the VPC client learns them from a server's Date header).
+        assert_eq!(
+            real_io(provider.get_at(i64::MAX)).await.unwrap(),
+            role_creds(2),
+            "{far}"
+        );
+        assert_eq!(
+            real_io(provider.get_at(i64::MIN)).await.unwrap(),
+            role_creds(2),
+            "{far}"
+        );
+    }
+
+    let server = MockServer::start().await;
+    mount_role(
+        &server,
+        role_doc_expiring(1, serde_json::json!(i64::MAX)),
+        1,
+    )
+    .await;
+    then_role(&server, role_doc(2, T0 + 2 * 86_400, "Success")).await;
+    let provider = real_io(CredentialProvider::resolve(
+        &no_env,
+        &cloud_config(None),
+        &metadata(&server),
+        clock(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        real_io(provider.get()).await.unwrap(),
+        role_creds(1),
+        "cached at first"
+    );
+    let lifetime = MAX_ROLE_CREDENTIAL_LIFETIME.as_secs();
+    tokio::time::advance(Duration::from_secs(lifetime - 300)).await;
+    assert_eq!(
+        real_io(provider.get()).await.unwrap(),
+        role_creds(2),
+        "refreshed 300 s before the longest lifetime ends, not in 292 billion years"
+    );
+    assert_eq!(hits(&server, ROLE_DOC).await, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_negative_expired_time_counts_as_expired_without_wrapping() {
+    for past in [serde_json::json!(-1), serde_json::json!(i64::MIN)] {
+        let server = MockServer::start().await;
+        mount_role(&server, role_doc_expiring(1, past.clone()), 1).await;
+        then_role(&server, role_doc(2, T0 + 3600, "Success")).await;
+        let provider = real_io(CredentialProvider::resolve(
+            &no_env,
+            &cloud_config(None),
+            &metadata(&server),
+            clock(),
+        ))
+        .await
+        .unwrap();
+
+        assert_eq!(
+            real_io(provider.get()).await.unwrap(),
+            role_creds(2),
+            "{past}: already expired, so fetched again"
+        );
+        assert_eq!(
+            real_io(provider.get_at(i64::MIN)).await.unwrap(),
+            role_creds(2),
+            "{past}"
+        );
+    }
+}
+
+// Guards the metadata client's redaction: serde_json's messages quote the offending value.
+#[tokio::test]
+async fn a_role_document_with_a_bad_field_is_reported_without_its_values() {
+    const MARKER: &str = "Zq9RoleMarker5521";
+    for (name, doc) in [
+        (
+            "ExpiredTime as a string",
+            serde_json::json!({"TmpSecretId": "AKIDtmp1", "TmpSecretKey": "k", "Token": "t",
+                "ExpiredTime": MARKER, "Code": "Success"}),
+        ),
+        (
+            "TmpSecretKey as an object",
+            serde_json::json!({"TmpSecretId": "AKIDtmp1", "TmpSecretKey": {"v": MARKER}, "Token": "t",
+                "ExpiredTime": 1, "Code": "Success"}),
+        ),
+        (
+            "Token as a number",
+            serde_json::json!({"TmpSecretId": "AKIDtmp1", "TmpSecretKey": MARKER, "Token": 9_937_755_210_u64,
+                "ExpiredTime": 1, "Code": "Success"}),
+        ),
+    ] {
+        let server = MockServer::start().await;
+        mount_role(&server, ResponseTemplate::new(200).set_body_json(doc), 1).await;
+        let e =
+            CredentialProvider::resolve(&no_env, &cloud_config(None), &metadata(&server), clock())
+                .await
+                .expect_err(name);
+        let shown = format!("{e} / {e:?}");
+        assert!(
+            shown.contains("missing or mistyped field"),
+            "{name}: {shown}"
+        );
+        assert!(!shown.contains(MARKER), "{name}: {shown}");
+        assert!(!shown.contains("9937755210"), "{name}: {shown}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn concurrent_callers_share_one_refresh() {
     let server = MockServer::start().await;
@@ -645,5 +814,58 @@ mod against_the_fake_cloud {
             "not retried without new credentials"
         );
         assert_eq!(md.hits("cam/security-credentials/havip-role"), fetches + 1);
+    }
+
+    // Guards the header path: a credential that cannot go into a header is reported by name, not value.
+    #[tokio::test]
+    async fn a_credential_that_cannot_be_a_header_is_reported_without_its_value() {
+        const MARKER: &str = "Zq9EnvMarker3318";
+        for (name, env) in [
+            (
+                "SecretId with a newline",
+                env_of(&[
+                    (ENV_SECRET_ID, "AKIDx\nZq9EnvMarker3318"),
+                    (ENV_SECRET_KEY, "k3y-s3cr3t"),
+                ]),
+            ),
+            (
+                "token with a newline",
+                env_of(&[
+                    (ENV_SECRET_ID, "AKIDx"),
+                    (ENV_SECRET_KEY, "k3y-s3cr3t"),
+                    (ENV_TOKEN, "tok\nZq9EnvMarker3318"),
+                ]),
+            ),
+        ] {
+            let fake = FakeCloud::start().await;
+            let md = MetadataClient::new("http://127.0.0.1:9/", Duration::from_secs(1)).unwrap();
+            let creds = CredentialProvider::resolve(&env, &cloud_config(None), &md, clock())
+                .await
+                .unwrap();
+            assert!(!format!("{creds:?}").contains(MARKER), "{name}");
+            let cloud: CloudConfig = toml::from_str(&format!(
+                "region = \"ap-guangzhou\"\nendpoint = \"{}\"\n",
+                fake.endpoint()
+            ))
+            .unwrap();
+            let vpc = VpcClient::new(&cloud, creds, clock()).unwrap();
+
+            let e = vpc
+                .describe_havips(&[], Instant::now() + Duration::from_secs(5))
+                .await
+                .expect_err(name);
+
+            let shown = format!("{e} / {e:?}");
+            assert!(
+                shown.contains("cannot be sent in an HTTP header"),
+                "{name}: {shown}"
+            );
+            assert!(
+                shown.contains("credentials ("),
+                "{name}: the credential is named: {shown}"
+            );
+            assert!(!shown.contains(MARKER), "{name}: {shown}");
+            assert!(fake.requests().is_empty(), "{name}: nothing was sent");
+        }
     }
 }

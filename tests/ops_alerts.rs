@@ -381,3 +381,92 @@ async fn delivery_failures_are_logged_without_the_url() {
     assert_eq!(failures(&metrics, "alert[0]"), Some(1.0));
     assert!(!format!("{alerter:?}").contains("SUPERSECRETKEY"));
 }
+
+/// A webhook that echoes the request's `key` back, the way WeCom's errors quote a bad key
+/// ("invalid webhook url, hint: [...]"), in a reply shaped by `reply`.
+struct EchoKey {
+    reply: fn(key: &str, url: &str) -> String,
+}
+
+impl wiremock::Respond for EchoKey {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let key = request
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "key")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        ResponseTemplate::new(200).set_body_string((self.reply)(&key, request.url.as_str()))
+    }
+}
+
+/// Runs one WeCom alert against a webhook answering with `reply`, and returns the captured logs.
+async fn logs_of_a_failed_wecom_delivery(key: &str, reply: fn(&str, &str) -> String) -> String {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    // #[tokio::test] runs every task on this thread, so the worker logs into this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(EchoKey { reply })
+        .mount(&server)
+        .await;
+    let metrics = Metrics::new();
+    let alerter = Alerter::with_options(
+        &[sink(
+            format!("{}/cgi-bin/webhook/send?key={key}", server.uri()),
+            AlertFormat::Wecom,
+            WecomMsgType::Text,
+            2,
+        )],
+        metrics.clone(),
+        fast(),
+    );
+
+    alerter.notify(alert(AlertKind::Fenced));
+    assert!(alerter.flush(DEADLINE).await);
+
+    assert_eq!(failures(&metrics, "alert[0]"), Some(1.0));
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        2,
+        "the webhook was reached on every attempt"
+    );
+    String::from_utf8(logs.0.lock().unwrap().clone()).unwrap()
+}
+
+// Regression: WeCom's errmsg can echo the bare key, which went into the journal.
+#[tokio::test]
+async fn a_wecom_error_that_echoes_the_key_is_logged_without_it() {
+    let key = "693a91f6-7xxx-4bc4-97a0-0ec2sf4e0b11";
+    let text = logs_of_a_failed_wecom_delivery(key, |key, url| {
+        // errcode -1 (busy) is retried, so both attempts log the error.
+        serde_json::json!({
+            "errcode": -1,
+            "errmsg": format!("invalid webhook url, hint: [{key}] from {url}"),
+        })
+        .to_string()
+    })
+    .await;
+
+    assert!(text.contains("alert delivery failed; giving up"), "{text}");
+    assert!(text.contains("invalid webhook url, hint: [***]"), "{text}");
+    assert!(!text.contains(key), "the key leaked into the logs: {text}");
+}
+
+#[tokio::test]
+async fn a_wecom_reply_without_errcode_that_echoes_the_key_is_logged_without_it() {
+    let key = "K3yEchoedInAnOddReply0042";
+    let text = logs_of_a_failed_wecom_delivery(key, |key, _| {
+        serde_json::json!({ "error": format!("no such robot {key}") }).to_string()
+    })
+    .await;
+
+    assert!(text.contains("no such robot ***"), "{text}");
+    assert!(!text.contains(key), "the key leaked into the logs: {text}");
+}

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::conn::SentinelAnswer;
 use super::conn::{self, ConnectOptions, sentinel_peer};
 use super::snapshot::{MasterConfig, SentinelState, Snapshot};
-use super::{Event, SentinelError, WATCHED_CHANNELS, parse_event};
+use super::{Event, EventError, SentinelError, WATCHED_CHANNELS, parse_event};
 use crate::config::SentinelConfig;
 
 /// Knobs beyond the config, mostly for tests and the demo.
@@ -394,12 +394,19 @@ impl Shared {
         match parse_event(&channel, payload) {
             Ok(event) => {
                 let payload = String::from_utf8_lossy(payload).into_owned();
+                // Info gets the event and the master only; the payload (addresses, run ids, whatever a
+                // Sentinel sends) is for debugging, and a flood of events must not fill the journal.
                 tracing::info!(
                     sentinel = %addr,
                     channel = %channel,
                     master = event.master().unwrap_or(""),
-                    payload = %payload,
                     "sentinel event"
+                );
+                tracing::debug!(
+                    sentinel = %addr,
+                    channel = %channel,
+                    payload = %payload,
+                    "sentinel event payload"
                 );
                 // Wake first: the queries matter more than the timeline.
                 self.wake_all();
@@ -413,7 +420,13 @@ impl Shared {
                 });
             }
             Err(e) => {
-                tracing::warn!(sentinel = %addr, error = %e, "ignoring malformed sentinel event")
+                // The warning names the problem; the payload it quotes goes to debug only.
+                let problem = match &e {
+                    EventError::NotUtf8 { .. } => "payload is not utf-8".to_owned(),
+                    EventError::Malformed { problem, .. } => problem.clone(),
+                };
+                tracing::warn!(sentinel = %addr, channel = %channel, problem = %problem, "ignoring malformed sentinel event");
+                tracing::debug!(sentinel = %addr, error = %e, "malformed sentinel event");
             }
         }
     }

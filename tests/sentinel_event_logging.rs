@@ -1,0 +1,207 @@
+//! What the watcher logs about Sentinel Pub/Sub events, against a fake Sentinel that publishes them: the
+//! event's channel and master at info, its payload only at debug.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use havip_agent::config::{Dur, FenceAfter, SentinelConfig};
+use havip_agent::sentinel::Watcher;
+use havip_agent::testbed::fake_sentinel::read_command;
+use tokio::io::{AsyncWriteExt, BufReader};
+
+/// In the payload of the valid event: an address only the payload carries.
+const VALID_MARKER: &str = "198.18.77.77";
+/// In the payload of the malformed event, in a field that is not the one at fault.
+const MALFORMED_MARKER: &str = "198.18.77.79";
+
+/// What the fake publishes, in turn, on every subscribed connection.
+const EVENTS: &[(&str, &str)] = &[
+    (
+        "+switch-master",
+        "mymaster 198.18.77.76 6379 198.18.77.77 16379",
+    ),
+    (
+        "+switch-master",
+        "mymaster 198.18.77.78 x 198.18.77.79 6379",
+    ),
+];
+
+fn message(channel: &str, payload: &str) -> Vec<u8> {
+    format!(
+        "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+        channel.len(),
+        payload.len()
+    )
+    .into_bytes()
+}
+
+/// One connection: `PONG` to pings, a refusal to queries (the snapshot is not under test), and after
+/// `SUBSCRIBE` the [`EVENTS`] every 20 ms until the connection closes.
+async fn fake_connection(stream: tokio::net::TcpStream) {
+    let (r, w) = stream.into_split();
+    let w = Arc::new(tokio::sync::Mutex::new(w));
+    let mut r = BufReader::new(r);
+    let mut publisher: Option<tokio::task::JoinHandle<()>> = None;
+    while let Some(args) = read_command(&mut r).await {
+        let verb = args
+            .first()
+            .map(|a| a.to_ascii_uppercase())
+            .unwrap_or_default();
+        let reply = match verb.as_str() {
+            "PING" => b"+PONG\r\n".to_vec(),
+            "SUBSCRIBE" => {
+                let mut out = Vec::new();
+                for (i, ch) in args[1..].iter().enumerate() {
+                    out.extend(
+                        format!(
+                            "*3\r\n$9\r\nsubscribe\r\n${}\r\n{ch}\r\n:{}\r\n",
+                            ch.len(),
+                            i + 1
+                        )
+                        .into_bytes(),
+                    );
+                }
+                let w2 = w.clone();
+                publisher = Some(tokio::spawn(async move {
+                    for k in 0..10_000 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let (ch, payload) = EVENTS[k % EVENTS.len()];
+                        if w2
+                            .lock()
+                            .await
+                            .write_all(&message(ch, payload))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }));
+                out
+            }
+            "AUTH" | "CLIENT" | "SELECT" | "HELLO" => b"+OK\r\n".to_vec(),
+            _ => b"-ERR not in this fake\r\n".to_vec(),
+        };
+        if w.lock().await.write_all(&reply).await.is_err() {
+            break;
+        }
+    }
+    if let Some(p) = publisher {
+        p.abort();
+    }
+}
+
+async fn start_fake_sentinel() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(fake_connection(stream));
+        }
+    });
+    addr
+}
+
+/// Captures log output of the current thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+// Regression: every event's payload was logged at info, in full.
+// Single-threaded runtime: every watcher task runs on this thread, so its thread-local log capture sees them.
+#[tokio::test]
+async fn event_payloads_are_logged_at_debug_and_info_names_the_event_and_master() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cfg = SentinelConfig {
+        addresses: vec![start_fake_sentinel().await],
+        username: None,
+        password: None,
+        tls: None,
+        timeout: Dur::from_millis(250),
+        heartbeat: Dur::from_millis(100),
+        poll_interval: Dur::from_secs(1),
+        reconnect_max: Dur::from_millis(200),
+        fence_after: FenceAfter::Auto,
+        confirm_role: false,
+    };
+
+    let (watcher, _snapshots) = Watcher::spawn(&cfg, vec!["mymaster".to_owned()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done =
+        |t: &str| t.contains("sentinel event payload") && t.contains("malformed sentinel event");
+    while !done(&logs.text()) {
+        assert!(
+            Instant::now() < deadline,
+            "no events logged within 20 s:\n{}",
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(watcher);
+
+    let text = logs.text();
+    let lines = |level: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(level))
+            .map(str::to_owned)
+            .collect()
+    };
+    let above_debug: Vec<String> = ["INFO", "WARN", "ERROR"]
+        .iter()
+        .flat_map(|l| lines(l))
+        .collect();
+    let info_event = above_debug
+        .iter()
+        .find(|l| l.contains("sentinel event"))
+        .unwrap_or_else(|| panic!("no info line for the event:\n{text}"));
+    assert!(
+        info_event.contains("channel=+switch-master") && info_event.contains("master=\"mymaster\""),
+        "{info_event}"
+    );
+    let warn_malformed = above_debug
+        .iter()
+        .find(|l| l.contains("ignoring malformed sentinel event"))
+        .unwrap_or_else(|| panic!("no warning for the malformed event:\n{text}"));
+    assert!(
+        warn_malformed.contains("is not a port number"),
+        "the warning names the problem: {warn_malformed}"
+    );
+    for line in &above_debug {
+        assert!(
+            !line.contains(VALID_MARKER) && !line.contains(MALFORMED_MARKER),
+            "a payload above debug: {line}"
+        );
+    }
+    let debug = lines("DEBUG");
+    assert!(
+        debug.iter().any(|l| l.contains(VALID_MARKER)),
+        "the payload is at debug:\n{text}"
+    );
+    assert!(
+        debug.iter().any(|l| l.contains(MALFORMED_MARKER)),
+        "the malformed payload is at debug:\n{text}"
+    );
+}
