@@ -452,7 +452,24 @@ pub async fn confirm_role(
         &redis::cmd("ROLE"),
         opts.timeout,
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // Asked without a password (no `[redis]` password): say where the password goes.
+        SentinelError::Reply {
+            peer,
+            source: ReplyError::Server { command, message },
+        } if opts.password.is_none() && message.starts_with("NOAUTH") => SentinelError::Reply {
+            peer,
+            source: ReplyError::Server {
+                command,
+                message: format!(
+                    "{message} (this redis has requirepass: set password in [redis], with \
+                     pause_writes = false to use it only for ROLE)"
+                ),
+            },
+        },
+        other => other,
+    })?;
     let role =
         parse::parse_role_reply(&reply).map_err(|source| SentinelError::Reply { peer, source })?;
     Ok(role == "master")
