@@ -126,6 +126,8 @@ pub struct Exposure {
 /// certificate checks (`sentinel.tls.insecure`, `redis.tls_insecure`: anyone on the path can pose as the
 /// peer and read the ACL password). Accepted, since labs and fakes use them.
 ///
+/// Also a warning: a `claim.lock_dir` that group or others can write without the sticky bit.
+///
 /// Problems: the environment file next to the config (`<config dir>/env`, the packaged unit's
 /// `EnvironmentFile=/etc/havip-agent/env` with `TENCENTCLOUD_SECRET_KEY`) readable by group or others,
 /// and a TLS client key (`sentinel.tls.key_file`) readable by others. The key may be group-readable:
@@ -163,6 +165,20 @@ pub fn exposure(cfg: &Config) -> Exposure {
              outside a lab"
                 .to_owned(),
         );
+    }
+    let lock_dir = &cfg.claim.lock_dir;
+    if let Some(mode) = mode_of(lock_dir)
+        && mode & 0o022 != 0
+        && mode & 0o1000 == 0
+    {
+        out.warnings.push(format!(
+            "claim.lock_dir {} is writable by group or others without the sticky bit (mode {:o}): any \
+             of them can delete a held lock file and let a second claim run at once; run chmod +t {} \
+             (the package creates it 3770)",
+            lock_dir.display(),
+            mode & 0o7777,
+            lock_dir.display()
+        ));
     }
     let env_file = env_file_of(&cfg.source);
     if let Some(mode) = mode_of(&env_file)
@@ -471,6 +487,27 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(cleartext_warnings(&both).len(), 2, "logged at start too");
+    }
+
+    #[test]
+    fn a_shared_lock_directory_without_the_sticky_bit_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        std::fs::create_dir(&locks).unwrap();
+        let mut cfg = config_in(dir.path(), "", "");
+        cfg.claim.lock_dir = locks.clone();
+
+        chmod(&locks, 0o2770);
+        let e = exposure(&cfg);
+        assert_eq!(e.warnings.len(), 1, "{e:?}");
+        assert!(
+            e.warnings[0].starts_with("claim.lock_dir") && e.warnings[0].contains("chmod +t"),
+            "{e:?}"
+        );
+        chmod(&locks, 0o3770);
+        assert_eq!(exposure(&cfg), Exposure::default());
+        chmod(&locks, 0o700);
+        assert_eq!(exposure(&cfg), Exposure::default());
     }
 
     #[test]
