@@ -161,7 +161,7 @@ fi
 
 step "installing the systemd unit and the lock directory"
 run install -D -m 0644 -o 0 -g 0 "$HERE/havip-agent.tmpfile" "$ROOT/etc/tmpfiles.d/havip-agent.conf"
-run install -d -m 2770 -o "$U" -g "$G" "$ROOT/run/havip-agent"
+run install -d -m 3770 -o "$U" -g "$G" "$ROOT/run/havip-agent"
 run install -D -m 0644 -o 0 -g 0 "$HERE/havip-agent.service" "$ROOT/etc/systemd/system/havip-agent.service"
 
 # --- 5. Sentinel ------------------------------------------------------------------------------------------

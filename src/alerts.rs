@@ -44,6 +44,9 @@ pub enum AlertKind {
     EipMismatch,
     /// Binding the configured `eip` to the HAVIP failed (it is retried if the error may heal).
     EipBindFailed,
+    /// Pausing writes on the local Redis (`CLIENT PAUSE ... WRITE`) failed while fenced: an isolated
+    /// master may keep acknowledging writes that the failover then discards.
+    PauseFailed,
 }
 
 impl AlertKind {
@@ -60,6 +63,7 @@ impl AlertKind {
             AlertKind::CloudMismatch => "cloud_mismatch",
             AlertKind::EipMismatch => "eip_mismatch",
             AlertKind::EipBindFailed => "eip_bind_failed",
+            AlertKind::PauseFailed => "pause_failed",
         }
     }
 
@@ -71,9 +75,11 @@ impl AlertKind {
             AlertKind::Fenced | AlertKind::CloudMismatch => "warning",
             // The VIP still works inside the VPC; only clients outside it (through the EIP) are cut off.
             AlertKind::EipMismatch | AlertKind::EipBindFailed => "warning",
-            AlertKind::ClaimFailed | AlertKind::ReleaseFailed | AlertKind::CloudUnconfirmed => {
-                "critical"
-            }
+            // Acknowledged writes may be lost.
+            AlertKind::ClaimFailed
+            | AlertKind::ReleaseFailed
+            | AlertKind::CloudUnconfirmed
+            | AlertKind::PauseFailed => "critical",
         }
     }
 }
@@ -560,6 +566,8 @@ mod tests {
         assert_eq!(AlertKind::Acquired.severity(), "info");
         assert_eq!(AlertKind::Fenced.severity(), "warning");
         assert_eq!(AlertKind::ClaimFailed.severity(), "critical");
+        assert_eq!(AlertKind::PauseFailed.severity(), "critical");
+        assert_eq!(AlertKind::PauseFailed.as_str(), "pause_failed");
         assert_eq!(json_body(&alert())["event"], "fenced");
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Validates the config, resolves credentials and this node's identity, reads every HAVIP from the cloud and
 //! asks every Sentinel about every master. Owns the report and its exit code (0 when there is no problem,
-//! 2 otherwise with one line per problem; warnings are printed but keep 0), and the list of settings that
-//! send secrets in clear ([`cleartext_warnings`], also logged at the start of `run` and `migrate-havip`).
+//! 2 otherwise with one line per problem; warnings are printed but keep 0), and the judge of what the
+//! config exposes ([`exposure`]: secrets in clear, unchecked TLS, readable key files; also logged at the
+//! start of `run` and `migrate-havip` through [`cleartext_warnings`]).
 //! It changes nothing.
 
 use std::io::Write;
@@ -76,7 +77,9 @@ pub async fn check(
     };
     r.lines
         .push(format!("config {}: valid", config_path.display()));
-    r.warnings.extend(cleartext_warnings(&cfg));
+    let exposed = exposure(&cfg);
+    r.warnings.extend(exposed.warnings);
+    r.problems.extend(exposed.problems);
     // The same start-up path as every front door; without an identity the cloud part is skipped.
     let boot = match crate::boot::boot_with(cfg.clone()).await {
         Ok(b) => {
@@ -105,27 +108,121 @@ pub async fn check(
     r
 }
 
-/// Settings that send a credential in clear: an `http://` VPC endpoint (the signed request carries the
-/// SecretId and, with a CAM role, the token) or alert webhook (WeCom puts its key in the URL, so the URL
-/// itself is never printed). Accepted, since labs and fakes use them; said once at start and by `check`.
-pub fn cleartext_warnings(cfg: &Config) -> Vec<String> {
-    let mut out = Vec::new();
+/// What the config exposes: settings that weaken a link (warnings) and files holding keys that others can
+/// read (problems in `check`). The one judge of both, for `check` and for the start of `run` and
+/// `migrate-havip` (which log all of it as warnings, see [`cleartext_warnings`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Exposure {
+    /// Works, but a credential travels in clear or to an unverified peer.
+    pub warnings: Vec<String>,
+    /// A file holding keys is readable by users who should not read it.
+    pub problems: Vec<String>,
+}
+
+/// Judges `cfg` (see [`Exposure`]).
+///
+/// Warnings: an `http://` VPC endpoint (the signed request carries the SecretId and, with a CAM role, the
+/// token) or alert webhook (WeCom puts its key in the URL, so the URL itself is never printed); TLS without
+/// certificate checks (`sentinel.tls.insecure`, `redis.tls_insecure`: anyone on the path can pose as the
+/// peer and read the ACL password). Accepted, since labs and fakes use them.
+///
+/// Also a warning: a `claim.lock_dir` that group or others can write without the sticky bit.
+///
+/// Problems: the environment file next to the config (`<config dir>/env`, the packaged unit's
+/// `EnvironmentFile=/etc/havip-agent/env` with `TENCENTCLOUD_SECRET_KEY`) readable by group or others,
+/// and a TLS client key (`sentinel.tls.key_file`) readable by others. The key may be group-readable:
+/// `migrate-havip` reads it through the `havip-agent` group. The config itself is refused at load when it
+/// holds a secret and group or others can read it (`Config::load`).
+pub fn exposure(cfg: &Config) -> Exposure {
+    let mut out = Exposure::default();
     let endpoint = cfg.cloud.endpoint_url();
     if endpoint.to_ascii_lowercase().starts_with("http://") {
-        out.push(format!(
+        out.warnings.push(format!(
             "cloud.endpoint {endpoint} is http://: the SecretId, the signature and any role token travel \
              in clear; use https:// outside a lab"
         ));
     }
     for (i, a) in cfg.alerts.iter().enumerate() {
         if a.url.expose().to_ascii_lowercase().starts_with("http://") {
-            out.push(format!(
+            out.warnings.push(format!(
                 "alert[{i}].url is http://: the webhook's key or token in the URL travels in clear; use \
                  https:// outside a lab"
             ));
         }
     }
+    if cfg.sentinel.tls.as_ref().is_some_and(|t| t.insecure) {
+        out.warnings.push(
+            "sentinel.tls.insecure = true: the Sentinels' certificates are not checked, so anyone on the \
+             path can pose as a Sentinel, read the ACL password and steer the vip; set ca_file instead \
+             outside a lab"
+                .to_owned(),
+        );
+    }
+    if cfg.redis.as_ref().is_some_and(|r| r.tls && r.tls_insecure) {
+        out.warnings.push(
+            "redis.tls_insecure = true: the local Redis' certificate is not checked, so anyone on the \
+             path can pose as it and read its password; use the CA in sentinel.tls.ca_file instead \
+             outside a lab"
+                .to_owned(),
+        );
+    }
+    let lock_dir = &cfg.claim.lock_dir;
+    if let Some(mode) = mode_of(lock_dir)
+        && mode & 0o022 != 0
+        && mode & 0o1000 == 0
+    {
+        out.warnings.push(format!(
+            "claim.lock_dir {} is writable by group or others without the sticky bit (mode {:o}): any \
+             of them can delete a held lock file and let a second claim run at once; run chmod +t {} \
+             (the package creates it 3770)",
+            lock_dir.display(),
+            mode & 0o7777,
+            lock_dir.display()
+        ));
+    }
+    let env_file = env_file_of(&cfg.source);
+    if let Some(mode) = mode_of(&env_file)
+        && mode & 0o077 != 0
+    {
+        out.problems.push(format!(
+            "{} (cloud keys for the unit's EnvironmentFile=) is readable by group or others (mode {:o}): \
+             run chmod 600 {}",
+            env_file.display(),
+            mode & 0o777,
+            env_file.display()
+        ));
+    }
+    if let Some(key) = cfg.sentinel.tls.as_ref().and_then(|t| t.key_file.as_ref())
+        && let Some(mode) = mode_of(key)
+        && mode & 0o007 != 0
+    {
+        out.problems.push(format!(
+            "sentinel.tls.key_file {} (the TLS client key) is readable by others (mode {:o}): run \
+             chmod 640 {} (owner root, group havip-agent)",
+            key.display(),
+            mode & 0o777,
+            key.display()
+        ));
+    }
     out
+}
+
+/// Everything [`exposure`] finds, as warnings: logged once at the start of `run` and `migrate-havip`
+/// (`check` reports the same findings, its problems as `problem:` lines).
+pub fn cleartext_warnings(cfg: &Config) -> Vec<String> {
+    let e = exposure(cfg);
+    e.warnings.into_iter().chain(e.problems).collect()
+}
+
+/// The packaged environment file beside `config`: `/etc/havip-agent/config.toml` → `/etc/havip-agent/env`.
+pub fn env_file_of(config: &Path) -> std::path::PathBuf {
+    config.parent().unwrap_or_else(|| Path::new("")).join("env")
+}
+
+/// The permission bits of `path` (following links, as a reader would), or `None` when it does not exist.
+fn mode_of(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
 }
 
 /// ENI mode: a primary ENI cannot be in a drift range (HAVIP console guide 215/36694: "主网卡暂不支持绑定"),
@@ -336,5 +433,119 @@ async fn check_sentinels(cfg: &Config, r: &mut CheckReport) {
             snap.reachable(),
             snap.total
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config_in(dir: &Path, sentinel_tls: &str, redis: &str) -> Config {
+        let path = dir.join("config.toml");
+        let text = format!(
+            "[cloud]\nregion = \"ap-guangzhou\"\n[node]\ninstance_id = \"ins-a\"\naddress = \"198.18.0.11\"\n\
+             interface = \"eth0\"\n[sentinel]\naddresses = [\"198.18.0.1:26379\"]\n{sentinel_tls}\n{redis}\n\
+             [[havip]]\nmaster = \"m\"\nhavip_id = \"havip-1\"\nvip = \"198.18.0.100/24\"\n"
+        );
+        Config::parse_str(&text, &path).unwrap()
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn insecure_tls_is_a_warning_for_sentinel_and_for_redis_each_by_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let secure = config_in(dir.path(), "[sentinel.tls]\nca_file = \"/ca.pem\"", "");
+        assert_eq!(exposure(&secure), Exposure::default());
+
+        let sentinel_only = config_in(
+            dir.path(),
+            "[sentinel.tls]\ninsecure = true",
+            "[redis]\ntls = true",
+        );
+        let e = exposure(&sentinel_only);
+        assert_eq!(e.warnings.len(), 1, "{e:?}");
+        assert!(
+            e.warnings[0].starts_with("sentinel.tls.insecure = true")
+                && e.warnings[0].contains("not checked"),
+            "{e:?}"
+        );
+
+        let both = config_in(
+            dir.path(),
+            "[sentinel.tls]\ninsecure = true",
+            "[redis]\ntls = true\ntls_insecure = true",
+        );
+        let e = exposure(&both);
+        assert!(
+            e.warnings
+                .iter()
+                .any(|w| w.starts_with("redis.tls_insecure = true")),
+            "{e:?}"
+        );
+        assert_eq!(cleartext_warnings(&both).len(), 2, "logged at start too");
+    }
+
+    #[test]
+    fn a_shared_lock_directory_without_the_sticky_bit_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        std::fs::create_dir(&locks).unwrap();
+        let mut cfg = config_in(dir.path(), "", "");
+        cfg.claim.lock_dir = locks.clone();
+
+        chmod(&locks, 0o2770);
+        let e = exposure(&cfg);
+        assert_eq!(e.warnings.len(), 1, "{e:?}");
+        assert!(
+            e.warnings[0].starts_with("claim.lock_dir") && e.warnings[0].contains("chmod +t"),
+            "{e:?}"
+        );
+        chmod(&locks, 0o3770);
+        assert_eq!(exposure(&cfg), Exposure::default());
+        chmod(&locks, 0o700);
+        assert_eq!(exposure(&cfg), Exposure::default());
+    }
+
+    #[test]
+    fn a_readable_env_file_or_tls_key_is_a_problem_naming_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----").unwrap();
+        let cfg = config_in(
+            dir.path(),
+            &format!(
+                "[sentinel.tls]\ncert_file = \"/c.pem\"\nkey_file = \"{}\"",
+                key.display()
+            ),
+            "",
+        );
+        let env = dir.path().join("env");
+        std::fs::write(&env, "TENCENTCLOUD_SECRET_KEY=envSecretNeverShown").unwrap();
+
+        chmod(&env, 0o600);
+        chmod(&key, 0o640);
+        assert_eq!(exposure(&cfg), Exposure::default(), "0600 env, 0640 key");
+
+        chmod(&env, 0o640);
+        chmod(&key, 0o644);
+        let e = exposure(&cfg);
+        assert_eq!(e.problems.len(), 2, "{e:?}");
+        assert!(
+            e.problems[0].contains(&env.display().to_string())
+                && e.problems[0].contains("mode 640")
+                && e.problems[0].contains("chmod 600"),
+            "{e:?}"
+        );
+        assert!(
+            e.problems[1].starts_with("sentinel.tls.key_file")
+                && e.problems[1].contains("mode 644"),
+            "{e:?}"
+        );
+        assert!(!format!("{e:?}").contains("envSecretNeverShown"));
+        assert_eq!(cleartext_warnings(&cfg).len(), 2, "warnings at start");
     }
 }

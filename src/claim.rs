@@ -571,6 +571,60 @@ impl Claimer {
     }
 }
 
+/// Mode of a lock directory this process creates: group-writable (the daemon and `migrate-havip` run as
+/// Sentinel's user share it) with the sticky bit, so nobody removes or replaces a file someone else owns.
+/// The packaged directory (`deploy/havip-agent.tmpfile`) is 3770: the same plus setgid.
+pub const LOCK_DIR_MODE: u32 = 0o1770;
+/// Mode of a lock or pause-ledger file this process creates.
+pub const LOCK_FILE_MODE: u32 = 0o640;
+
+/// Creates `dir` (and its parents) if missing; a directory this call creates gets [`LOCK_DIR_MODE`]
+/// whatever the umask. An existing directory is left as it is.
+pub(crate) fn create_lock_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        // Set after creating: the umask would strip the group bits, and mkdir ignores the sticky bit on
+        // some systems. Created 0700 first so the directory is never open to the group without the bit.
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(LOCK_DIR_MODE)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens `path` without following a symlink (`O_NOFOLLOW`; std adds `O_CLOEXEC`): read-only, or with
+/// `create` for writing, creating it with [`LOCK_FILE_MODE`]. A symlink at `path` is refused with an error
+/// saying so (and its target is never touched), whether or not the link's target exists.
+pub(crate) fn open_no_follow(path: &Path, create: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    if create {
+        o.write(true)
+            .create(true)
+            .truncate(false)
+            .mode(LOCK_FILE_MODE);
+    } else {
+        o.read(true);
+    }
+    o.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::other(format!(
+                "{} is a symbolic link: refusing to follow it (a link planted in the lock directory could \
+                 point anywhere); remove it",
+                path.display()
+            ))
+        } else {
+            e
+        }
+    })
+}
+
 /// An exclusive lock on one HAVIP, held while a claim or release runs, so that concurrent `migrate-havip`
 /// calls (three Sentinels call at once) and the daemon do not interleave. Released on drop.
 #[derive(Debug)]
@@ -596,27 +650,23 @@ impl HavipLock {
         };
         let path = dir.join(format!("{havip_id}.lock"));
         // flock works on a read-only descriptor: open an existing lock file read-only, so that a file the
-        // daemon (root, mode 0644) created also works for migrate-havip run as Sentinel's user.
-        let file = match File::open(&path) {
+        // daemon (root) created also works for migrate-havip run as Sentinel's user. Never through a symlink:
+        // in a directory others can write, a planted link would make root create or open any file.
+        let file = match open_no_follow(&path, false) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(|e| {
+                create_lock_dir(dir).map_err(|e| {
                     setup_err(format!(
                         "cannot create lock directory {} ({e}): set claim.lock_dir to a writable directory",
                         dir.display()
                     ))
                 })?;
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| {
-                        setup_err(format!(
-                            "cannot create lock file {}: {e} (claim.lock_dir must be writable)",
-                            path.display()
-                        ))
-                    })?
+                open_no_follow(&path, true).map_err(|e| {
+                    setup_err(format!(
+                        "cannot create lock file {}: {e} (claim.lock_dir must be writable)",
+                        path.display()
+                    ))
+                })?
             }
             Err(e) => {
                 return Err(setup_err(format!(
@@ -648,5 +698,67 @@ impl HavipLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Guards against a local user turning root's lock file into a write to any file via a planted symlink.
+    #[tokio::test]
+    async fn a_symlink_planted_at_the_lock_path_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("havip-x.lock")).unwrap();
+        // A dangling link too: creating through it would make a file wherever it points.
+        let dangling = outside.path().join("made-by-root");
+        std::os::unix::fs::symlink(&dangling, dir.path().join("havip-y.lock")).unwrap();
+
+        for id in ["havip-x", "havip-y"] {
+            let err = HavipLock::acquire(dir.path(), id, Instant::now())
+                .await
+                .expect_err("a symlink must be refused");
+            let text = err.to_string();
+            assert!(
+                text.contains("symbolic link") && text.contains(&format!("{id}.lock")),
+                "{text}"
+            );
+            assert!(err.is_permanent(), "{text}");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            !dangling.exists(),
+            "nothing created through the dangling link"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lock_directory_it_creates_is_sticky_when_group_writable_and_files_are_not_world_writable()
+     {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("run").join("havip-agent");
+        let lock = HavipLock::acquire(&dir, "havip-1", Instant::now())
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, LOCK_DIR_MODE, "dir mode {mode:o}");
+        assert!(
+            mode & 0o020 == 0 || mode & 0o1000 != 0,
+            "group-writable needs the sticky bit"
+        );
+        let file_mode = std::fs::metadata(lock.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(file_mode & 0o022, 0, "lock file mode {file_mode:o}");
+        drop(lock);
+        // An existing lock file is opened again (read-only) and locked.
+        HavipLock::acquire(&dir, "havip-1", Instant::now())
+            .await
+            .unwrap();
     }
 }

@@ -307,7 +307,8 @@ pub struct TlsConfig {
     /// PEM client key, with `cert_file`.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// Skip server certificate verification. Only for labs.
+    /// Skip server certificate verification of the Sentinels. Only for labs: logged as a warning at start and
+    /// in `check`. Never applies to `[redis]`, which has its own `tls_insecure`.
     #[serde(default)]
     pub insecure: bool,
 }
@@ -354,9 +355,14 @@ pub struct RedisConfig {
     /// Password.
     #[serde(default)]
     pub password: Option<Secret>,
-    /// Use TLS (with `[sentinel.tls]` settings).
+    /// Use TLS, with the `[sentinel.tls]` CA and client files; the server certificate is verified even
+    /// when `sentinel.tls.insecure` is set (see `tls_insecure`).
     #[serde(default)]
     pub tls: bool,
+    /// Skip verification of the local Redis' certificate (with `tls = true`). Only for labs: logged as a
+    /// warning at start and in `check`.
+    #[serde(default)]
+    pub tls_insecure: bool,
     /// Pause writes (`CLIENT PAUSE <ms> WRITE`) while fenced. On by default when `[redis]` is present.
     #[serde(default = "default_true")]
     pub pause_writes: bool,
@@ -1020,6 +1026,12 @@ impl Config {
             }
             if redis.tls && self.sentinel.tls.is_none() {
                 return Err(self.invalid("redis.tls", "needs [sentinel.tls] for the certificates"));
+            }
+            if redis.tls_insecure && !redis.tls {
+                return Err(self.invalid(
+                    "redis.tls_insecure",
+                    "only means something with redis.tls = true",
+                ));
             }
         }
         if self.havips.is_empty() {

@@ -320,7 +320,8 @@ enum Done {
     },
     Pause {
         unpause: bool,
-        ok: bool,
+        /// Why the command failed (it names the Redis), or `None` when it worked.
+        error: Option<String>,
     },
     Eip {
         result: Result<EipBound, EipError>,
@@ -433,6 +434,8 @@ struct HavipTask {
     claim: Option<RunningClaim>,
     claim_seq: u64,
     pause_in_flight: bool,
+    /// The last pause failed and was alerted: renewals that keep failing count, but do not alert again.
+    pause_failing: bool,
     verify_in_flight: bool,
     last_verify: Option<Instant>,
     last_refresh: Instant,
@@ -482,6 +485,7 @@ impl HavipTask {
             claim: None,
             claim_seq: 0,
             pause_in_flight: false,
+            pause_failing: false,
             verify_in_flight: false,
             last_verify: None,
             last_refresh: now,
@@ -776,12 +780,32 @@ impl HavipTask {
             }
             Done::Verify { result } => self.verified(result),
             Done::Eip { result } => self.eip_finished(result),
-            Done::Pause { unpause, ok } => {
+            Done::Pause { unpause, error } => {
                 self.pause_in_flight = false;
-                if unpause && ok {
-                    self.emit(AgentEventKind::Unpaused);
-                } else if !unpause && ok {
-                    self.emit(AgentEventKind::Paused);
+                match error {
+                    None if unpause => {
+                        self.pause_failing = false;
+                        self.emit(AgentEventKind::Unpaused)
+                    }
+                    None => {
+                        self.pause_failing = false;
+                        self.emit(AgentEventKind::Paused)
+                    }
+                    // A failed unpause heals by itself: the pause expires after `redis.pause`.
+                    Some(_) if unpause => {}
+                    Some(e) => {
+                        self.metrics.inc_pause_failure(&self.h.havip_id);
+                        if std::mem::replace(&mut self.pause_failing, true) {
+                            return; // alerted when this run of failures began
+                        }
+                        self.alert(
+                            AlertKind::PauseFailed,
+                            format!(
+                                "could not pause writes on the local redis while cut off from the \
+                                 sentinel majority (acknowledged writes may be lost): {e}"
+                            ),
+                        );
+                    }
                 }
             }
         }
@@ -1172,7 +1196,7 @@ impl HavipTask {
             }
             let _ = done.send(Done::Pause {
                 unpause,
-                ok: r.is_ok(),
+                error: r.err().map(|e| e.to_string()),
             });
         });
     }

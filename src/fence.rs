@@ -98,22 +98,58 @@ impl PauseLedger {
         self.dir.join(format!("pause-{name}"))
     }
 
-    /// How much longer the recorded pause of `redis` lasts at `now`, if one is in force.
+    /// How much longer the recorded pause of `redis` lasts at `now`, if one is in force. A symlink in
+    /// place of the entry is not followed (it counts as no entry, with a warning).
     pub fn left(&self, redis: &str, now: SystemTime) -> Option<Duration> {
-        let text = std::fs::read_to_string(self.path(redis)).ok()?;
+        use std::io::Read;
+        let path = self.path(redis);
+        let mut file = match crate::claim::open_no_follow(&path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the write pause record; taking it as no pause");
+                return None;
+            }
+        };
+        let mut text = String::new();
+        // A real record is a dozen digits; reading at most 64 bytes keeps a hostile file from costing memory.
+        file.by_ref().take(64).read_to_string(&mut text).ok()?;
         let until = SystemTime::UNIX_EPOCH + Duration::from_millis(text.trim().parse().ok()?);
         until.duration_since(now).ok().filter(|d| !d.is_zero())
     }
 
-    /// Records a pause of `redis` that ends at `until`.
+    /// Records a pause of `redis` that ends at `until`. The temporary file is created fresh
+    /// (`O_CREAT|O_EXCL`, which never follows a symlink), so a link planted at its predictable name is
+    /// removed (the link, not its target) rather than written through; the rename then replaces whatever
+    /// sits at the entry's name, link or file, without touching a link's target.
     pub fn record(&self, redis: &str, until: SystemTime) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let ms = until
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
         let path = self.path(redis);
         let tmp = tmp_path(&path);
-        std::fs::write(&tmp, ms.to_string())?;
+        crate::claim::create_lock_dir(&self.dir)?;
+        let create = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .mode(crate::claim::LOCK_FILE_MODE)
+                .open(&tmp)
+        };
+        let mut file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A leftover of a crashed run of this pid, or a planted link: remove the entry itself.
+                std::fs::remove_file(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
+        file.write_all(ms.to_string().as_bytes())?;
+        drop(file);
         std::fs::rename(&tmp, &path)
     }
 
@@ -221,5 +257,47 @@ mod tests {
         assert_eq!(ledger.left("198.18.0.1:6379", now), None);
         std::fs::write(dir.path().join("pause-198.18.0.1_6379"), "garbage").unwrap();
         assert_eq!(ledger.left("198.18.0.1:6379", now), None);
+    }
+
+    /// Guards against a local user steering root's writes (or the fence's reads) through planted symlinks.
+    #[test]
+    fn the_ledger_never_follows_a_symlink_at_its_entry_or_temporary_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let ledger = PauseLedger::new(dir.path());
+        let now = SystemTime::now();
+        let far = now + Duration::from_secs(3600);
+        let entry = dir.path().join("pause-198.18.0.1_6379");
+        let tmp = tmp_path(&entry);
+
+        // A link at the entry holding a plausible end time is not read as a pause.
+        let numbers = outside.path().join("numbers");
+        let ms = far
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        std::fs::write(&numbers, ms.to_string()).unwrap();
+        std::os::unix::fs::symlink(&numbers, &entry).unwrap();
+        assert_eq!(ledger.left("198.18.0.1:6379", now), None);
+
+        // Links at the temporary and the entry name: the record lands in the directory, targets untouched.
+        std::fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink(&victim, &entry).unwrap();
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        ledger.record("198.18.0.1:6379", far).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            !std::fs::symlink_metadata(&entry)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(ledger.left("198.18.0.1:6379", now).is_some());
+        assert!(
+            !tmp.exists() && std::fs::symlink_metadata(&tmp).is_err(),
+            "temporary link removed"
+        );
     }
 }

@@ -107,6 +107,7 @@ struct Inner {
     api_errors: Family<ApiErrorLabels, Counter>,
     garp_frames: Family<HavipLabel, Counter>,
     fence_releases: Family<HavipLabel, Counter>,
+    pause_failures: Family<HavipLabel, Counter>,
     sentinels_reachable: Gauge,
     sentinels_configured: Gauge,
     sentinel_uncorroborated: Family<SentinelLabel, Gauge>,
@@ -223,6 +224,12 @@ impl Metrics {
             "VIP releases caused by losing sight of the Sentinel majority (self-fencing)",
             fence_releases.clone(),
         );
+        let pause_failures = Family::<HavipLabel, Counter>::default();
+        registry.register(
+            "pause_failures",
+            "Failed CLIENT PAUSE commands on the local Redis while fenced (writes were not paused)",
+            pause_failures.clone(),
+        );
         let sentinels_reachable = Gauge::default();
         registry.register(
             "sentinels_reachable",
@@ -282,6 +289,7 @@ impl Metrics {
                 api_errors,
                 garp_frames,
                 fence_releases,
+                pause_failures,
                 sentinels_reachable,
                 sentinels_configured,
                 sentinel_uncorroborated,
@@ -423,6 +431,14 @@ impl Metrics {
     pub fn inc_fence_release(&self, havip: &str) {
         self.inner
             .fence_releases
+            .get_or_create(&Self::havip(havip))
+            .inc();
+    }
+
+    /// Counts one failed write pause (`CLIENT PAUSE`) on the local Redis while fencing `havip`.
+    pub fn inc_pause_failure(&self, havip: &str) {
+        self.inner
+            .pause_failures
             .get_or_create(&Self::havip(havip))
             .inc();
     }
@@ -575,7 +591,9 @@ mod tests {
         m.add_garp_frames("havip-1", 4);
         m.add_garp_frames("havip-1", 2);
         m.inc_fence_release("havip-1");
+        m.inc_pause_failure("havip-1");
         let l = [("havip", "havip-1")];
+        assert_eq!(m.value("havip_agent_pause_failures_total", &l), Some(1.0));
         assert_eq!(m.value("havip_agent_desired_holder", &l), Some(1.0));
         assert_eq!(m.value("havip_agent_local_holder", &l), Some(0.0));
         assert_eq!(m.value("havip_agent_garp_frames_total", &l), Some(6.0));

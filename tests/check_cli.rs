@@ -486,3 +486,56 @@ async fn the_configured_eip_is_checked_against_the_havips_address_ip() {
     );
     assert_no_secret(&out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readable_env_file_is_a_problem_and_insecure_sentinel_tls_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world().await;
+    let path = config(&w, "", &w.lab.sentinel_addrs());
+    // The packaged unit's EnvironmentFile= sits next to the config.
+    let env_file = path.parent().unwrap().join("env");
+    std::fs::write(&env_file, format!("TENCENTCLOUD_SECRET_KEY={KEY}\n")).unwrap();
+    let set_mode =
+        |mode| std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(mode)).unwrap();
+
+    set_mode(0o644);
+    let p = path.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || check(&p, &env_keys()))
+        .await
+        .unwrap();
+    assert_eq!(code, 2, "{out}");
+    let problem = out
+        .lines()
+        .find(|l| l.starts_with("problem: ") && l.contains("readable by group or others"))
+        .unwrap_or_else(|| panic!("no problem line for the env file: {out}"));
+    assert!(
+        problem.contains(&env_file.display().to_string()) && problem.contains("chmod 600"),
+        "{problem}"
+    );
+    assert_no_secret(&out);
+
+    set_mode(0o600);
+    let p = path.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || check(&p, &env_keys()))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "a 0600 env file is fine: {out}");
+
+    // Insecure TLS toward the Sentinels is said (the plain-TCP lab then fails the TLS handshake too).
+    let tls = config_with(
+        &w,
+        "",
+        "",
+        &w.lab.sentinel_addrs(),
+        "\n[sentinel.tls]\ninsecure = true\n",
+    );
+    let (_, out) = tokio::task::spawn_blocking(move || check(&tls, &env_keys()))
+        .await
+        .unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("warning: sentinel.tls.insecure = true")
+                && l.contains("not checked")),
+        "{out}"
+    );
+}

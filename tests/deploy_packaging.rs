@@ -138,7 +138,7 @@ fn install_dry_run_prints_every_step_and_changes_nothing() {
             "-m 0640 -o 0 -g havip-agent {}/config.example.toml {r}/etc/havip-agent/config.toml",
             deploy("").display().to_string().trim_end_matches('/')
         ),
-        format!("-m 2770 -o havip-agent -g havip-agent {r}/run/havip-agent"),
+        format!("-m 3770 -o havip-agent -g havip-agent {r}/run/havip-agent"),
         format!("{r}/etc/systemd/system/havip-agent.service"),
         format!("{r}/etc/systemd/system/redis-sentinel.service.d/havip-agent.conf"),
         format!("+ systemctl --root={r} enable havip-agent.service"),
@@ -209,7 +209,7 @@ fn install_into_a_fake_root_sets_owners_modes_capabilities_and_is_idempotent() {
         ("etc/havip-agent", 0o750, (0, gid)),
         ("etc/havip-agent/config.toml", 0o640, (0, gid)),
         ("etc/havip-agent/env", 0o600, (0, 0)),
-        ("run/havip-agent", 0o2770, (uid, gid)),
+        ("run/havip-agent", 0o3770, (uid, gid)),
         ("etc/systemd/system/havip-agent.service", 0o644, (0, 0)),
         ("etc/tmpfiles.d/havip-agent.conf", 0o644, (0, 0)),
     ];

@@ -82,7 +82,7 @@ fn unit_has_the_required_settings() {
         ("PrivateTmp", "yes"),
         ("Restart", "always"),
         ("RuntimeDirectory", "havip-agent"),
-        ("RuntimeDirectoryMode", "2770"),
+        ("RuntimeDirectoryMode", "3770"),
         ("RuntimeDirectoryPreserve", "yes"),
         ("RestartPreventExitStatus", "2"),
     ] {
@@ -140,7 +140,7 @@ fn lock_directory_agrees_across_unit_tmpfiles_and_config_default() {
         [
             "d",
             "/run/havip-agent",
-            "2770",
+            "3770",
             "havip-agent",
             "havip-agent",
             "-"

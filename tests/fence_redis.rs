@@ -17,6 +17,11 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A `redis-server` with extra command-line settings (e.g. `--requirepass`).
+    fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -29,6 +34,7 @@ impl Redis {
             .arg(port.to_string())
             .arg("--dir")
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: apt-get install redis-server");
@@ -65,7 +71,7 @@ impl Redis {
     }
 }
 
-/// Whether a Redis at `addr` answers `PING` with `+PONG`.
+/// Whether a Redis at `addr` answers `PING` with `+PONG` (or `-NOAUTH`: it is up, and wants a password).
 fn pong(addr: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut c) = std::net::TcpStream::connect(addr) else {
@@ -73,7 +79,9 @@ fn pong(addr: &str) -> bool {
     };
     let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = [0u8; 7];
-    c.write_all(b"PING\r\n").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    c.write_all(b"PING\r\n").is_ok()
+        && c.read_exact(&mut buf).is_ok()
+        && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
 }
 
 impl Drop for Redis {
@@ -149,6 +157,104 @@ async fn unreachable_redis_gives_an_error_naming_it() {
     );
     let e = fence.pause_writes().await.unwrap_err().to_string();
     assert!(e.contains("127.0.0.1:1") && e.contains("connect"), "{e}");
+}
+
+mod requirepass {
+    //! `ROLE` (confirm_role, corroboration) against a Redis with `requirepass`: the `[redis]` password is
+    //! sent. Regression: `confirm_role` dropped it and always failed with NOAUTH.
+
+    use std::net::IpAddr;
+    use std::path::Path;
+
+    use havip_agent::config::Config;
+    use havip_agent::sentinel::conn::{ConnectOptions, confirm_role};
+
+    use super::Redis;
+
+    const PASSWORD: &str = "s3cret-role-check-pass";
+
+    fn config(redis_table: &str) -> Config {
+        let text = format!(
+            r#"
+[cloud]
+region = "ap-guangzhou"
+[node]
+instance_id = "ins-a"
+address = "198.18.0.11"
+interface = "eth0"
+[sentinel]
+addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+confirm_role = true
+{redis_table}
+[[havip]]
+master = "m"
+havip_id = "havip-role0001"
+vip = "198.18.0.100/24"
+"#
+        );
+        Config::parse_str(&text, Path::new("test.toml")).unwrap()
+    }
+
+    fn ip_port(addr: &str) -> (IpAddr, u16) {
+        let a: std::net::SocketAddr = addr.parse().unwrap();
+        (a.ip(), a.port())
+    }
+
+    #[tokio::test]
+    async fn confirm_role_logs_in_with_the_redis_password() {
+        let redis = Redis::start_with(&["--requirepass", PASSWORD]);
+        let (ip, port) = ip_port(&redis.addr);
+        let cfg = config(&format!(
+            "[redis]\naddress = \"{}\"\npassword = \"{PASSWORD}\"\npause_writes = false",
+            redis.addr
+        ));
+
+        let master = confirm_role(ip, port, &ConnectOptions::role_check(&cfg))
+            .await
+            .expect("ROLE with the [redis] password");
+
+        assert!(master, "a lone redis-server is a master");
+    }
+
+    #[tokio::test]
+    async fn without_a_redis_table_the_noauth_error_says_where_the_password_goes() {
+        let redis = Redis::start_with(&["--requirepass", PASSWORD]);
+        let (ip, port) = ip_port(&redis.addr);
+        let cfg = config("");
+
+        let err = confirm_role(ip, port, &ConnectOptions::role_check(&cfg))
+            .await
+            .expect_err("no password: NOAUTH")
+            .to_string();
+
+        assert!(
+            err.contains("NOAUTH")
+                && err.contains("[redis]")
+                && err.contains("pause_writes = false"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_the_password_the_error_says_authentication_and_never_shows_a_secret() {
+        let redis = Redis::start_with(&["--requirepass", PASSWORD]);
+        let (ip, port) = ip_port(&redis.addr);
+        let cfg = config(&format!(
+            "[redis]\naddress = \"{}\"\npassword = \"wrong-password-xyz\"",
+            redis.addr
+        ));
+
+        let err = confirm_role(ip, port, &ConnectOptions::role_check(&cfg))
+            .await
+            .expect_err("a wrong password must fail")
+            .to_string();
+
+        assert!(err.contains(&redis.addr), "{err}");
+        assert!(
+            !err.contains("wrong-password-xyz") && !err.contains(PASSWORD),
+            "{err}"
+        );
+    }
 }
 
 mod pause_ownership {

@@ -28,6 +28,12 @@
 //! The interface lookup by name (`KernelNet::link`) is not a dump: with a name, rtnetlink sends a plain
 //! `RTM_GETLINK` request (no `NLM_F_DUMP`) answered by one message, which the kernel serves beside a
 //! running dump. It stays a per-operation round trip, so a re-created interface is followed at once.
+//!
+//! # A bound on every request
+//!
+//! Each netlink request (lookup, dump with its transient retries, add, delete) is bounded by
+//! [`REQUEST_TIMEOUT`]: a wedged connection task or a kernel that never answers would otherwise hang a
+//! claim or a release with no error at all. On expiry the error names the operation and the interface.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -55,6 +61,25 @@ struct Link {
 const TRANSIENT_TRIES: u32 = 5;
 /// The wait before the first retry; it doubles for each further one (1, 2, 4, 8 ms).
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(1);
+
+/// The longest one netlink request (with its transient retries) may take before it fails, naming the
+/// operation. The kernel answers in microseconds; 2 s is far past any sane answer and well inside a claim.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the netlink request `fut` within `limit`. The outer error is the expiry, naming what was being
+/// done (`doing`, e.g. "adding 198.18.0.10/24 to") and the interface; the inner one is the request's own.
+async fn within<T>(
+    limit: Duration,
+    doing: &str,
+    ifname: &str,
+    fut: impl Future<Output = Result<T, rtnetlink::Error>>,
+) -> Result<Result<T, rtnetlink::Error>, NetError> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| {
+        NetError::Netlink(format!(
+            "{doing} interface {ifname:?}: no answer from the kernel within {limit:?} (netlink request timed out)"
+        ))
+    })
+}
 
 /// A completed IPv4 address dump (see the module docs, "One address dump at a time").
 #[derive(Debug)]
@@ -183,10 +208,16 @@ impl KernelNet {
             return Ok(Arc::clone(&d.messages));
         }
         let started = Instant::now();
+        const DOING: &str = "listing the addresses of";
         let messages = Arc::new(
-            retry_transient(|| self.dump_v4_once(index))
-                .await
-                .map_err(|e| self.map_err(e, "listing the addresses of"))?,
+            within(
+                REQUEST_TIMEOUT,
+                DOING,
+                &self.ifname,
+                retry_transient(|| self.dump_v4_once(index)),
+            )
+            .await?
+            .map_err(|e| self.map_err(e, DOING))?,
         );
         *last = Some(Dump {
             started,
@@ -264,20 +295,20 @@ impl LocalNet for KernelNet {
             }
             return Ok(Change::AlreadyDone);
         }
-        match self
+        let doing = format!("adding {vip} to");
+        let add = self
             .handle
             .address()
             .add(link.index, IpAddr::V4(vip.addr), vip.prefix)
-            .execute()
-            .await
-        {
+            .execute();
+        match within(REQUEST_TIMEOUT, &doing, &self.ifname, add).await? {
             Ok(()) => {
                 tracing::info!(interface = %self.ifname, vip = %vip, "vip bound");
                 Ok(Change::Applied)
             }
             // Someone (another migrate-havip call, an operator) added it between our dump and our add.
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(Change::AlreadyDone),
-            Err(e) => Err(self.map_err(e, &format!("adding {vip} to"))),
+            Err(e) => Err(self.map_err(e, &doing)),
         }
     }
 
@@ -291,11 +322,13 @@ impl LocalNet for KernelNet {
                 .index(link.index)
                 .address(vip.addr, m.header.prefix_len)
                 .build();
-            match self.handle.address().del(msg).execute().await {
+            let doing = format!("removing {vip} from");
+            let del = self.handle.address().del(msg).execute();
+            match within(REQUEST_TIMEOUT, &doing, &self.ifname, del).await? {
                 Ok(()) => removed = true,
                 // Already removed by someone else since our dump.
                 Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
-                Err(e) => return Err(self.map_err(e, &format!("removing {vip} from"))),
+                Err(e) => return Err(self.map_err(e, &doing)),
             }
         }
         if removed {
@@ -318,12 +351,13 @@ impl LocalNet for KernelNet {
 /// Index and MAC of `ifname`.
 async fn resolve(handle: &Handle, ifname: &str) -> Result<Link, NetError> {
     // `match_name` makes this a single `RTM_GETLINK` request, not a dump.
-    let msg: Option<LinkMessage> = retry_transient(|| async {
+    let lookup = retry_transient(|| async {
         let mut replies = handle.link().get().match_name(ifname).execute();
         replies.try_next().await
-    })
-    .await
-    .map_err(|e| map_netlink_error(e, ifname, "looking up"))?;
+    });
+    let msg: Option<LinkMessage> = within(REQUEST_TIMEOUT, "looking up", ifname, lookup)
+        .await?
+        .map_err(|e| map_netlink_error(e, ifname, "looking up"))?;
     let msg = msg.ok_or_else(|| NetError::NoSuchInterface(ifname.to_owned()))?;
     if msg.header.link_layer_type != LinkLayerType::Ether {
         return Err(NetError::UnsupportedInterface {
@@ -490,6 +524,36 @@ mod tests {
     }
 
     /// Runs `retry_transient` over answers taken from `script` in turn; returns its result and the tries.
+    #[tokio::test]
+    async fn a_request_the_kernel_never_answers_fails_naming_the_operation_and_interface() {
+        let hang = std::future::pending::<Result<(), rtnetlink::Error>>();
+        let err = within(
+            Duration::from_millis(20),
+            "adding 198.18.0.10/24 to",
+            "eth9",
+            hang,
+        )
+        .await
+        .expect_err("a request that never ends must time out");
+        let text = err.to_string();
+        assert!(
+            text.contains("adding 198.18.0.10/24 to interface \"eth9\"")
+                && text.contains("timed out"),
+            "{text}"
+        );
+        assert!(
+            !err.is_permanent(),
+            "a timeout may heal: the caller retries"
+        );
+        let done = within(Duration::from_secs(1), "x", "eth9", async {
+            Ok::<_, rtnetlink::Error>(7)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(done, 7, "an answer within the limit passes through");
+    }
+
     async fn retried(script: Vec<Result<u32, i32>>) -> (Result<u32, Option<i32>>, usize) {
         let tries = std::cell::Cell::new(0);
         let out = retry_transient(|| {

@@ -46,15 +46,18 @@ impl ConnectOptions {
 
 impl ConnectOptions {
     /// The options for the local Redis from `[redis]`: its credentials, TLS (with the `[sentinel.tls]`
-    /// files) when `redis.tls` is set, and the Sentinel timeout.
+    /// files) when `redis.tls` is set, and the Sentinel timeout. Certificate checks are skipped only by
+    /// `redis.tls_insecure`: `sentinel.tls.insecure` is for the Sentinels alone.
     pub fn redis(redis: &RedisConfig, sentinel: &SentinelConfig) -> Self {
         Self {
             username: redis.username.clone(),
             password: redis.password.clone(),
-            tls: if redis.tls {
-                sentinel.tls.clone()
-            } else {
-                None
+            tls: match &sentinel.tls {
+                Some(t) if redis.tls => Some(TlsConfig {
+                    insecure: redis.tls_insecure,
+                    ..t.clone()
+                }),
+                _ => None,
             },
             timeout: sentinel.timeout.get(),
         }
@@ -64,13 +67,18 @@ impl ConnectOptions {
 impl ConnectOptions {
     /// How to reach a Redis of the deployment for `ROLE` (corroboration, `confirm_role`): the `[redis]`
     /// credentials when configured (a deployment's Redis usually share `requirepass`), otherwise the
-    /// Sentinel's TLS setting without credentials.
+    /// Sentinel's TLS files without credentials, always verifying (`sentinel.tls.insecure` is for the
+    /// Sentinels alone).
     pub fn role_check(cfg: &crate::config::Config) -> Self {
         match &cfg.redis {
             Some(r) => Self::redis(r, &cfg.sentinel),
             None => Self {
                 username: None,
                 password: None,
+                tls: cfg.sentinel.tls.clone().map(|t| TlsConfig {
+                    insecure: false,
+                    ..t
+                }),
                 ..Self::sentinel(&cfg.sentinel)
             },
         }
@@ -452,7 +460,24 @@ pub async fn confirm_role(
         &redis::cmd("ROLE"),
         opts.timeout,
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // Asked without a password (no `[redis]` password): say where the password goes.
+        SentinelError::Reply {
+            peer,
+            source: ReplyError::Server { command, message },
+        } if opts.password.is_none() && message.starts_with("NOAUTH") => SentinelError::Reply {
+            peer,
+            source: ReplyError::Server {
+                command,
+                message: format!(
+                    "{message} (this redis has requirepass: set password in [redis], with \
+                     pause_writes = false to use it only for ROLE)"
+                ),
+            },
+        },
+        other => other,
+    })?;
     let role =
         parse::parse_role_reply(&reply).map_err(|source| SentinelError::Reply { peer, source })?;
     Ok(role == "master")
@@ -473,6 +498,41 @@ mod tests {
         let shown = format!("{opts:?}");
         assert!(!shown.contains("hunter2-xyz"), "{shown}");
         assert!(shown.contains("havip"));
+    }
+
+    /// Regression: `[sentinel.tls] insecure` silently turned off certificate checks for `[redis]` too.
+    #[test]
+    fn sentinel_insecure_never_reaches_redis_which_has_its_own_setting() {
+        let cfg = |redis: &str| {
+            crate::config::Config::parse_str(
+                &format!(
+                    "[cloud]\nregion = \"ap-guangzhou\"\n[node]\ninstance_id = \"ins-a\"\n\
+                     address = \"198.18.0.11\"\ninterface = \"eth0\"\n[sentinel]\n\
+                     addresses = [\"198.18.0.1:26379\"]\n[sentinel.tls]\nca_file = \"/ca.pem\"\n\
+                     insecure = true\n{redis}\n[[havip]]\nmaster = \"m\"\nhavip_id = \"havip-1\"\n\
+                     vip = \"198.18.0.100/24\"\n"
+                ),
+                std::path::Path::new("t.toml"),
+            )
+            .unwrap()
+        };
+        let insecure = |o: &ConnectOptions| o.tls.as_ref().map(|t| t.insecure);
+
+        let c = cfg("[redis]\ntls = true");
+        assert_eq!(insecure(&ConnectOptions::sentinel(&c.sentinel)), Some(true));
+        let r = ConnectOptions::redis(c.redis.as_ref().unwrap(), &c.sentinel);
+        assert_eq!(insecure(&r), Some(false), "redis verifies by default");
+        assert_eq!(
+            r.tls.unwrap().ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem")),
+            "the CA file is shared"
+        );
+        assert_eq!(insecure(&ConnectOptions::role_check(&c)), Some(false));
+        assert_eq!(insecure(&ConnectOptions::role_check(&cfg(""))), Some(false));
+
+        let c = cfg("[redis]\ntls = true\ntls_insecure = true");
+        let r = ConnectOptions::redis(c.redis.as_ref().unwrap(), &c.sentinel);
+        assert_eq!(insecure(&r), Some(true), "only by its own setting");
     }
 
     #[test]
