@@ -168,6 +168,7 @@ async fn accept_loop(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut next_id = 0u64;
+    let mut cap_log = CapLog::default();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -186,12 +187,14 @@ async fn accept_loop(
         };
         let id = next_id;
         next_id += 1;
-        if !make_room(&slots, limits.max_connections) {
-            tracing::debug!(
-                "http endpoint: every connection is inside a handler; closing a new one"
-            );
-            drop(stream);
-            continue;
+        match make_room(&slots, limits.max_connections) {
+            Room::Free => {}
+            Room::Evicted => cap_log.hit(),
+            Room::AllBusy => {
+                cap_log.hit();
+                drop(stream);
+                continue;
+            }
         }
         let busy = Arc::new(AtomicUsize::new(0));
         let conn = serve_conn(
@@ -222,12 +225,47 @@ async fn accept_loop(
     Ok(())
 }
 
-/// Frees a slot if the cap is reached, by aborting the oldest connection not inside a handler. False when
-/// every connection is inside one.
-fn make_room(slots: &Slots, max: usize) -> bool {
+/// What [`make_room`] found.
+enum Room {
+    /// Below the cap.
+    Free,
+    /// At the cap; the oldest idle connection was closed.
+    Evicted,
+    /// At the cap and every connection inside a handler: the new one is closed instead.
+    AllBusy,
+}
+
+/// A warning at most once a minute while the cap is being hit: a flood is worth knowing about, but one
+/// line per connection would flood the journal instead.
+#[derive(Default)]
+struct CapLog {
+    last: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl CapLog {
+    fn hit(&mut self) {
+        self.since += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                closed = self.since,
+                "http endpoint: connection cap reached; closing the oldest idle connections"
+            );
+            self.last = Some(now);
+            self.since = 0;
+        }
+    }
+}
+
+/// Frees a slot if the cap is reached, by aborting the oldest connection not inside a handler.
+fn make_room(slots: &Slots, max: usize) -> Room {
     let mut slots = lock(slots);
     if slots.len() < max.max(1) {
-        return true;
+        return Room::Free;
     }
     let victim = slots
         .iter()
@@ -236,12 +274,9 @@ fn make_room(slots: &Slots, max: usize) -> bool {
     match victim.and_then(|id| slots.remove(&id)) {
         Some(s) => {
             s.abort.abort();
-            tracing::debug!(
-                "http endpoint: connection cap reached; closed the oldest idle connection"
-            );
-            true
+            Room::Evicted
         }
-        None => false,
+        None => Room::AllBusy,
     }
 }
 
