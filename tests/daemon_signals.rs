@@ -24,6 +24,49 @@ impl Drop for Proc {
     }
 }
 
+/// Reads the agent's stderr lines into a channel.
+fn stderr_lines(agent: &mut Proc) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = agent.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects lines until one contains `needle` (panics with the log at the deadline).
+fn wait_for_line(rx: &mpsc::Receiver<String>, log: &mut Vec<String>, needle: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !log.iter().any(|l| l.contains(needle)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => panic!("no log line with {needle:?}:\n{}", log.join("\n")),
+        }
+    }
+}
+
+/// Sends SIGTERM and waits (bounded) for the exit.
+fn terminate(agent: &mut Proc) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs the agent in place).
+    assert_eq!(unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(s) = agent.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Every sd_notify datagram received so far.
 fn notifications(sock: &UnixDatagram) -> Vec<String> {
     let mut out = Vec::new();
@@ -97,27 +140,9 @@ on_shutdown = "release"
             .spawn()
             .expect("start the agent"),
     );
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = agent.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stderr_lines(&mut agent);
     let mut log = Vec::new();
-    let deadline = Instant::now() + PATIENCE;
-    while !log
-        .iter()
-        .any(|l: &String| l.contains("starting havip-agent"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => log.push(line),
-            Err(_) => panic!("the agent never started:\n{}", log.join("\n")),
-        }
-    }
+    wait_for_line(&rx, &mut log, "starting havip-agent");
     let before = notifications(&notify);
     assert!(
         !before.iter().any(|m| m.contains("READY=1")),
@@ -125,19 +150,7 @@ on_shutdown = "release"
     );
 
     // Act
-    // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs the agent in place).
-    assert_eq!(unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = agent.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = terminate(&mut agent);
     log.extend(rx.iter());
     let log = log.join("\n");
     let sent = notifications(&notify);
@@ -153,4 +166,65 @@ on_shutdown = "release"
     assert!(log.contains("stopped"), "{log}");
     assert!(!sent.iter().any(|m| m.contains("READY=1")), "{sent:?}");
     assert!(sent.iter().any(|m| m.contains("STOPPING=1")), "{sent:?}");
+}
+
+#[test]
+fn sigterm_while_start_up_waits_for_the_metadata_service_exits_cleanly() {
+    // Arrange: a metadata service that accepts and never answers, and `instance_id = "auto"`, so start-up
+    // waits on it (no namespace needed: the agent never gets as far as the interface).
+    let metadata = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = metadata.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[cloud]
+region = "ap-guangzhou"
+metadata_endpoint = "http://127.0.0.1:{port}/latest/meta-data/"
+
+[node]
+interface = "lo"
+
+[sentinel]
+addresses = ["127.0.0.1:1"]
+
+[[havip]]
+master = "mymaster"
+havip_id = "havip-sigterm2"
+vip = "198.18.7.250/24"
+"#
+        ),
+    )
+    .unwrap();
+    let mut agent = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_havip-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent"),
+    );
+    let rx = stderr_lines(&mut agent);
+    let mut log = Vec::new();
+    // Logged right after the signal handlers are installed, before the config is read.
+    wait_for_line(&rx, &mut log, "open-file limit");
+    // The agent's connection to the metadata service is pending: start-up is waiting on it.
+    let (_held, _) = metadata.accept().unwrap();
+
+    // Act
+    let status = terminate(&mut agent);
+    log.extend(rx.iter());
+    let log = log.join("\n");
+
+    // Assert
+    assert!(status.success(), "exit {status:?}, log:\n{log}");
+    assert!(
+        log.contains("sigterm during start-up, before the agent started: stopped"),
+        "{log}"
+    );
 }
