@@ -3,6 +3,12 @@
 //! Owns routing and the HTTP side of each answer. It does not produce the data: `metrics`, `status` and
 //! the daemon's [`Health`] beats do. The endpoint is read-only and unauthenticated, which is why it is off
 //! by default and the example binds it to loopback.
+//!
+//! Owns the endpoint's bounds too ([`HttpLimits`], issue 11), so that local clients cannot use up the
+//! agent's descriptors or hold up its shutdown: a head timeout (which is also the idle keep-alive
+//! timeout), a connection cap that evicts the oldest idle connection so a fresh `/healthz` is still
+//! answered, head size limits, no request bodies, and a shutdown that waits for no client longer than a
+//! grace period.
 
 use std::collections::BTreeMap;
 use std::future::Future;
