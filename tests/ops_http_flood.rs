@@ -108,11 +108,13 @@ async fn fifteen_hundred_idle_connections_neither_exhaust_descriptors_nor_block_
         idle.push(s);
     }
 
-    // Assert: the server side holds at most its cap (the other descriptors are the clients' own ends).
+    // Assert: the server side holds at most its cap (the other descriptors are the clients' own ends; the
+    // slack is for the agent's own sockets, which may come and go meanwhile).
+    const SLACK: usize = 16;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let server_side = loop {
         let server_side = open_fds().saturating_sub(fds_before + IDLE_CLIENTS);
-        if server_side <= cap {
+        if server_side <= cap + SLACK {
             break server_side;
         }
         assert!(
