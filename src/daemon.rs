@@ -1284,15 +1284,25 @@ pub enum StartError {
 /// the HTTP endpoint, talks to systemd (`READY=1`, `WATCHDOG=1` while every task makes progress,
 /// `STOPPING=1`), and runs until SIGTERM or SIGINT.
 pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
-    use anyhow::Context;
     let perm = |e: anyhow::Error| StartError::Permanent(e);
-    let boot = crate::boot::boot(config_path).await.map_err(|e| {
-        if e.is_transient() {
-            StartError::Transient(e.into())
-        } else {
-            StartError::Permanent(e.into())
+    // First thing: from here on SIGTERM/SIGINT are queued for the loops below instead of killing the process,
+    // so a stop during start-up (systemd's TimeoutStartSec, an operator) still runs `agent.on_shutdown`.
+    let mut signals = Signals::install().map_err(perm)?;
+    crate::process::harden();
+    let boot = tokio::select! {
+        b = crate::boot::boot(config_path) => b.map_err(|e| {
+            if e.is_transient() {
+                StartError::Transient(e.into())
+            } else {
+                StartError::Permanent(e.into())
+            }
+        })?,
+        name = signals.recv() => {
+            // Nothing was claimed yet, so there is no shutdown policy to apply.
+            info!("{name} during start-up, before the agent started: stopped");
+            return Ok(());
         }
-    })?;
+    };
     let cfg = boot.cfg.clone();
     let identity = boot.identity.clone();
     for w in crate::check::cleartext_warnings(&cfg) {
@@ -1372,28 +1382,32 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
         None => None,
     };
     // READY=1 once the Sentinel watch is up: the first Sentinel answered (or a bounded wait passed, so a
-    // deployment whose Sentinels are all down still starts and reports it in /status and /healthz).
+    // deployment whose Sentinels are all down still starts and reports it in /status and /healthz). A signal
+    // during the wait stops the agent through the same path as after READY.
+    let mut stop_early = None;
     {
         let mut snaps = agent.watcher().snapshots();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            snaps.wait_for(|s| s.reachable() > 0),
-        )
-        .await;
+        tokio::select! {
+            _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                snaps.wait_for(|s| s.reachable() > 0),
+            ) => {}
+            name = signals.recv() => stop_early = Some(name),
+        }
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(name) = stop_early {
+        info!("{name} before ready: stopping");
+    } else {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")
-        .map_err(perm)?;
     let watchdog = sd_notify::watchdog_enabled();
     let ping_every = watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(5));
     let mut tick = tokio::time::interval(ping_every.max(Duration::from_millis(100)));
     let mut was_healthy = true;
-    loop {
+    while stop_early.is_none() {
         tokio::select! {
-            _ = sigterm.recv() => { info!("sigterm: stopping"); break; }
-            _ = tokio::signal::ctrl_c() => { info!("sigint: stopping"); break; }
+            name = signals.recv() => { info!("{name}: stopping"); break; }
             _ = tick.tick() => {
                 // The watchdog is fed only while every task makes progress; a stuck one gets us restarted.
                 match health.check() {
@@ -1423,6 +1437,31 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
     alerter.flush(Duration::from_secs(5)).await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGTERM and SIGINT, registered once at the start of [`run`] so that none is lost or fatal afterwards.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// The next signal's name, as the log lines say it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "sigterm",
+            _ = self.int.recv() => "sigint",
+        }
+    }
 }
 
 impl crate::cloud::ApiObserver for Metrics {

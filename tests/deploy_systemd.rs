@@ -104,6 +104,22 @@ fn unit_has_the_required_settings() {
     assert_eq!(one(&unit, "Install", "WantedBy"), "multi-user.target");
 }
 
+// Issue 11: about 1000 idle clients used to exhaust a 1024-descriptor soft limit, and a watchdog abort could
+// dump core with the cloud keys in it.
+#[test]
+fn unit_raises_the_descriptor_limit_and_forbids_core_dumps() {
+    let unit = parse_unit(&std::fs::read_to_string(deploy("havip-agent.service")).unwrap());
+    let nofile = one(&unit, "Service", "LimitNOFILE");
+    // `soft:hard` or one value for both; each must be a number, at least 65536.
+    for part in nofile.split(':') {
+        let n: u64 = part
+            .parse()
+            .unwrap_or_else(|_| panic!("LimitNOFILE={nofile}: not a number"));
+        assert!(n >= 65536, "LimitNOFILE={nofile}: below 65536");
+    }
+    assert_eq!(one(&unit, "Service", "LimitCORE"), "0");
+}
+
 #[test]
 fn unit_exposure_score_stays_low() {
     let tool = ensure_tool("systemd-analyze", "systemd");
