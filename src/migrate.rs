@@ -546,6 +546,14 @@ impl OneShot {
             args.config.as_deref(),
             std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
         );
+        // With file capabilities (or setuid) the caller is weaker than this process: it must not choose
+        // the config (and so the VIP, the interface and the lock directory).
+        let path = crate::privs::trusted_config(
+            &path,
+            std::path::Path::new(crate::privs::TRUSTED_CONFIG_PATH),
+            crate::privs::at_secure(),
+        )
+        .map_err(permanent)?;
         let cfg = Config::load(&path).map_err(permanent)?;
         let Some(havip) = cfg.havip_for_master(master).cloned() else {
             return Ok(None);

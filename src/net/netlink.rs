@@ -254,7 +254,11 @@ impl LocalNet for KernelNet {
 
     async fn bind(&self, vip: VipCidr) -> Result<Change, NetError> {
         let link = self.link().await?;
-        let existing = self.find(link.index, vip.addr).await?;
+        let all = self.dump_v4(link.index).await?;
+        let existing: Vec<&AddressMessage> = all
+            .iter()
+            .filter(|m| local_v4(m) == Some(vip.addr))
+            .collect();
         if let Some(m) = existing.first() {
             if m.header.prefix_len != vip.prefix {
                 tracing::warn!(
@@ -264,6 +268,18 @@ impl LocalNet for KernelNet {
             }
             return Ok(Change::AlreadyDone);
         }
+        // The one place every bind passes (daemon and migrate-havip): refuse a VIP outside the interface's
+        // subnets before touching anything.
+        let on_interface: Vec<VipCidr> = all
+            .iter()
+            .filter_map(|m| {
+                Some(VipCidr {
+                    addr: local_v4(m)?,
+                    prefix: m.header.prefix_len,
+                })
+            })
+            .collect();
+        super::check_vip_subnet(vip, &self.ifname, &on_interface)?;
         match self
             .handle
             .address()
