@@ -537,6 +537,8 @@ async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
 struct OneShot {
     boot: Boot,
     havip: HavipConfig,
+    /// The interface, opened once: opening it drops the capabilities, so it cannot be opened again.
+    net: tokio::sync::OnceCell<Arc<dyn LocalNet>>,
 }
 
 impl OneShot {
@@ -568,7 +570,11 @@ impl OneShot {
                 permanent(e)
             }
         })?;
-        Ok(Some(OneShot { boot, havip }))
+        Ok(Some(OneShot {
+            boot,
+            havip,
+            net: tokio::sync::OnceCell::new(),
+        }))
     }
 
     fn machine(&self, pause: Duration) -> HavipMachine {
@@ -629,7 +635,11 @@ impl OneShot {
         with_cloud: bool,
     ) -> Result<(Executor, Option<CloudProblem>), Failure> {
         let cfg = &self.boot.cfg;
-        let net = open_interface(cfg).await?;
+        let net = self
+            .net
+            .get_or_try_init(|| open_interface(cfg))
+            .await?
+            .clone();
         let (client, problem) = if with_cloud {
             let cloud = self
                 .boot
@@ -905,13 +915,23 @@ fn claim_failure(e: ClaimError) -> Failure {
     }
 }
 
-/// Checks the two capabilities, then opens `node.interface` (netlink + packet socket).
+/// Checks the two capabilities, opens `node.interface` (netlink + packet socket), then drops every
+/// capability but `CAP_NET_ADMIN`, which goes after the one address change (see
+/// [`crate::net::caps::DropAfterChange`]). Called once per run: the capabilities are gone afterwards.
 async fn open_interface(cfg: &Config) -> Result<Arc<dyn LocalNet>, Failure> {
     crate::net::require_capabilities().map_err(permanent)?;
     let net = KernelNet::open(&cfg.node.interface)
         .await
         .map_err(net_failure)?;
-    Ok(Arc::new(net))
+    net.open_announcer().map_err(net_failure)?;
+    crate::net::caps::drop_capabilities(
+        crate::net::caps::NET_ADMIN_MASK,
+        "after opening the sockets",
+    )
+    .map_err(permanent)?;
+    Ok(Arc::new(crate::net::caps::DropAfterChange::new(Arc::new(
+        net,
+    ))))
 }
 
 #[cfg(test)]

@@ -283,11 +283,21 @@ pub fn clear_for_exec() -> io::Result<()> {
     })
 }
 
-/// `CapEff` of this process from `/proc/self/status`, for logs and tests (`None` if unreadable).
+/// `CapEff` of this process, for logs and tests: the union over all its threads (`/proc/self/task/*/status`),
+/// because capabilities are per thread and a thread started before a drop keeps what it had. `None` if
+/// unreadable.
 pub fn cap_eff() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| crate::net::caps::parse_cap_eff(&s))
+    let mut eff = 0;
+    let mut seen = false;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        // A thread that ended since the listing has no status any more; it holds nothing either.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        eff |= crate::net::caps::parse_cap_eff(&status)?;
+        seen = true;
+    }
+    seen.then_some(eff)
 }
 
 #[cfg(test)]

@@ -119,6 +119,13 @@ impl KernelNet {
         })
     }
 
+    /// Opens the packet socket for gratuitous ARP now rather than on the first announcement (needs
+    /// `CAP_NET_RAW`), so that a process can drop `CAP_NET_RAW` before it announces. The socket is reopened
+    /// only if the interface is re-created under the same name, which would then need the capability again.
+    pub fn open_announcer(&self) -> Result<(), NetError> {
+        self.garp_sender(self.cached()).map(drop)
+    }
+
     /// The interface's MAC address (the sender MAC of every announcement), as last seen by the kernel.
     pub fn mac(&self) -> [u8; 6] {
         self.cached().mac
