@@ -539,6 +539,34 @@ struct OneShot {
     havip: HavipConfig,
     /// The interface, opened once: opening it drops the capabilities, so it cannot be opened again.
     net: tokio::sync::OnceCell<Arc<dyn LocalNet>>,
+    /// [`MIGRATE_ENV_FILE`] beside the config.
+    env_file: PathBuf,
+}
+
+/// `migrate-havip`'s own credentials file, in the config's directory: `KEY=VALUE` lines
+/// (`TENCENTCLOUD_SECRET_ID`, `TENCENTCLOUD_SECRET_KEY`, optionally `TENCENTCLOUD_TOKEN`), read by the
+/// command itself, so Sentinel's environment carries no key. Optional: without it the CAM role is used.
+pub const MIGRATE_ENV_FILE: &str = "migrate.env";
+
+/// The `TENCENTCLOUD_*` entries of an env file (`KEY=VALUE`, `#` comments, optional quotes). A missing
+/// file is empty; an unreadable one is logged (its path, never its content) and empty.
+fn read_env_file(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Default::default(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the credentials file; using the CAM role");
+            return Default::default();
+        }
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches('"').trim_matches('\'')))
+        .filter(|(k, _)| k.starts_with("TENCENTCLOUD_"))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 impl OneShot {
@@ -556,6 +584,10 @@ impl OneShot {
             crate::privs::at_secure(),
         )
         .map_err(permanent)?;
+        let env_file = path
+            .parent()
+            .unwrap_or(std::path::Path::new("/"))
+            .join(MIGRATE_ENV_FILE);
         let cfg = Config::load(&path).map_err(permanent)?;
         let Some(havip) = cfg.havip_for_master(master).cloned() else {
             return Ok(None);
@@ -574,6 +606,7 @@ impl OneShot {
             boot,
             havip,
             net: tokio::sync::OnceCell::new(),
+            env_file,
         }))
     }
 
@@ -641,10 +674,17 @@ impl OneShot {
             .await?
             .clone();
         let (client, problem) = if with_cloud {
-            let cloud = self
-                .boot
-                .cloud(&|k: &str| std::env::var(k).ok(), None)
-                .await;
+            let file = read_env_file(&self.env_file);
+            // Privileged (AT_SECURE): the caller's environment is the caller's, not the host's; only
+            // the root-owned file (or the CAM role) names the credentials.
+            let trust_env = !crate::privs::at_secure();
+            let lookup = move |k: &str| {
+                trust_env
+                    .then(|| std::env::var(k).ok())
+                    .flatten()
+                    .or_else(|| file.get(k).cloned())
+            };
+            let cloud = self.boot.cloud(&lookup, None).await;
             (cloud.client, cloud.problem)
         } else {
             (None, None)
@@ -976,6 +1016,22 @@ mod tests {
             let e = parse_notification(&strs(args)).unwrap_err().to_string();
             assert!(e.contains(want), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_credentials_file_gives_only_tencentcloud_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join(MIGRATE_ENV_FILE);
+        std::fs::write(
+            &f,
+            "# keys\nTENCENTCLOUD_SECRET_ID=AKIDx\nTENCENTCLOUD_SECRET_KEY=\"k y\"\nPATH=/evil\nnot a line\n",
+        )
+        .unwrap();
+        let got = read_env_file(&f);
+        assert_eq!(got.len(), 2, "{:?}", got.keys());
+        assert_eq!(got["TENCENTCLOUD_SECRET_ID"], "AKIDx");
+        assert_eq!(got["TENCENTCLOUD_SECRET_KEY"], "k y");
+        assert!(read_env_file(&dir.path().join("absent")).is_empty());
     }
 
     #[test]

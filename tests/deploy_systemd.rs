@@ -197,10 +197,16 @@ fn sentinel_dropin_verifies_against_debians_unit() {
     assert_eq!(words(&dropin, s, "ExecPaths"), ["/usr/bin/migrate-havip"]);
     assert_eq!(words(&dropin, s, "SupplementaryGroups"), ["havip-agent"]);
     assert_eq!(words(&dropin, s, "ReadWritePaths"), ["/run/havip-agent"]);
-    assert_eq!(
-        one(&dropin, s, "Environment"),
-        "HAVIP_AGENT_CONFIG=/etc/havip-agent/config.toml"
-    );
+    // Grants Sentinel itself nothing: no capability of its own, and no key in its environment (every
+    // script it runs would inherit it). migrate-havip has file capabilities and its own credentials.
+    for key in ["AmbientCapabilities", "EnvironmentFile", "Environment"] {
+        assert!(
+            words(&dropin, s, key).is_empty(),
+            "the drop-in sets {key}: {:?}",
+            words(&dropin, s, key)
+        );
+    }
+    assert_eq!(one(&dropin, s, "NoNewPrivileges"), "no");
 }
 
 // The drop-in must really change what Debian's sandbox allows (list settings merge, booleans override):
@@ -216,8 +222,8 @@ fn sentinel_dropin_grants_what_migrate_havip_needs() {
             .arg(&unit)))
     };
     let granted = [
-        "✗ AmbientCapabilities=",
         "✗ CapabilityBoundingSet=~CAP_NET_ADMIN",
+        "✗ NoNewPrivileges=",
         "✗ RestrictAddressFamilies=~AF_PACKET",
         "✗ RestrictAddressFamilies=~AF_NETLINK",
         "✗ PrivateUsers=",
@@ -235,6 +241,7 @@ fn sentinel_dropin_grants_what_migrate_havip_needs() {
             "the drop-in does not grant {line}:\n{with}"
         );
     }
-    // Still sandboxed otherwise.
+    // Still sandboxed otherwise, and Sentinel holds no capability of its own.
     assert!(with.contains("✓ RestrictAddressFamilies=~…"), "{with}");
+    assert!(with.contains("✓ AmbientCapabilities="), "{with}");
 }
