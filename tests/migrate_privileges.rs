@@ -1,7 +1,8 @@
 //! `migrate-havip` and its privileges, for real: a copy of the built binary with file capabilities
 //! (`setcap cap_net_admin,cap_net_raw+ep`) run by an unprivileged user this test creates must not read a
 //! config its caller chose; and a claim drops every capability once its sockets are open and its one
-//! address change is made (the binary logs the effective set of all its threads at debug level).
+//! address change is made (the binary logs the effective set of all its threads at debug level); and it
+//! refuses a VIP outside the subnet on its interface.
 //! Needs root, `setcap`, `useradd`/`userdel` and network namespaces (198.18.0.0/15).
 
 mod migrate_support;
@@ -165,11 +166,11 @@ fn cap_eff_at(stderr: &str, stage: &str) -> String {
     line[line.len().saturating_sub(16)..].to_owned()
 }
 
-#[test]
-fn a_claim_drops_every_capability_once_its_sockets_are_open_and_the_vip_is_bound() {
-    // Arrange: one node in a namespace, the fake cloud, three fake Sentinels naming this node.
-    let ns = ns_with_nics("mig-caps", &[("eth0", "peer0")]);
-    ns.add_addr("eth0", &format!("{ME}/24")).unwrap();
+/// One node in a namespace whose `eth0` carries `node_addr` (this node's address [`ME`] with some prefix),
+/// the fake cloud, three fake Sentinels naming this node; runs a claim as root (all capabilities).
+fn claim_as_root(prefix: &str, node_addr: &str) -> (Netns, Run) {
+    let ns = ns_with_nics(prefix, &[("eth0", "peer0")]);
+    ns.add_addr("eth0", node_addr).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -190,8 +191,14 @@ fn a_claim_drops_every_capability_once_its_sockets_are_open_and_the_vip_is_bound
     env.push(("HAVIP_AGENT_CONFIG", cfg.display().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
-    // Act: a claim, run by root (all capabilities, so a drop that did nothing would show).
     let r = run(migrate_cmd(&ns, &["--master", MASTER, "--to", ME], &env));
+    (ns, r)
+}
+
+#[test]
+fn a_claim_drops_every_capability_once_its_sockets_are_open_and_the_vip_is_bound() {
+    // Arrange + act: a claim run by root (all capabilities, so a drop that did nothing would show).
+    let (ns, r) = claim_as_root("mig-caps", &format!("{ME}/24"));
 
     // Assert: claimed, and the logged effective sets: only CAP_NET_ADMIN (bit 12) after the sockets are
     // open, nothing after the address change.
@@ -209,4 +216,15 @@ fn a_claim_drops_every_capability_once_its_sockets_are_open_and_the_vip_is_bound
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn a_claim_refuses_a_vip_whose_prefix_differs_from_the_subnet_on_the_interface() {
+    // The node's subnet is a /25; the configured VIP 198.18.0.1/24 claims a /24 around it.
+    let (ns, r) = claim_as_root("mig-subnet", &format!("{ME}/25"));
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    for want in [VIP, "\"eth0\"", &format!("addresses found: {ME}/25")] {
+        assert!(r.stderr.contains(want), "{want} not in:\n{}", r.stderr);
+    }
+    assert_eq!(ns.ipv4_addrs("eth0").unwrap(), [format!("{ME}/25")]);
 }
