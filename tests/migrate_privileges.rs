@@ -67,9 +67,11 @@ fn with_file_capabilities_it_refuses_a_config_its_unprivileged_caller_chose() {
         .unwrap();
     assert!(chown.success());
 
-    // Act: run it as that user (setpriv drops root for good before the exec, as a login would).
-    let out = Command::new("setpriv")
-        .args([
+    // Act: run it as that user (setpriv drops root for good before the exec, as a login would), naming the
+    // file in the environment (Sentinel's way) and with --config (an operator's way).
+    let run_as_user = |config_flag: bool| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
             "--reuid",
             &user.0,
             "--regid",
@@ -80,21 +82,27 @@ fn with_file_capabilities_it_refuses_a_config_its_unprivileged_caller_chose() {
         .arg(&bin)
         .args(["--master", MASTER, "--to", "198.18.0.2"])
         .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HAVIP_AGENT_CONFIG", &evil)
-        .output()
-        .expect("setpriv (util-linux)");
+        .env("PATH", "/usr/bin:/bin");
+        if config_flag {
+            cmd.arg("--config").arg(&evil);
+        } else {
+            cmd.env("HAVIP_AGENT_CONFIG", &evil);
+        }
+        cmd.output().expect("setpriv (util-linux)")
+    };
 
     // Assert: exit 2, saying why and what to do; the file was not read (so nothing it names was used).
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    for want in [
-        format!("refusing config {}", evil.display()),
-        "runs with capabilities its caller lacks".to_owned(),
-        format!("reads only {}", havip_agent::privs::TRUSTED_CONFIG_PATH),
-        "run it as root or without the file capabilities".to_owned(),
-    ] {
-        assert!(stderr.contains(&want), "{want:?} not in:\n{stderr}");
+    for (how, out) in [("env", run_as_user(false)), ("--config", run_as_user(true))] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{how}: {stderr}");
+        for want in [
+            format!("refusing config {}", evil.display()),
+            "runs with capabilities its caller lacks".to_owned(),
+            format!("reads only {}", havip_agent::privs::TRUSTED_CONFIG_PATH),
+            "run it as root or without the file capabilities".to_owned(),
+        ] {
+            assert!(stderr.contains(&want), "{how}: {want:?} not in:\n{stderr}");
+        }
     }
 }
 
