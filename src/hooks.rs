@@ -8,8 +8,13 @@
 //!
 //! A hook is called as `<path> <event> <havip_id> <vip> <master> <result>` with the same values in
 //! `HAVIP_EVENT`, `HAVIP_ID`, `HAVIP_VIP`, `HAVIP_MASTER`, `HAVIP_RESULT` and `HAVIP_FAILOVER_ID`.
-//! `<event>` is `acquired` or `released`. Cloud credentials in the agent's environment
-//! (`TENCENTCLOUD_*`) are not passed on.
+//! `<event>` is `acquired` or `released`.
+//!
+//! A hook runs with nothing of the agent's privileges: no capabilities (the ambient, inheritable and, when
+//! the agent runs as root, bounding sets are cleared in the child before `exec`) and a minimal environment:
+//! exactly `PATH=/usr/sbin:/usr/bin:/sbin:/bin`, `LANG=C.UTF-8` and the `HAVIP_*` variables above. Nothing
+//! else of the agent's environment is passed on, so neither the cloud credentials (`TENCENTCLOUD_*`) nor
+//! anything an operator set for the agent. A hook that needs more sets it itself.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -29,12 +34,10 @@ pub const DEFAULT_QUEUE: usize = 64;
 /// Bytes of stdout and of stderr kept for the log; the rest is read and discarded.
 pub const OUTPUT_LIMIT: usize = 4096;
 
-/// Environment variables never passed to a hook: the agent's cloud credentials.
-const SCRUBBED_ENV: [&str; 3] = [
-    "TENCENTCLOUD_SECRET_ID",
-    "TENCENTCLOUD_SECRET_KEY",
-    "TENCENTCLOUD_TOKEN",
-];
+/// `PATH` of a hook: the system directories only.
+pub const HOOK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// `LANG` of a hook.
+pub const HOOK_LANG: &str = "C.UTF-8";
 
 /// Which hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +286,10 @@ async fn run_hook(event: HookEvent, path: &Path, ctx: &HookContext, timeout: Dur
         &ctx.master,
         &ctx.result,
     ])
+    // A minimal environment (module docs): the hook never sees the agent's own, which holds the cloud keys.
+    .env_clear()
+    .env("PATH", HOOK_PATH)
+    .env("LANG", HOOK_LANG)
     .env("HAVIP_EVENT", event.as_str())
     .env("HAVIP_ID", &ctx.havip)
     .env("HAVIP_VIP", &ctx.vip)
@@ -295,8 +302,10 @@ async fn run_hook(event: HookEvent, path: &Path, ctx: &HookContext, timeout: Dur
     // Its own process group, so a timeout kills whatever the hook started too.
     .process_group(0)
     .kill_on_drop(true);
-    for var in SCRUBBED_ENV {
-        cmd.env_remove(var);
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // syscalls (prctl, capget, capset); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(crate::privs::clear_for_exec);
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod net;
 pub mod node;
+pub mod privs;
 pub mod process;
 pub mod reconcile;
 pub mod secret;

@@ -537,6 +537,36 @@ async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
 struct OneShot {
     boot: Boot,
     havip: HavipConfig,
+    /// The interface, opened once: opening it drops the capabilities, so it cannot be opened again.
+    net: tokio::sync::OnceCell<Arc<dyn LocalNet>>,
+    /// [`MIGRATE_ENV_FILE`] beside the config.
+    env_file: PathBuf,
+}
+
+/// `migrate-havip`'s own credentials file, in the config's directory: `KEY=VALUE` lines
+/// (`TENCENTCLOUD_SECRET_ID`, `TENCENTCLOUD_SECRET_KEY`, optionally `TENCENTCLOUD_TOKEN`), read by the
+/// command itself, so Sentinel's environment carries no key. Optional: without it the CAM role is used.
+pub const MIGRATE_ENV_FILE: &str = "migrate.env";
+
+/// The `TENCENTCLOUD_*` entries of an env file (`KEY=VALUE`, `#` comments, optional quotes). A missing
+/// file is empty; an unreadable one is logged (its path, never its content) and empty.
+fn read_env_file(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Default::default(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the credentials file; using the CAM role");
+            return Default::default();
+        }
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches('"').trim_matches('\'')))
+        .filter(|(k, _)| k.starts_with("TENCENTCLOUD_"))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 impl OneShot {
@@ -546,6 +576,18 @@ impl OneShot {
             args.config.as_deref(),
             std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
         );
+        // With file capabilities (or setuid) the caller is weaker than this process: it must not choose
+        // the config (and so the VIP, the interface and the lock directory).
+        let path = crate::privs::trusted_config(
+            &path,
+            std::path::Path::new(crate::privs::TRUSTED_CONFIG_PATH),
+            crate::privs::at_secure(),
+        )
+        .map_err(permanent)?;
+        let env_file = path
+            .parent()
+            .unwrap_or(std::path::Path::new("/"))
+            .join(MIGRATE_ENV_FILE);
         let cfg = Config::load(&path).map_err(permanent)?;
         let Some(havip) = cfg.havip_for_master(master).cloned() else {
             return Ok(None);
@@ -560,7 +602,12 @@ impl OneShot {
                 permanent(e)
             }
         })?;
-        Ok(Some(OneShot { boot, havip }))
+        Ok(Some(OneShot {
+            boot,
+            havip,
+            net: tokio::sync::OnceCell::new(),
+            env_file,
+        }))
     }
 
     fn machine(&self, pause: Duration) -> HavipMachine {
@@ -621,12 +668,23 @@ impl OneShot {
         with_cloud: bool,
     ) -> Result<(Executor, Option<CloudProblem>), Failure> {
         let cfg = &self.boot.cfg;
-        let net = open_interface(cfg).await?;
+        let net = self
+            .net
+            .get_or_try_init(|| open_interface(cfg))
+            .await?
+            .clone();
         let (client, problem) = if with_cloud {
-            let cloud = self
-                .boot
-                .cloud(&|k: &str| std::env::var(k).ok(), None)
-                .await;
+            let file = read_env_file(&self.env_file);
+            // Privileged (AT_SECURE): the caller's environment is the caller's, not the host's; only
+            // the root-owned file (or the CAM role) names the credentials.
+            let trust_env = !crate::privs::at_secure();
+            let lookup = move |k: &str| {
+                trust_env
+                    .then(|| std::env::var(k).ok())
+                    .flatten()
+                    .or_else(|| file.get(k).cloned())
+            };
+            let cloud = self.boot.cloud(&lookup, None).await;
             (cloud.client, cloud.problem)
         } else {
             (None, None)
@@ -897,13 +955,23 @@ fn claim_failure(e: ClaimError) -> Failure {
     }
 }
 
-/// Checks the two capabilities, then opens `node.interface` (netlink + packet socket).
+/// Checks the two capabilities, opens `node.interface` (netlink + packet socket), then drops every
+/// capability but `CAP_NET_ADMIN`, which goes after the one address change (see
+/// [`crate::net::caps::DropAfterChange`]). Called once per run: the capabilities are gone afterwards.
 async fn open_interface(cfg: &Config) -> Result<Arc<dyn LocalNet>, Failure> {
     crate::net::require_capabilities().map_err(permanent)?;
     let net = KernelNet::open(&cfg.node.interface)
         .await
         .map_err(net_failure)?;
-    Ok(Arc::new(net))
+    net.open_announcer().map_err(net_failure)?;
+    crate::net::caps::drop_capabilities(
+        crate::net::caps::NET_ADMIN_MASK,
+        "after opening the sockets",
+    )
+    .map_err(permanent)?;
+    Ok(Arc::new(crate::net::caps::DropAfterChange::new(Arc::new(
+        net,
+    ))))
 }
 
 #[cfg(test)]
@@ -948,6 +1016,22 @@ mod tests {
             let e = parse_notification(&strs(args)).unwrap_err().to_string();
             assert!(e.contains(want), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_credentials_file_gives_only_tencentcloud_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join(MIGRATE_ENV_FILE);
+        std::fs::write(
+            &f,
+            "# keys\nTENCENTCLOUD_SECRET_ID=AKIDx\nTENCENTCLOUD_SECRET_KEY=\"k y\"\nPATH=/evil\nnot a line\n",
+        )
+        .unwrap();
+        let got = read_env_file(&f);
+        assert_eq!(got.len(), 2, "{:?}", got.keys());
+        assert_eq!(got["TENCENTCLOUD_SECRET_ID"], "AKIDx");
+        assert_eq!(got["TENCENTCLOUD_SECRET_KEY"], "k y");
+        assert!(read_env_file(&dir.path().join("absent")).is_empty());
     }
 
     #[test]

@@ -16,6 +16,24 @@ use havip_agent::net::{ArpCapture, ArpOp, CapturedFrame, Change, KernelNet, Loca
 use migrate_support::*;
 use tokio::time::Instant;
 
+/// The node's own address on `eth0`: a VIP is bound only inside the subnet of an address already on the
+/// interface (`net::check_vip_subnet`), as on a real VPC NIC.
+const NODE_ADDR: &str = "198.18.0.200/24";
+
+/// [`ns_with_nics`], with [`NODE_ADDR`] on `eth0`.
+fn ns_with_node_addr(name: &str, nics: &[(&str, &str)]) -> havip_agent::testbed::netns::Netns {
+    let ns = ns_with_nics(name, nics);
+    ns.add_addr("eth0", NODE_ADDR).unwrap();
+    ns
+}
+
+/// The addresses on `eth0` besides [`NODE_ADDR`].
+fn vips(ns: &havip_agent::testbed::netns::Netns) -> Vec<String> {
+    let mut a = ns.ipv4_addrs("eth0").unwrap();
+    a.retain(|a| a != NODE_ADDR);
+    a
+}
+
 /// An address announced after the act, as a barrier: every frame sent before it is captured before it.
 const MARKER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
 
@@ -128,7 +146,7 @@ fn check_garp(f: &CapturedFrame, mac: [u8; 6], vip: Ipv4Addr) {
 
 #[test]
 fn claim_binds_the_vip_once_and_sends_request_and_reply_garps_from_the_nic_mac() {
-    let ns = ns_with_nics("clm-garp", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-garp", &[("eth0", "peer0")]);
     let (out, steps, frames, mac, bound_events, holder) = ns.block_on(|| async {
         // Arrange: ins-a is in the drift range, ins-b holds the VIP.
         let h = Here::new(true).await;
@@ -168,11 +186,7 @@ fn claim_binds_the_vip_once_and_sends_request_and_reply_garps_from_the_nic_mac()
         "the fake saw the GARP and moved the holder: {out:?}"
     );
     assert_eq!(holder.as_deref(), Some("ins-a"));
-    assert_eq!(
-        ns.ipv4_addrs("eth0").unwrap(),
-        vec![VIP.to_owned()],
-        "bound once"
-    );
+    assert_eq!(vips(&ns), vec![VIP.to_owned()], "bound once");
     assert_eq!(
         bound_events.iter().filter(|e| e.added).count(),
         1,
@@ -216,7 +230,7 @@ fn claim_binds_the_vip_once_and_sends_request_and_reply_garps_from_the_nic_mac()
 
 #[test]
 fn claim_with_an_empty_drift_range_associates_before_the_first_garp() {
-    let ns = ns_with_nics("clm-assoc", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-assoc", &[("eth0", "peer0")]);
     ns.block_on(|| async {
         // Arrange: drift-range limiting on, nobody in range; ins-b holds.
         let h = Here::new(true).await;
@@ -268,7 +282,7 @@ fn claim_with_an_empty_drift_range_associates_before_the_first_garp() {
 
 #[test]
 fn claim_with_the_instance_already_in_range_makes_no_write_call() {
-    let ns = ns_with_nics("clm-inrange", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-inrange", &[("eth0", "peer0")]);
     ns.block_on(|| async {
         let h = Here::new(true).await;
         h.fake.add_havip(
@@ -297,7 +311,7 @@ fn claim_with_the_instance_already_in_range_makes_no_write_call() {
 
 #[test]
 fn claim_with_drift_range_limiting_off_makes_no_write_call() {
-    let ns = ns_with_nics("clm-nocheck", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-nocheck", &[("eth0", "peer0")]);
     ns.block_on(|| async {
         let h = Here::new(true).await;
         h.fake.add_havip(
@@ -323,7 +337,7 @@ fn claim_with_drift_range_limiting_off_makes_no_write_call() {
 
 #[test]
 fn repeated_claim_is_a_no_op_without_a_write_call_a_second_address_or_a_garp() {
-    let ns = ns_with_nics("clm-repeat", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-repeat", &[("eth0", "peer0")]);
     ns.block_on(|| async {
         // Arrange: a first, confirmed claim.
         let h = Here::new(true).await;
@@ -367,13 +381,13 @@ fn repeated_claim_is_a_no_op_without_a_write_call_a_second_address_or_a_garp() {
             .filter(|e| e.added)
             .count();
         assert_eq!(added, 1, "the kernel got the vip once over both claims");
-        assert_eq!(ns.ipv4_addrs("eth0").unwrap(), vec![VIP.to_owned()]);
+        assert_eq!(vips(&ns), vec![VIP.to_owned()]);
     });
 }
 
 #[test]
 fn release_removes_the_vip_without_an_api_call_and_a_second_release_is_already_done() {
-    let ns = ns_with_nics("clm-release", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-release", &[("eth0", "peer0")]);
     ns.add_addr("eth0", "198.18.0.2/24").unwrap();
     ns.block_on(|| async {
         let h = Here::new(true).await;
@@ -403,7 +417,7 @@ fn release_removes_the_vip_without_an_api_call_and_a_second_release_is_already_d
         assert_eq!(removed, 1, "one RTM_DELADDR");
     });
     assert_eq!(
-        ns.ipv4_addrs("eth0").unwrap(),
+        vips(&ns),
         vec!["198.18.0.2/24".to_owned()],
         "only the vip went"
     );
@@ -411,7 +425,7 @@ fn release_removes_the_vip_without_an_api_call_and_a_second_release_is_already_d
 
 #[test]
 fn vip_whose_address_is_a_prefix_of_another_is_bound_and_released_exactly() {
-    let ns = ns_with_nics("clm-prefix", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-prefix", &[("eth0", "peer0")]);
     // Case 1: 198.18.0.10 is there; claiming 198.18.0.1 must still bind .1, and release must leave .10.
     ns.add_addr("eth0", VIP_10).unwrap();
     ns.block_on(|| async {
@@ -429,7 +443,7 @@ fn vip_whose_address_is_a_prefix_of_another_is_bound_and_released_exactly() {
             .await
             .unwrap();
     });
-    assert_eq!(ns.ipv4_addrs("eth0").unwrap(), vec![VIP_10.to_owned()]);
+    assert_eq!(vips(&ns), vec![VIP_10.to_owned()]);
 
     // Case 2: the other way round: .1 is there, the VIP is .10.
     ns.del_addr("eth0", VIP_10).unwrap();
@@ -449,20 +463,17 @@ fn vip_whose_address_is_a_prefix_of_another_is_bound_and_released_exactly() {
         };
         let out = h.claim(&havip, &Steps::default()).await;
         assert!(!out.already_bound && out.confirmed, "{out:?}");
-        assert_eq!(
-            ns.ipv4_addrs("eth0").unwrap(),
-            vec![VIP.to_owned(), VIP_10.to_owned()]
-        );
+        assert_eq!(vips(&ns), vec![VIP.to_owned(), VIP_10.to_owned()]);
         let c = claimer(h.net(), "ins-a", &h.fake.endpoint());
         assert_eq!(c.release(&havip).await.unwrap(), Change::Applied);
         assert_eq!(c.release(&havip).await.unwrap(), Change::AlreadyDone);
     });
-    assert_eq!(ns.ipv4_addrs("eth0").unwrap(), vec![VIP.to_owned()]);
+    assert_eq!(vips(&ns), vec![VIP.to_owned()]);
 }
 
 #[test]
 fn exclusive_scope_removes_the_other_instances_after_a_confirmed_claim() {
-    let ns = ns_with_nics("clm-excl", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-excl", &[("eth0", "peer0")]);
     ns.block_on(|| async {
         let h = Here::new(true).await;
         h.fake.add_havip(
@@ -507,7 +518,7 @@ fn exclusive_scope_removes_the_other_instances_after_a_confirmed_claim() {
 #[test]
 fn exclusive_scope_does_not_narrow_when_the_move_is_not_confirmed() {
     // Guards against fencing out the old holder while this node never became the holder.
-    let ns = ns_with_nics("clm-exclno", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-exclno", &[("eth0", "peer0")]);
     ns.block_on(|| async {
         // No GARP watcher: the fake never sees the announcement, the holder stays ins-b.
         let h = Here::new(false).await;
@@ -582,7 +593,7 @@ fn aborted_claim_sends_no_further_garp() {
     const SPREAD: Duration = Duration::from_secs(2);
     /// Longer than what is left of the spread when the abort comes.
     const LISTEN: Duration = Duration::from_millis(2500);
-    let ns = ns_with_nics("clm-abort", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-abort", &[("eth0", "peer0")]);
     let (before, after, aborted) = ns.block_on(|| async {
         // No GARP watcher: the holder never moves, so the claim is never confirmed and keeps announcing.
         let h = Here::new(false).await;
@@ -660,7 +671,7 @@ fn aborted_claim_sends_no_further_garp() {
 fn eni_mode_claim_associates_the_eni_and_confirms_by_network_interface_id() {
     // Regression: in ENI mode the claim compared the ENI id with `InstanceId` (the CVM), so it never
     // confirmed against a cloud that reports the holder as the real API does.
-    let ns = ns_with_nics("clm-eni", &[("eth0", "peer0")]);
+    let ns = ns_with_node_addr("clm-eni", &[("eth0", "peer0")]);
     let (out, snap) = ns.block_on(|| async {
         // Arrange: eth0 is a secondary ENI of ins-a (its primary ENI has another MAC); drift-range
         // limiting on, nobody in range, ins-b holds.

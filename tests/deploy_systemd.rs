@@ -213,9 +213,19 @@ fn sentinel_dropin_verifies_against_debians_unit() {
     assert_eq!(words(&dropin, s, "ExecPaths"), ["/usr/bin/migrate-havip"]);
     assert_eq!(words(&dropin, s, "SupplementaryGroups"), ["havip-agent"]);
     assert_eq!(words(&dropin, s, "ReadWritePaths"), ["/run/havip-agent"]);
+    // No key in Sentinel's environment (every script it runs would inherit it): migrate-havip reads its
+    // own credentials. The two network capabilities are ambient: file capabilities cannot work under the
+    // unit's no_new_privs (implied by its seccomp filter for a non-root service).
+    for key in ["EnvironmentFile", "Environment"] {
+        assert!(
+            words(&dropin, s, key).is_empty(),
+            "the drop-in sets {key}: {:?}",
+            words(&dropin, s, key)
+        );
+    }
     assert_eq!(
-        one(&dropin, s, "Environment"),
-        "HAVIP_AGENT_CONFIG=/etc/havip-agent/config.toml"
+        words(&dropin, s, "AmbientCapabilities"),
+        ["CAP_NET_ADMIN", "CAP_NET_RAW"]
     );
 }
 

@@ -63,6 +63,12 @@ impl Deployment {
                 .associate(node_instance(0))
                 .holder(node_instance(0)),
         );
+        // Each node's own address first (the primary of the subnet): a VIP is bound only inside the subnet
+        // of an address already on the NIC (`net::check_vip_subnet`).
+        for i in 0..NODES {
+            ns.add_addr(&node_nic(i), &format!("198.18.0.{}/24", 150 + i))
+                .unwrap();
+        }
         ns.add_addr(&node_nic(0), VIP).unwrap();
         let watches: Vec<_> = (0..NODES)
             .map(|i| watch_in(&ns, &fake, &node_peer(i)))

@@ -26,7 +26,19 @@ fn nic_ns(test: &str) -> Netns {
     let ns = Netns::new(test).expect("creating a network namespace (run the tests as root)");
     ns.veth_pair_inside("eth0", "peer0")
         .expect("creating veth eth0/peer0");
+    ns.add_addr("eth0", NODE_ADDR).unwrap();
     ns
+}
+
+/// The node's own address on `eth0`: a VIP is bound only inside the subnet of an address already on the
+/// interface (`net::check_vip_subnet`), as on a real VPC NIC.
+const NODE_ADDR: &str = "198.18.0.200/24";
+
+/// The addresses on `eth0` besides [`NODE_ADDR`].
+fn vips(ns: &Netns) -> Vec<String> {
+    let mut a = ns.ipv4_addrs("eth0").unwrap();
+    a.retain(|a| a != NODE_ADDR);
+    a
 }
 
 /// A generous bound for polling, never a timing assertion.
@@ -50,11 +62,7 @@ fn bind_adds_exactly_one_address_and_a_second_bind_is_already_done() {
     assert_eq!(first, Change::Applied);
     assert_eq!(second, Change::AlreadyDone);
     assert!(bound);
-    assert_eq!(
-        ns.ipv4_addrs("eth0").unwrap(),
-        vec![VIP.to_owned()],
-        "listed once, by `ip`"
-    );
+    assert_eq!(vips(&ns), vec![VIP.to_owned()], "listed once, by `ip`");
 }
 
 #[test]
@@ -76,7 +84,7 @@ fn unbind_removes_the_address_and_a_second_unbind_is_already_done() {
     assert_eq!(second, Change::AlreadyDone);
     assert!(!bound);
     assert_eq!(
-        ns.ipv4_addrs("eth0").unwrap(),
+        vips(&ns),
         vec!["198.18.0.2/24".to_owned()],
         "only the VIP went; the host address stays"
     );
@@ -132,7 +140,7 @@ fn an_address_that_is_a_prefix_of_another_is_matched_exactly() {
         Change::AlreadyDone,
         ".10 does not count as .1"
     );
-    assert_eq!(ns.ipv4_addrs("eth0").unwrap(), vec![VIP_10.to_owned()]);
+    assert_eq!(vips(&ns), vec![VIP_10.to_owned()]);
 }
 
 #[test]
@@ -148,7 +156,7 @@ fn an_address_bound_with_another_prefix_counts_as_bound_and_unbind_removes_it() 
     });
     assert_eq!(bind, Change::AlreadyDone);
     assert_eq!(unbind, Change::Applied);
-    assert!(ns.ipv4_addrs("eth0").unwrap().is_empty());
+    assert!(vips(&ns).is_empty());
 }
 
 #[test]
@@ -366,6 +374,7 @@ fn kernel_net_follows_an_interface_recreated_under_the_same_name() {
         // A driver reload: same name, new index and MAC.
         ns.ip(&["link", "del", "eth0"]).unwrap();
         ns.veth_pair_inside("eth0", "peer0").unwrap();
+        ns.add_addr("eth0", NODE_ADDR).unwrap();
         let capture = ArpCapture::open("peer0").expect("capture on new peer0");
         assert_eq!(net.bind(vip).await.expect("bind after"), Change::Applied);
         net.announce_round(vip.addr).await.expect("announce after");
@@ -379,7 +388,7 @@ fn kernel_net_follows_an_interface_recreated_under_the_same_name() {
     assert_ne!(old_mac, new_mac, "veth MACs are random");
     assert_eq!(frames.len(), 2);
     assert!(frames.iter().all(|f| f.frame.sender_mac == new_mac));
-    assert_eq!(ns.ipv4_addrs("eth0").unwrap(), vec![VIP.to_owned()]);
+    assert_eq!(vips(&ns), vec![VIP.to_owned()]);
 }
 
 #[test]
@@ -410,7 +419,7 @@ fn kernel_net_drifted_address_is_seen_and_rebound() {
         );
         assert_eq!(net.bind(vip).await.unwrap(), Change::Applied);
     });
-    assert_eq!(ns.ipv4_addrs("eth0").unwrap(), vec![VIP.to_owned()]);
+    assert_eq!(vips(&ns), vec![VIP.to_owned()]);
 }
 
 /// Three Sentinels may run migrate-havip at once: the add/remove races must end as no-ops, not errors.
@@ -432,7 +441,7 @@ fn concurrent_binds_and_unbinds_apply_once_and_never_fail() {
     let applied = |v: &[Change]| v.iter().filter(|c| **c == Change::Applied).count();
     assert_eq!(applied(&binds), 1, "{binds:?}");
     assert_eq!(applied(&unbinds), 1, "{unbinds:?}");
-    assert!(ns.ipv4_addrs("eth0").unwrap().is_empty());
+    assert!(vips(&ns).is_empty());
 }
 
 /// The daemon runs one task per HAVIP over one `KernelNet`: their reads and writes overlap on one netlink
@@ -472,6 +481,11 @@ fn concurrent_reads_and_writes_over_one_kernel_net_all_succeed_and_stay_fresh() 
         .collect();
     for v in &gone {
         ns.add_addr("eth0", &v.to_string()).unwrap();
+    }
+    // The node's address in each subnet a VIP is bound in (a VIP goes only where the NIC has a subnet).
+    for i in 1..=4 {
+        ns.add_addr("eth0", &format!("198.18.{}.254/24", 20 + i))
+            .unwrap();
     }
     let host = cidr(HOST);
     // Like the daemon: one task per caller on a multi-thread runtime, all sharing one KernelNet.
@@ -566,7 +580,12 @@ fn concurrent_reads_and_writes_over_one_kernel_net_all_succeed_and_stay_fresh() 
             "{v} still bound right after its unbind: a stale dump"
         );
     }
-    let mut want: Vec<VipCidr> = std::iter::once(host)
+    let subnets: Vec<VipCidr> = (1..=4)
+        .map(|i| cidr(&format!("198.18.{}.254/24", 20 + i)))
+        .collect();
+    let mut want: Vec<VipCidr> = [host, cidr(NODE_ADDR)]
+        .into_iter()
+        .chain(subnets)
         .chain(added.iter().copied())
         .chain(fill.iter().copied())
         .collect();

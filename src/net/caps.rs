@@ -1,10 +1,89 @@
 //! Capability checks: does this process hold `CAP_NET_ADMIN` (netlink address changes) and `CAP_NET_RAW`
 //! (the packet socket for gratuitous ARP)? Read from the effective set in `/proc/self/status`.
 //!
-//! Owns only the check and its message. It does not raise or drop capabilities; the operations themselves
-//! still map `EPERM` to [`NetError::MissingCapability`], because a check can race with a changed setup.
+//! Owns the check and its message, and [`DropAfterChange`], the wrapper with which a one-shot process
+//! gives up `CAP_NET_ADMIN` once its only address change is done (the raw dropping is `crate::privs`). The
+//! operations themselves still map `EPERM` to [`NetError::MissingCapability`], because a check can race
+//! with a changed setup.
 
-use super::{CAP_NET_ADMIN, CAP_NET_RAW, NetError, grant_hint};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use super::{CAP_NET_ADMIN, CAP_NET_RAW, Change, LocalNet, NetError, grant_hint};
+use crate::config::VipCidr;
+
+/// The mask of `CAP_NET_ADMIN` for [`crate::privs::keep_only`].
+pub const NET_ADMIN_MASK: u64 = 1 << CAP_NET_ADMIN_BIT;
+
+/// Drops every capability this process still has and logs the effective set afterwards (debug level,
+/// `cap_eff` in hex, so tests and operators can see it is 0). `stage` says which drop this is.
+pub fn drop_capabilities(keep: u64, stage: &'static str) -> Result<(), NetError> {
+    match crate::privs::keep_only(keep) {
+        Ok(_) => {
+            let eff = crate::privs::cap_eff().unwrap_or(u64::MAX);
+            tracing::debug!(stage, cap_eff = %format!("{eff:016x}"), "capabilities dropped");
+            Ok(())
+        }
+        Err(source) => Err(NetError::Io {
+            context: format!("dropping capabilities ({stage})"),
+            source,
+        }),
+    }
+}
+
+/// A [`LocalNet`] for a one-shot process that holds only `CAP_NET_ADMIN` when it is made: after the first
+/// `bind` or `unbind` (done or failed), it drops that too, so everything after (the cloud calls, the
+/// announcements on the already open packet socket, the confirmation) runs with no capability at all.
+///
+/// Why not drop it with the rest, right after opening the sockets: rtnetlink checks `CAP_NET_ADMIN` of the
+/// process *sending* each address change (`netlink_net_capable`), not only of the one that opened the
+/// socket, so the capability is needed until the change is sent. The packet socket needs `CAP_NET_RAW`
+/// only to be opened.
+#[derive(Debug)]
+pub struct DropAfterChange {
+    inner: Arc<dyn LocalNet>,
+}
+
+impl DropAfterChange {
+    /// Wraps `inner`. Use it only in a process that makes one address change in its life.
+    pub fn new(inner: Arc<dyn LocalNet>) -> Self {
+        DropAfterChange { inner }
+    }
+
+    fn drop_rest(&self) {
+        if let Err(e) = drop_capabilities(0, "after the address change") {
+            // The change is made; failing it now would hide that. The error names the call that failed.
+            tracing::warn!(error = %e, "cannot drop the last capability");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalNet for DropAfterChange {
+    fn interface(&self) -> &str {
+        self.inner.interface()
+    }
+
+    async fn is_bound(&self, vip: VipCidr) -> Result<bool, NetError> {
+        self.inner.is_bound(vip).await
+    }
+
+    async fn bind(&self, vip: VipCidr) -> Result<Change, NetError> {
+        let r = self.inner.bind(vip).await;
+        self.drop_rest();
+        r
+    }
+
+    async fn unbind(&self, vip: VipCidr) -> Result<Change, NetError> {
+        let r = self.inner.unbind(vip).await;
+        self.drop_rest();
+        r
+    }
+
+    async fn announce_round(&self, vip: Ipv4Addr) -> Result<u32, NetError> {
+        self.inner.announce_round(vip).await
+    }
+}
 
 /// Bit of `CAP_NET_ADMIN` in the capability sets (linux/capability.h).
 const CAP_NET_ADMIN_BIT: u32 = 12;

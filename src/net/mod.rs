@@ -73,6 +73,20 @@ pub enum NetError {
     /// The kernel refused a netlink request, or the reply could not be understood.
     #[error("netlink: {0}")]
     Netlink(String),
+    /// The VIP is not inside the subnet of an address already on the interface, with that subnet's prefix
+    /// length: binding it would route a foreign network through this host (see [`check_vip_subnet`]).
+    #[error(
+        "refusing to bind vip {vip} on {interface:?}: it must sit inside the subnet of an address already on \
+         {interface:?}, with that subnet's prefix length; addresses found: {found}"
+    )]
+    VipOutsideSubnet {
+        /// The VIP with its configured prefix.
+        vip: VipCidr,
+        /// The interface name.
+        interface: String,
+        /// The interface's other IPv4 addresses (`none` when it has none).
+        found: String,
+    },
     /// A socket operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -92,6 +106,7 @@ impl NetError {
             NetError::MissingCapability { .. }
                 | NetError::NoSuchInterface(_)
                 | NetError::UnsupportedInterface { .. }
+                | NetError::VipOutsideSubnet { .. }
         )
     }
 }
@@ -171,6 +186,60 @@ fn round_offset(round: u32, burst: u32, spread: Duration) -> Duration {
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
+/// The one rule for where a VIP may go, checked by [`KernelNet`]'s `bind` (so by the daemon and by
+/// `migrate-havip` alike): `vip` must lie in the subnet of an address in `on_interface` (other than the VIP
+/// itself) and carry that address's prefix length. A HAVIP belongs to a VPC subnet, and the node's own
+/// address in that subnet says which one; a VIP outside it (a typo, or a hostile config such as `/1`) would
+/// route someone else's network through this host.
+pub fn check_vip_subnet(
+    vip: VipCidr,
+    interface: &str,
+    on_interface: &[VipCidr],
+) -> Result<(), NetError> {
+    let others: Vec<&VipCidr> = on_interface.iter().filter(|a| a.addr != vip.addr).collect();
+    let fits = others
+        .iter()
+        .any(|a| a.prefix == vip.prefix && same_subnet(a.addr, vip.addr, vip.prefix));
+    if fits {
+        return Ok(());
+    }
+    Err(NetError::VipOutsideSubnet {
+        vip,
+        interface: interface.to_owned(),
+        found: found_list(&others),
+    })
+}
+
+/// The addresses for [`NetError::VipOutsideSubnet`]: all of them up to [`FOUND_SHOWN`], then a count, so a
+/// NIC with hundreds of addresses gives a readable error.
+fn found_list(addrs: &[&VipCidr]) -> String {
+    if addrs.is_empty() {
+        return "none".to_owned();
+    }
+    let mut s = addrs
+        .iter()
+        .take(FOUND_SHOWN)
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if addrs.len() > FOUND_SHOWN {
+        s.push_str(&format!(" and {} more", addrs.len() - FOUND_SHOWN));
+    }
+    s
+}
+
+/// How many of the interface's addresses a subnet refusal names.
+const FOUND_SHOWN: usize = 8;
+
+/// Whether `a` and `b` share their first `prefix` bits (`prefix` is 1..=32, as [`VipCidr`] guarantees;
+/// 0 would be every address, and is treated so).
+fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
 /// How to grant the capabilities, for error messages. Names the running binary when it can.
 pub(crate) fn grant_hint(what_needs_it: &str) -> String {
     let exe = std::env::current_exe()
@@ -196,6 +265,84 @@ mod tests {
             offsets,
             [0, 300, 600, 900].map(Duration::from_millis).to_vec()
         );
+    }
+
+    #[test]
+    fn a_vip_must_sit_in_the_subnet_of_an_address_on_the_interface_with_its_prefix() {
+        struct Row {
+            name: &'static str,
+            vip: &'static str,
+            addrs: &'static [&'static str],
+            ok: bool,
+        }
+        let rows = [
+            Row {
+                name: "same /24",
+                vip: "198.18.0.10/24",
+                addrs: &["198.18.0.2/24"],
+                ok: true,
+            },
+            Row {
+                name: "one of several",
+                vip: "198.19.1.9/16",
+                addrs: &["198.18.0.2/24", "198.19.0.1/16"],
+                ok: true,
+            },
+            Row {
+                name: "other subnet",
+                vip: "198.18.1.10/24",
+                addrs: &["198.18.0.2/24"],
+                ok: false,
+            },
+            Row {
+                name: "wider prefix",
+                vip: "198.18.0.10/1",
+                addrs: &["198.18.0.2/24"],
+                ok: false,
+            },
+            Row {
+                name: "narrower prefix",
+                vip: "198.18.0.10/32",
+                addrs: &["198.18.0.2/24"],
+                ok: false,
+            },
+            Row {
+                name: "no address",
+                vip: "198.18.0.10/24",
+                addrs: &[],
+                ok: false,
+            },
+            Row {
+                name: "only the vip itself",
+                vip: "198.18.0.10/24",
+                addrs: &["198.18.0.10/24"],
+                ok: false,
+            },
+        ];
+        for r in rows {
+            let addrs: Vec<VipCidr> = r.addrs.iter().map(|a| a.parse().unwrap()).collect();
+            let got = check_vip_subnet(r.vip.parse().unwrap(), "eth0", &addrs);
+            assert_eq!(got.is_ok(), r.ok, "{}: {got:?}", r.name);
+        }
+    }
+
+    #[test]
+    fn the_subnet_refusal_names_the_vip_the_interface_and_the_addresses() {
+        let e = check_vip_subnet(
+            "198.18.0.10/1".parse().unwrap(),
+            "eth0",
+            &["198.18.0.2/24".parse().unwrap()],
+        )
+        .unwrap_err();
+        assert!(e.is_permanent());
+        let msg = e.to_string();
+        for want in [
+            "198.18.0.10/1",
+            "\"eth0\"",
+            "addresses found: 198.18.0.2/24",
+        ] {
+            assert!(msg.contains(want), "{want} not in {msg}");
+        }
     }
 
     #[test]

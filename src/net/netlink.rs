@@ -144,6 +144,13 @@ impl KernelNet {
         })
     }
 
+    /// Opens the packet socket for gratuitous ARP now rather than on the first announcement (needs
+    /// `CAP_NET_RAW`), so that a process can drop `CAP_NET_RAW` before it announces. The socket is reopened
+    /// only if the interface is re-created under the same name, which would then need the capability again.
+    pub fn open_announcer(&self) -> Result<(), NetError> {
+        self.garp_sender(self.cached()).map(drop)
+    }
+
     /// The interface's MAC address (the sender MAC of every announcement), as last seen by the kernel.
     pub fn mac(&self) -> [u8; 6] {
         self.cached().mac
@@ -285,7 +292,11 @@ impl LocalNet for KernelNet {
 
     async fn bind(&self, vip: VipCidr) -> Result<Change, NetError> {
         let link = self.link().await?;
-        let existing = self.find(link.index, vip.addr).await?;
+        let all = self.dump_v4(link.index).await?;
+        let existing: Vec<&AddressMessage> = all
+            .iter()
+            .filter(|m| local_v4(m) == Some(vip.addr))
+            .collect();
         if let Some(m) = existing.first() {
             if m.header.prefix_len != vip.prefix {
                 tracing::warn!(
@@ -295,6 +306,18 @@ impl LocalNet for KernelNet {
             }
             return Ok(Change::AlreadyDone);
         }
+        // The one place every bind passes (daemon and migrate-havip): refuse a VIP outside the interface's
+        // subnets before touching anything.
+        let on_interface: Vec<VipCidr> = all
+            .iter()
+            .filter_map(|m| {
+                Some(VipCidr {
+                    addr: local_v4(m)?,
+                    prefix: m.header.prefix_len,
+                })
+            })
+            .collect();
+        super::check_vip_subnet(vip, &self.ifname, &on_interface)?;
         let doing = format!("adding {vip} to");
         let add = self
             .handle
