@@ -353,6 +353,9 @@ mod sandbox {
     use crate::fake::watch_garp;
     use crate::testbed::agents::{Fleet, FleetSpec, SECRET_ID, SECRET_KEY};
 
+    /// The sandbox veth's own address, in the subnet of the fleet's VIP (`testbed::agents::VIP`).
+    const SANDBOX_NODE_ADDR: &str = "198.18.0.254/24";
+
     /// Removes the veth pair on drop.
     struct Veth(String);
 
@@ -377,6 +380,9 @@ mod sandbox {
             let veth = Veth(name.to_owned());
             ip(&["link", "set", name, "up"])?;
             ip(&["link", "set", &peer, "up"])?;
+            // The agent binds a VIP only inside the subnet of an address already on its interface (as on a
+            // CVM, whose ENI has its primary address in the HAVIP's subnet): give the veth one.
+            ip(&["addr", "add", SANDBOX_NODE_ADDR, "dev", name])?;
             let mac = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
             let mac = crate::metadata::parse_mac(mac.trim())
                 .ok_or_else(|| anyhow::anyhow!("cannot read the MAC of {name}"))?;
