@@ -5,8 +5,7 @@
 //! callsite first hit by a parallel test thread while a thread-local subscriber is being installed can
 //! miss it.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use havip_agent::clock::{SharedClock, TokioClock};
@@ -14,33 +13,13 @@ use havip_agent::cloud::{InstanceType, RetryPolicy, VpcClient};
 use havip_agent::config::CloudConfig;
 use havip_agent::credentials::{CredentialProvider, ENV_SECRET_ID, ENV_SECRET_KEY, ENV_TOKEN};
 use havip_agent::metadata::MetadataClient;
+use havip_agent::testbed::logs::LogCapture;
 use serde_json::json;
 use tokio::time::Instant;
 use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const T0: u64 = 1_700_000_000;
-
-/// A `MakeWriter` that appends everything logged to a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 fn cloud_config(endpoint: &str) -> CloudConfig {
     toml::from_str(&format!(
@@ -63,15 +42,8 @@ fn api_error(code: &str) -> ResponseTemplate {
 
 #[tokio::test]
 async fn the_source_is_logged_and_no_value_ever_is() {
-    let logs = Captured::default();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .finish(),
-    )
-    .unwrap();
+    let logs = LogCapture::default();
+    tracing::subscriber::set_global_default(logs.subscriber(tracing::Level::TRACE)).unwrap();
 
     // Metadata with a role whose refresh fails (500) after the first fetch.
     let md_server = MockServer::start().await;
@@ -165,7 +137,7 @@ async fn the_source_is_logged_and_no_value_ever_is() {
         .unwrap();
     tracing::info!(debug = ?vpc, error = ?err, "debug forms");
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     for expected in [
         "using tencent cloud credentials source=environment (TENCENTCLOUD_SECRET_ID/TENCENTCLOUD_SECRET_KEY)",
         "using tencent cloud credentials source=CVM role havip-role (metadata service)",

@@ -1,14 +1,13 @@
 //! `[[alert]]` webhooks against wiremock: body formats, retries, WeCom's errcode, and a caller that never
 //! waits for a webhook.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use havip_agent::alerts::{Alert, AlertKind, Alerter, AlerterOptions};
 use havip_agent::config::{AlertConfig, AlertFormat, Dur, WecomMsgType};
 use havip_agent::metrics::Metrics;
 use havip_agent::secret::Secret;
+use havip_agent::testbed::logs::LogCapture;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -323,32 +322,11 @@ async fn hanging_webhook_never_delays_notify_and_a_full_queue_drops_with_a_count
     );
 }
 
-/// Captured log output of the current thread.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // Regression guard: reqwest's errors print the request URL, which holds WeCom's key.
 #[tokio::test]
 async fn delivery_failures_are_logged_without_the_url() {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
     // #[tokio::test] runs every task on this thread, so the worker logs into this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogCapture::thread_debug();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
@@ -367,7 +345,7 @@ async fn delivery_failures_are_logged_without_the_url() {
     alerter.notify(alert(AlertKind::Acquired));
     assert!(alerter.flush(DEADLINE).await);
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("alert delivery failed; giving up"), "{text}");
     assert!(text.contains("alert[0]"), "{text}");
     assert!(
@@ -402,15 +380,8 @@ impl wiremock::Respond for EchoKey {
 
 /// Runs one WeCom alert against a webhook answering with `reply`, and returns the captured logs.
 async fn logs_of_a_failed_wecom_delivery(key: &str, reply: fn(&str, &str) -> String) -> String {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
     // #[tokio::test] runs every task on this thread, so the worker logs into this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogCapture::thread_debug();
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(EchoKey { reply })
@@ -437,7 +408,7 @@ async fn logs_of_a_failed_wecom_delivery(key: &str, reply: fn(&str, &str) -> Str
         2,
         "the webhook was reached on every attempt"
     );
-    String::from_utf8(logs.0.lock().unwrap().clone()).unwrap()
+    logs.text()
 }
 
 // Regression: WeCom's errmsg can echo the bare key, which went into the journal.

@@ -1,13 +1,13 @@
 //! What the watcher logs about Sentinel Pub/Sub events, against a fake Sentinel that publishes them: the
 //! event's channel and master at info, its payload only at debug.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use havip_agent::config::{Dur, FenceAfter, SentinelConfig};
 use havip_agent::sentinel::Watcher;
 use havip_agent::testbed::fake_sentinel::read_command;
+use havip_agent::testbed::logs::LogCapture;
 use tokio::io::{AsyncWriteExt, BufReader};
 
 /// In the payload of the valid event: an address only the payload carries.
@@ -103,38 +103,11 @@ async fn start_fake_sentinel() -> String {
     addr
 }
 
-/// Captures log output of the current thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 // Regression: every event's payload was logged at info, in full.
 // Single-threaded runtime: every watcher task runs on this thread, so its thread-local log capture sees them.
 #[tokio::test]
 async fn event_payloads_are_logged_at_debug_and_info_names_the_event_and_master() {
-    let logs = Captured::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogCapture::thread_debug();
     let cfg = SentinelConfig {
         addresses: vec![start_fake_sentinel().await],
         username: None,

@@ -1,7 +1,6 @@
 //! The Sentinel watcher against real `redis-server` + `redis-sentinel` processes (`testbed::redis`), and
 //! against a fake Sentinel that answers garbage.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,7 @@ use havip_agent::sentinel::{
     self, ConnectOptions, Event, ObservedEvent, Snapshot, WatchOptions, Watcher,
 };
 use havip_agent::testbed::fake_sentinel::read_command;
+use havip_agent::testbed::logs::LogCapture;
 use havip_agent::testbed::redis::{LabSpec, LabTls, LabUser, RedisLab};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, watch};
@@ -648,38 +648,11 @@ async fn start_fake_sentinel() -> (String, Arc<FakeStats>) {
     (addr, stats)
 }
 
-/// Captures log output of the current thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 // Single-threaded runtime: every watcher task runs on this thread, so its thread-local log capture sees them.
 #[tokio::test]
 async fn bad_sentinel_replies_and_events_are_logged_and_ignored() {
     // Arrange: three real Sentinels plus a fake one that only ever answers garbage.
-    let logs = Captured::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogCapture::thread_debug();
 
     let lab = RedisLab::start(LabSpec::default())
         .await

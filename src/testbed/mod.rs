@@ -3,5 +3,6 @@
 pub mod agents;
 pub mod fake_sentinel;
 pub mod inproc;
+pub mod logs;
 pub mod netns;
 pub mod redis;
