@@ -232,15 +232,7 @@ impl CredentialProvider {
             if let Some(credential) = from_config? {
                 return Ok(Self::with_static(CredentialSource::ConfigFile, credential));
             }
-            let role = match metadata.role_name().await {
-                Ok(Some(role)) => role,
-                Ok(None) => {
-                    return Err(CredentialError::NoRoleBound {
-                        url: metadata.url(ROLE_PATH),
-                    });
-                }
-                Err(e) => return Err(CredentialError::RoleLookup(e)),
-            };
+            let role = bound_role(&metadata).await?;
             let fetched = fetch_role(&metadata, &role, &clock).await?;
             let source = CredentialSource::CvmRole { role: role.clone() };
             tracing::info!(
@@ -406,15 +398,7 @@ impl CredentialProvider {
                 } = pending.as_ref();
                 resolved
                     .get_or_try_init(|| async {
-                        let role = match metadata.role_name().await {
-                            Ok(Some(role)) => role,
-                            Ok(None) => {
-                                return Err(CredentialError::NoRoleBound {
-                                    url: metadata.url(ROLE_PATH),
-                                });
-                            }
-                            Err(e) => return Err(CredentialError::RoleLookup(e)),
-                        };
+                        let role = bound_role(metadata).await?;
                         let fetched = fetch_role(metadata, &role, clock).await?;
                         tracing::info!(role = %role, "cam role found: using its credentials");
                         Ok(RoleState {
@@ -508,6 +492,17 @@ pub const MAX_ROLE_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(12 * 60 *
 pub fn clamp_expiry(expired_time: i64, now: i64) -> i64 {
     let latest = now.saturating_add(MAX_ROLE_CREDENTIAL_LIFETIME.as_secs() as i64);
     expired_time.clamp(0, latest.max(0))
+}
+
+/// The CAM role bound to this CVM, from metadata: none bound and a failed lookup are distinct errors.
+async fn bound_role(metadata: &MetadataClient) -> Result<String, CredentialError> {
+    match metadata.role_name().await {
+        Ok(Some(role)) => Ok(role),
+        Ok(None) => Err(CredentialError::NoRoleBound {
+            url: metadata.url(ROLE_PATH),
+        }),
+        Err(e) => Err(CredentialError::RoleLookup(e)),
+    }
 }
 
 async fn fetch_role(
