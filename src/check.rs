@@ -4,7 +4,7 @@
 //! asks every Sentinel about every master. Owns the report and its exit code (0 when there is no problem,
 //! 2 otherwise with one line per problem; warnings are printed but keep 0), and the judge of what the
 //! config exposes ([`exposure`]: secrets in clear, unchecked TLS, readable key files; also logged at the
-//! start of `run` and `migrate-havip` through [`cleartext_warnings`]).
+//! start of `run` and `migrate-havip` through [`exposure_warnings`]).
 //! It changes nothing.
 
 use std::io::Write;
@@ -110,7 +110,7 @@ pub async fn check(
 
 /// What the config exposes: settings that weaken a link (warnings) and files holding keys that others can
 /// read (problems in `check`). The one judge of both, for `check` and for the start of `run` and
-/// `migrate-havip` (which log all of it as warnings, see [`cleartext_warnings`]).
+/// `migrate-havip` (which log all of it as warnings, see [`exposure_warnings`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Exposure {
     /// Works, but a credential travels in clear or to an unverified peer.
@@ -209,7 +209,7 @@ pub fn exposure(cfg: &Config) -> Exposure {
 
 /// Everything [`exposure`] finds, as warnings: logged once at the start of `run` and `migrate-havip`
 /// (`check` reports the same findings, its problems as `problem:` lines).
-pub fn cleartext_warnings(cfg: &Config) -> Vec<String> {
+pub fn exposure_warnings(cfg: &Config) -> Vec<String> {
     let e = exposure(cfg);
     e.warnings.into_iter().chain(e.problems).collect()
 }
@@ -486,7 +486,7 @@ mod tests {
                 .any(|w| w.starts_with("redis.tls_insecure = true")),
             "{e:?}"
         );
-        assert_eq!(cleartext_warnings(&both).len(), 2, "logged at start too");
+        assert_eq!(exposure_warnings(&both).len(), 2, "logged at start too");
     }
 
     #[test]
@@ -546,6 +546,6 @@ mod tests {
             "{e:?}"
         );
         assert!(!format!("{e:?}").contains("envSecretNeverShown"));
-        assert_eq!(cleartext_warnings(&cfg).len(), 2, "warnings at start");
+        assert_eq!(exposure_warnings(&cfg).len(), 2, "warnings at start");
     }
 }

@@ -1305,7 +1305,7 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
     };
     let cfg = boot.cfg.clone();
     let identity = boot.identity.clone();
-    for w in crate::check::cleartext_warnings(&cfg) {
+    for w in crate::check::exposure_warnings(&cfg) {
         warn!("{w}");
     }
     crate::net::require_capabilities().map_err(|e| perm(e.into()))?;

@@ -592,7 +592,7 @@ impl OneShot {
         let Some(havip) = cfg.havip_for_master(master).cloned() else {
             return Ok(None);
         };
-        for w in crate::check::cleartext_warnings(&cfg) {
+        for w in crate::check::exposure_warnings(&cfg) {
             warn!("{w}");
         }
         let boot = boot_with(Arc::new(cfg)).await.map_err(|e| {

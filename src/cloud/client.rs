@@ -223,7 +223,7 @@ impl VpcClient {
         if cloud.rate_limit == 0 {
             return Err(invalid("cloud.rate_limit", "must be more than zero".into()));
         }
-        // An http:// endpoint is accepted (labs, the fake); `check::cleartext_warnings` says so at start.
+        // An http:// endpoint is accepted (labs, the fake); `check::exposure_warnings` says so at start.
         super::install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
