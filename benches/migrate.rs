@@ -351,9 +351,8 @@ fn report(runs: usize, rows: &[Row]) -> String {
                 .map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".into());
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let date = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

@@ -249,12 +249,8 @@ impl Health {
 /// [`HavipStatus::last_switch`] and of alert timestamps.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     let secs = crate::clock::unix_seconds(t);
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| format!("@{secs}"))
 }
 

@@ -160,26 +160,16 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// The UTC calendar date (`YYYY-MM-DD`) of a Unix timestamp. Total for every `i64`, unlike calendar crates
-/// that reject years past 9999, so signing never fails.
+/// The UTC calendar date (`YYYY-MM-DD`) of a Unix timestamp. Total for every `i64`: a timestamp outside
+/// chrono's range (beyond about ±262,000 years) is clamped to its edge, so signing never fails; the API
+/// rejects such a request as `SignatureExpire` anyway.
 pub fn utc_date(timestamp: i64) -> String {
-    let days = timestamp.div_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let lo = chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp();
+    let hi = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp();
+    chrono::DateTime::from_timestamp(timestamp.clamp(lo, hi), 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%d")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -35,15 +35,10 @@ fn authorization(
     body: &[u8],
     ts: i64,
 ) -> String {
-    let date = time::OffsetDateTime::from_unix_timestamp(ts)
+    let date = chrono::DateTime::from_timestamp(ts, 0)
         .unwrap()
-        .date();
-    let date = format!(
-        "{:04}-{:02}-{:02}",
-        date.year(),
-        u8::from(date.month()),
-        date.day()
-    );
+        .format("%Y-%m-%d")
+        .to_string();
     let canonical = format!(
         "POST\n/\n\ncontent-type:{content_type}\nhost:{host}\n\ncontent-type;host\n{}",
         hex::encode(Sha256::digest(body))
@@ -803,13 +798,10 @@ async fn signature_expire_comes_with_a_date_header_to_correct_the_clock() {
 
     assert_eq!(stale.code(), Some("AuthFailure.SignatureExpire"));
     let date = stale.date.clone().unwrap();
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let server = time::PrimitiveDateTime::parse(&date, &format)
+    let server = chrono::NaiveDateTime::parse_from_str(&date, havip_agent::cloud::HTTP_DATE)
         .unwrap_or_else(|e| panic!("Date {date:?} is not an HTTP date: {e}"))
-        .assume_utc()
-        .unix_timestamp();
+        .and_utc()
+        .timestamp();
     assert!(
         (server - now() - 3600).abs() < 60,
         "Date {date} shows the fake's clock"

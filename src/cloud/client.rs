@@ -973,17 +973,17 @@ fn settle(add: bool, pair: &Pair, result: Result<(), CloudError>) -> Result<(), 
     }
 }
 
+/// RFC 9110's IMF-fixdate as a chrono format (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub const HTTP_DATE: &str = "%a, %d %b %Y %H:%M:%S GMT";
+
 /// Parses an HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110's IMF-fixdate) to Unix seconds.
 pub(crate) fn parse_http_date(s: &str) -> Option<i64> {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    if let Ok(t) = time::PrimitiveDateTime::parse(s.trim(), format) {
-        return Some(t.assume_utc().unix_timestamp());
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s.trim(), HTTP_DATE) {
+        return Some(t.and_utc().timestamp());
     }
-    time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc2822)
+    chrono::DateTime::parse_from_rfc2822(s.trim())
         .ok()
-        .map(|t| t.unix_timestamp())
+        .map(|t| t.timestamp())
 }
 
 #[cfg(test)]

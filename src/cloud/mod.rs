@@ -16,7 +16,7 @@ mod types;
 
 use std::time::Duration;
 
-pub use client::{API_VERSION, KeepWarm, RetryPolicy, SERVICE, VpcClient};
+pub use client::{API_VERSION, HTTP_DATE, KeepWarm, RetryPolicy, SERVICE, VpcClient};
 pub use eip::{EipBound, EipError, EipState, eip_state};
 pub use error::{CloudError, is_retryable_code};
 pub use types::{HaVip, HaVipAssociation, HaVipState, InstanceType, TaskStatus, holder_id};

@@ -58,12 +58,8 @@ impl RoleCredentials {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        let expiration = time::OffsetDateTime::from_unix_timestamp(self.expired_time)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+        let expiration = chrono::DateTime::from_timestamp(self.expired_time, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default();
         json!({
             "TmpSecretId": self.tmp_secret_id,

@@ -150,14 +150,7 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// The UTC calendar date (`YYYY-MM-DD`) of a Unix timestamp, or `None` if out of range.
 pub fn utc_date(timestamp: i64) -> Option<String> {
-    let t = time::OffsetDateTime::from_unix_timestamp(timestamp).ok()?;
-    let d = t.date();
-    Some(format!(
-        "{:04}-{:02}-{:02}",
-        d.year(),
-        u8::from(d.month()),
-        d.day()
-    ))
+    chrono::DateTime::from_timestamp(timestamp, 0).map(|t| t.format("%Y-%m-%d").to_string())
 }
 
 /// The parsed `Authorization` header.

@@ -749,21 +749,20 @@ impl MoveHost for State {
 /// Times the API prints (`CreatedTime`, `FlushedTime`): `YYYY-MM-DD HH:MM:SS` in China Standard Time
 /// (UTC+8), as the console and API show them.
 fn cloud_time(t: SystemTime) -> String {
-    let offset = time::UtcOffset::from_hms(8, 0, 0).expect("UTC+8 is a valid offset");
-    let t = time::OffsetDateTime::from(t).to_offset(offset);
-    t.format(time::macros::format_description!(
-        "[year]-[month]-[day] [hour]:[minute]:[second]"
-    ))
-    .unwrap_or_else(|_| NEVER_FLUSHED.to_owned())
+    match chrono::FixedOffset::east_opt(8 * 3600) {
+        Some(cst) => chrono::DateTime::<chrono::Utc>::from(t)
+            .with_timezone(&cst)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        None => NEVER_FLUSHED.to_owned(),
+    }
 }
 
 /// An HTTP `Date` header value (IMF-fixdate), so clients can correct their clock on SignatureExpire.
 pub fn http_date(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(time::macros::format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-        ))
-        .unwrap_or_default()
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format(crate::cloud::HTTP_DATE)
+        .to_string()
 }
 
 fn request_id() -> String {
