@@ -1,7 +1,9 @@
 //! The GARP watcher on a real interface: a veth pair inside a network namespace this test creates,
-//! a real gratuitous ARP sent by `arping`, and the fake moving (or not moving) the HAVIP's holder.
+//! a real gratuitous ARP sent by the project's own sender (`net::garp::send_gratuitous`, so the test does
+//! not depend on which `arping` flavour is installed), and the fake moving (or not moving) the HAVIP's
+//! holder.
 //!
-//! Needs root (CAP_SYS_ADMIN for `ip netns`, CAP_NET_RAW for the socket) and `arping`; fails naming
+//! Needs root (CAP_SYS_ADMIN for `ip netns`, CAP_NET_RAW for the socket) and iproute2; fails naming
 //! what is missing otherwise.
 
 use std::net::Ipv4Addr;
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use havip_agent::fake::{FakeCloud, GarpOutcome, GarpSeen, GarpWatch, HavipSpec, watch_garp};
+use havip_agent::net::garp::send_gratuitous;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 /// The MAC the sending veth end gets.
@@ -22,7 +25,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is iproute2/arping installed?)"));
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is iproute2 installed?)"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}): {} (this test needs root)",
@@ -78,27 +81,28 @@ impl Netns {
         .expect("watcher thread")
     }
 
-    /// Sends one gratuitous ARP for `ip` from `ga` (`-P`: as a reply instead of a request).
-    fn arping(&self, ip: Ipv4Addr, reply: bool) {
-        let mut cmd = Command::new("ip");
-        let ip_text = ip.to_string();
-        // -S: the sender address is the announced one (ga has no address of its own).
-        cmd.args([
-            "netns", "exec", &self.name, "arping", "-q", "-U", "-S", &ip_text,
-        ]);
-        cmd.args(["-c", "1", "-w", "1", "-i", "ga"]);
-        if reply {
-            cmd.arg("-P");
-        }
-        cmd.arg(ip.to_string());
-        // arping exits non-zero when nobody answers, which is expected for an announcement.
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is arping installed?)"));
-        // Only arping's harmless seccomp/privilege-drop note may appear on stderr.
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let problems: Vec<&str> = stderr.lines().filter(|l| !l.contains("getpwnam")).collect();
-        assert!(problems.is_empty(), "{cmd:?} did not send: {stderr}");
+    /// Sends one gratuitous ARP for `ip` from `ga` (`reply`: the reply form instead of the request).
+    fn garp(&self, ip: Ipv4Addr, reply: bool) {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on this thread only; the fd is valid for the call.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(send_gratuitous("ga", SENDER_MAC, ip, reply))
+                .expect("send a gratuitous arp (needs CAP_NET_RAW)");
+        })
+        .join()
+        .expect("sender thread");
     }
 }
 
@@ -140,12 +144,12 @@ async fn a_garp_from_an_in_range_instance_moves_the_holder() {
     );
     let watch = ns.watch(&fake, "gb");
 
-    ns.arping(VIP, false);
+    ns.garp(VIP, false);
     let seen = wait_for_seen(&watch, 1);
 
     assert_eq!(seen[0].mac, SENDER_MAC);
     assert_eq!(seen[0].ip, VIP);
-    assert_eq!(seen[0].op, 1, "arping -U sends a request");
+    assert_eq!(seen[0].op, 1, "the request form");
     assert!(seen[0].moved, "{seen:?}");
     let h = fake.havip("havip-00000001").unwrap();
     assert_eq!(h.instance_id.as_deref(), Some("ins-aaaaaaaa"));
@@ -166,16 +170,16 @@ async fn a_garp_from_an_out_of_range_instance_is_ignored_while_check_associate_i
     );
     let watch = ns.watch(&fake, "gb");
 
-    ns.arping(VIP, false);
+    ns.garp(VIP, false);
     let ignored = wait_for_seen(&watch, 1);
     let holder_after_ignored = fake.havip("havip-00000001").unwrap().instance_id;
     fake.set_check_associate("havip-00000001", false);
-    ns.arping(VIP, true);
+    ns.garp(VIP, true);
     let seen = wait_for_seen(&watch, 2);
 
     assert!(!ignored[0].moved, "{ignored:?}");
     assert_eq!(holder_after_ignored.as_deref(), Some("ins-bbbbbbbb"));
-    assert_eq!(seen[1].op, 2, "arping -U -P sends a reply");
+    assert_eq!(seen[1].op, 2, "the reply form");
     assert!(
         seen[1].moved,
         "with CheckAssociate off the GARP moves the holder: {seen:?}"
@@ -202,7 +206,7 @@ async fn the_watcher_sees_a_garp_crossing_a_bridge() {
     );
     let watch = ns.watch(&fake, "gbr");
 
-    ns.arping(VIP, true);
+    ns.garp(VIP, true);
     let seen = wait_for_seen(&watch, 1);
 
     assert!(seen[0].moved, "{seen:?}");
@@ -232,7 +236,7 @@ async fn with_a_move_delay_the_watcher_records_a_scheduled_move_and_the_holder_f
     });
     let watch = ns.watch(&fake, "gb");
 
-    ns.arping(VIP, false);
+    ns.garp(VIP, false);
     let seen = wait_for_seen(&watch, 1);
     let mv = moves
         .recv_timeout(Duration::from_secs(10))

@@ -2,7 +2,7 @@
 //! namespaces, a client writing through the VIP, the fake cloud moving the HAVIP on GARP. One run per
 //! scenario; correctness is asserted (no acknowledged write lost, the VIP on exactly the master after the
 //! heal, every API request signed correctly), speed is benchmarked (`cargo bench --bench lab`), not asserted.
-//! Needs root and the lab's tools (iproute2, nftables, arping, redis-server/sentinel/cli); a missing one
+//! Needs root and the lab's tools (iproute2, nftables, redis-server/sentinel/cli); a missing one
 //! fails the test with its name. Runs one lab at a time: parallel labs on two cores would distort Sentinel.
 
 mod lab_support;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use havip_agent::fake::GarpOutcome;
 use havip_agent::lab::topology::{DriftRange, HAVIP_ID, Topology, VIP, vip_cidr};
 use havip_agent::lab::{Method, Scenario};
+use havip_agent::net::garp::send_gratuitous;
 use havip_agent::testbed::netns::Lab;
 use lab_support::{assert_lossless_and_settled, one_lab_at_a_time, run};
 
@@ -50,14 +51,10 @@ fn who_answers(topo: &Topology) -> Option<String> {
 /// Sends one gratuitous ARP reply for the VIP from host `i` and waits until the fake has seen it.
 fn garp_from(topo: &Topology, i: usize) -> GarpOutcome {
     let before = topo.garp().seen().len();
-    let out = topo
-        .host(i)
-        .ns
-        .command("arping")
-        .args(["-q", "-U", "-P", "-c", "1", "-w", "1", "-i", Lab::HOST_IF])
-        .args(["-S", &VIP.to_string(), &VIP.to_string()])
-        .output()
-        .expect("running arping (apt-get install arping)");
+    let host = topo.host(i);
+    host.ns
+        .block_on(|| send_gratuitous(Lab::HOST_IF, host.mac, VIP, true))
+        .unwrap_or_else(|e| panic!("host {}: sending a gratuitous arp: {e}", i + 1));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let seen = topo.garp().seen();
@@ -69,7 +66,7 @@ fn garp_from(topo: &Topology, i: usize) -> GarpOutcome {
         }
         assert!(
             Instant::now() < deadline,
-            "the fake saw no GARP from host {} ({out:?})",
+            "the fake saw no GARP from host {}",
             i + 1
         );
         std::thread::sleep(Duration::from_millis(20));

@@ -2,7 +2,7 @@
 //! Redis + Sentinel in network namespaces, a client writing through the VIP, the fake cloud moving the HAVIP
 //! on GARP. One run per scenario; correctness is asserted (no acknowledged write lost, the VIP on exactly the master after the
 //! heal, every API request signed correctly), speed is benchmarked (`cargo bench --bench lab`), not asserted.
-//! Needs root and the lab's tools (iproute2, nftables, arping, redis-server/sentinel/cli); a missing one
+//! Needs root and the lab's tools (iproute2, nftables, redis-server/sentinel/cli); a missing one
 //! fails the test with its name. Runs one lab at a time: parallel labs on two cores would distort Sentinel.
 
 mod lab_support;

@@ -140,22 +140,18 @@ fn ensure_file(p: &Path) -> Result<&Path> {
 
 /// Fails with a message naming the missing tool when one the method needs is not installed.
 pub fn require_tools(method: Method) -> Result<()> {
-    let mut tools = vec![
-        "ip",
-        "redis-server",
-        "redis-sentinel",
-        "redis-cli",
-        "nft",
-        "arping",
-    ];
-    if method == Method::Keepalived {
-        tools.push("keepalived");
+    let mut tools = vec!["ip", "redis-server", "redis-sentinel", "redis-cli", "nft"];
+    match method {
+        // The seed's script announces with `arping` (either flavour: it asks which one it has).
+        Method::SeedScript => tools.push("arping"),
+        Method::Keepalived => tools.push("keepalived"),
+        Method::Agent | Method::Migrate => {}
     }
     let missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
     if !missing.is_empty() {
         bail!(
             "the lab needs {} (Debian: apt-get install iproute2 redis-server redis-sentinel redis-tools \
-             nftables arping keepalived)",
+             nftables, and arping for the seed's script, keepalived for keepalived)",
             missing.join(", ")
         );
     }

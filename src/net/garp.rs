@@ -325,6 +325,25 @@ impl GarpSender {
     }
 }
 
+/// Sends one gratuitous ARP frame for `vip` from `mac` on `ifname`: the reply form if `reply`, else the
+/// request form.
+/// Needs `CAP_NET_RAW` and a tokio runtime. For tools and tests that must not depend on which `arping` is
+/// installed (iputils' and Thomas Habets' take different flags); the agent itself uses its own sender.
+pub async fn send_gratuitous(
+    ifname: &str,
+    mac: [u8; 6],
+    vip: Ipv4Addr,
+    reply: bool,
+) -> Result<(), NetError> {
+    let socket = PacketSocket::open(ifname, ifindex_by_name(ifname)?, 0, "send gratuitous arp")?;
+    let frame = if reply {
+        ArpFrame::gratuitous_reply(mac, vip)
+    } else {
+        ArpFrame::gratuitous_request(mac, vip)
+    };
+    socket.send(&frame.to_bytes()).await
+}
+
 /// An ARP frame received by an [`ArpCapture`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedFrame {
