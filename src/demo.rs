@@ -29,12 +29,18 @@ pub struct DemoArgs {
     /// root. Runs until Ctrl-C or SIGTERM, then removes everything.
     #[arg(long)]
     pub sandbox: bool,
-    /// Sandbox: where to write node 1's config (readable by the havip-agent group if it exists).
-    #[arg(long, value_name = "PATH", default_value = "havip-sandbox.toml")]
-    pub config_out: std::path::PathBuf,
-    /// Sandbox: where to write the fake cloud's credentials as an environment file (mode 0600).
-    #[arg(long, value_name = "PATH", default_value = "havip-sandbox.env")]
-    pub env_out: std::path::PathBuf,
+    /// Sandbox: where to write node 1's config (readable by the havip-agent group if it exists). Default:
+    /// `config.toml` in a new temp directory. Removed when the sandbox stops.
+    #[arg(long, value_name = "PATH")]
+    pub config_out: Option<std::path::PathBuf>,
+    /// Sandbox: where to write the fake cloud's credentials as an environment file (mode 0600). Default:
+    /// `env` in the same temp directory. Removed when the sandbox stops.
+    #[arg(long, value_name = "PATH")]
+    pub env_out: Option<std::path::PathBuf>,
+    /// Sandbox: replace existing --config-out / --env-out files. The originals are moved aside
+    /// (`<file>.havip-demo-orig`) and put back when the sandbox stops.
+    #[arg(long)]
+    pub force: bool,
     /// Sandbox: the veth the real agent binds on (its peer is `<name>p`, watched by the fake cloud).
     #[arg(long, value_name = "NAME", default_value = "havip-sbx0")]
     pub interface: String,
@@ -347,6 +353,7 @@ mod sandbox {
     //! `havip-agent demo --sandbox`: the fake cloud and a Sentinel lab kept running for a real agent.
 
     use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     use super::{DemoArgs, which};
@@ -396,18 +403,120 @@ mod sandbox {
         }
     }
 
-    fn write_file(
-        path: &std::path::Path,
-        text: &str,
-        mode: u32,
-        group: Option<&str>,
-    ) -> anyhow::Result<()> {
-        std::fs::write(path, text)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        if let Some(g) = group.and_then(gid_of) {
-            std::os::unix::fs::chown(path, None, Some(g))?;
+    /// The files the sandbox writes, decided before anything starts. They are removed on drop, and a file
+    /// `--force` replaced is put back; the default temp directory goes with them.
+    struct Outputs {
+        config: PathBuf,
+        env: PathBuf,
+        force: bool,
+        /// What was written, with the original moved aside, if any.
+        written: Vec<(PathBuf, Option<PathBuf>)>,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    impl Outputs {
+        /// Resolves the paths and refuses, before anything starts, to replace a file without `--force`.
+        fn plan(args: &DemoArgs) -> anyhow::Result<Outputs> {
+            let dir = match (&args.config_out, &args.env_out) {
+                (Some(_), Some(_)) => None,
+                _ => Some(
+                    tempfile::Builder::new()
+                        .prefix("havip-sandbox-")
+                        .tempdir()?,
+                ),
+            };
+            let in_dir = |name: &str| dir.as_ref().map(|d| d.path().join(name));
+            let out = Outputs {
+                config: args
+                    .config_out
+                    .clone()
+                    .or_else(|| in_dir("config.toml"))
+                    .unwrap_or_default(),
+                env: args
+                    .env_out
+                    .clone()
+                    .or_else(|| in_dir("env"))
+                    .unwrap_or_default(),
+                force: args.force,
+                written: Vec::new(),
+                _dir: dir,
+            };
+            for (flag, path) in [("--config-out", &out.config), ("--env-out", &out.env)] {
+                anyhow::ensure!(
+                    args.force || path.symlink_metadata().is_err(),
+                    "{flag} {}: the file exists; pass --force to replace it (the original is moved \
+                     aside and put back when the sandbox stops)",
+                    path.display()
+                );
+            }
+            Ok(out)
         }
-        Ok(())
+
+        /// Writes `text` to `path` with `mode` (and `group`, if that group exists) in one step: a temp file in
+        /// the same directory, renamed into place. Without `--force` the rename never replaces a file; with it
+        /// the original (or the symlink itself, never its target) is moved aside first.
+        fn write(
+            &mut self,
+            path: &Path,
+            text: &str,
+            mode: u32,
+            group: Option<&str>,
+        ) -> anyhow::Result<()> {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let tmp = tempfile::NamedTempFile::new_in(parent)?;
+            std::fs::write(tmp.path(), text)?;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
+            if let Some(g) = group.and_then(gid_of) {
+                std::os::unix::fs::chown(tmp.path(), None, Some(g))?;
+            }
+            let mut aside = None;
+            if self.force && path.symlink_metadata().is_ok() {
+                let orig = PathBuf::from(format!("{}.havip-demo-orig", path.display()));
+                anyhow::ensure!(
+                    orig.symlink_metadata().is_err(),
+                    "{} exists from an earlier sandbox: put it back or remove it first",
+                    orig.display()
+                );
+                std::fs::rename(path, &orig)?;
+                aside = Some(orig);
+            }
+            match tmp.persist_noclobber(path) {
+                Ok(_) => {
+                    self.written.push((path.to_owned(), aside));
+                    Ok(())
+                }
+                Err(e) => {
+                    if let Some(orig) = aside {
+                        let _ = std::fs::rename(orig, path);
+                    }
+                    Err(anyhow::anyhow!("writing {}: {}", path.display(), e.error))
+                }
+            }
+        }
+
+        fn write_config(&mut self, text: &str) -> anyhow::Result<()> {
+            let path = self.config.clone();
+            self.write(&path, text, 0o640, Some("havip-agent"))
+        }
+
+        fn write_env(&mut self, text: &str) -> anyhow::Result<()> {
+            let path = self.env.clone();
+            self.write(&path, text, 0o600, None)
+        }
+    }
+
+    impl Drop for Outputs {
+        fn drop(&mut self) {
+            for (path, aside) in self.written.drain(..).rev() {
+                let _ = std::fs::remove_file(&path);
+                if let Some(orig) = aside {
+                    let _ = std::fs::rename(&orig, &path);
+                }
+            }
+        }
     }
 
     fn gid_of(group: &str) -> Option<u32> {
@@ -437,6 +546,7 @@ mod sandbox {
             which("ip").is_some(),
             "`ip` is not installed: apt-get install -y iproute2"
         );
+        let mut outputs = Outputs::plan(args)?;
         let (veth, mac) = Veth::create(&args.interface)?;
         let spec = FleetSpec {
             external: Some((0, mac)),
@@ -454,21 +564,18 @@ mod sandbox {
             ),
             &format!("lock_dir = \"{}\"", args.lock_dir.display()),
         );
-        write_file(&args.config_out, &config, 0o640, Some("havip-agent"))?;
-        write_file(
-            &args.env_out,
-            &format!("TENCENTCLOUD_SECRET_ID={SECRET_ID}\nTENCENTCLOUD_SECRET_KEY={SECRET_KEY}\n"),
-            0o600,
-            None,
-        )?;
+        outputs.write_config(&config)?;
+        outputs.write_env(&format!(
+            "TENCENTCLOUD_SECRET_ID={SECRET_ID}\nTENCENTCLOUD_SECRET_KEY={SECRET_KEY}\n"
+        ))?;
         println!(
             "sandbox ready: 3 redis + 3 sentinels, the fake tencent cloud at {}",
             fleet.cloud.endpoint()
         );
         println!(
             "node 1 is for a real agent: config {} (credentials of the fake cloud in {})",
-            args.config_out.display(),
-            args.env_out.display()
+            outputs.config.display(),
+            outputs.env.display()
         );
         println!(
             "nodes 2 and 3 run simulated agents in this process; the vip is bound on {} by node 1's agent",
@@ -482,8 +589,8 @@ mod sandbox {
         );
         println!(
             "run the agent:  env $(cat {}) havip-agent run --config {}",
-            args.env_out.display(),
-            args.config_out.display()
+            outputs.env.display(),
+            outputs.config.display()
         );
         println!("stop the sandbox with Ctrl-C (or SIGTERM); it removes everything it created");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -494,7 +601,7 @@ mod sandbox {
         drop(watch);
         fleet.shutdown().await;
         drop(veth);
-        let _ = std::fs::remove_file(&args.env_out);
+        drop(outputs);
         println!("sandbox removed");
         Ok(())
     }

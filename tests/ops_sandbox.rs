@@ -1,7 +1,9 @@
 //! The README's "Operating it" path, end to end inside a network namespace: `havip-agent demo --sandbox`
 //! stands in for Tencent Cloud and a Sentinel deployment, a real `havip-agent run` (the kernel binder, the
 //! HTTP endpoint) takes node 1, and `/healthz`, `/metrics`, `/status` and `havip-agent status` show a
-//! healthy agent holding the VIP. Then a failover moves the VIP away and the agent releases it.
+//! healthy agent holding the VIP. Then a failover moves the VIP away and the agent releases it. The
+//! sandbox writes its files in a temp directory unless told where, never replaces a file without `--force`,
+//! and removes what it wrote (putting back what `--force` replaced) when it stops.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -67,6 +69,8 @@ fn sandbox_and_a_real_agent_give_a_running_healthy_agent() {
     let config = dir.path().join("config.toml");
     let env = dir.path().join("env");
     let lock = dir.path().join("lock");
+    // An operator's existing config: --force replaces it for the sandbox's life and puts it back after.
+    std::fs::write(&config, "# the operator's own config\n").unwrap();
 
     // Arrange: the sandbox, inside the namespace.
     let mut sandbox = Proc(
@@ -78,6 +82,7 @@ fn sandbox_and_a_real_agent_give_a_running_healthy_agent() {
             .arg(&env)
             .arg("--lock-dir")
             .arg(&lock)
+            .arg("--force")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -180,5 +185,99 @@ fn sandbox_and_a_real_agent_give_a_running_healthy_agent() {
     assert!(
         ns.ip(&["link", "show", "sbx0"]).is_err(),
         "the sandbox left its veth behind"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "# the operator's own config\n",
+        "the replaced config is put back"
+    );
+    assert!(!env.exists(), "the sandbox left its credentials file");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "config.toml" && n != "lock")
+        .collect();
+    assert!(left.is_empty(), "the sandbox left files behind: {left:?}");
+}
+
+/// Starts `demo --sandbox` in `ns` with `args`; returns the process and the config path it printed.
+fn start_sandbox(ns: &Netns, args: &[&std::ffi::OsStr]) -> (Proc, std::path::PathBuf) {
+    let mut sandbox = Proc(
+        ns.command(env!("CARGO_BIN_EXE_havip-agent"))
+            .args(["demo", "--sandbox", "--interface", "sbx1"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the sandbox"),
+    );
+    let stdout = sandbox.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut config = None;
+    for line in lines.by_ref() {
+        let line = line.expect("sandbox output");
+        if let Some(rest) = line.strip_prefix("node 1 is for a real agent: config ") {
+            config = rest.split_whitespace().next().map(std::path::PathBuf::from);
+        }
+        if line.starts_with("stop the sandbox") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (
+        sandbox,
+        config.expect("the sandbox printed its config path"),
+    )
+}
+
+#[test]
+fn by_default_the_sandbox_writes_in_a_temp_dir_and_removes_it() {
+    let ns =
+        Netns::new("sandboxtmp").expect("create a network namespace (needs root and iproute2)");
+    let lock = tempfile::tempdir().unwrap();
+    let (mut sandbox, config) =
+        start_sandbox(&ns, &["--lock-dir".as_ref(), lock.path().as_os_str()]);
+    let dir = config.parent().unwrap().to_owned();
+    assert!(
+        dir.starts_with(std::env::temp_dir()) && config.is_file() && dir.join("env").is_file(),
+        "config {} and env in a temp dir",
+        config.display()
+    );
+    assert!(
+        sandbox.terminate().is_some_and(|s| s.success()),
+        "the sandbox did not stop cleanly on SIGTERM"
+    );
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
+
+#[test]
+fn the_sandbox_refuses_to_replace_a_file_without_force() {
+    let ns =
+        Netns::new("sandboxkeep").expect("create a network namespace (needs root and iproute2)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let env = dir.path().join("env");
+    std::fs::write(&config, "# production\n").unwrap();
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_havip-agent"))
+        .args(["demo", "--sandbox", "--interface", "sbx2", "--config-out"])
+        .arg(&config)
+        .arg("--env-out")
+        .arg(&env)
+        .output()
+        .expect("run the sandbox");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--config-out")
+            && stderr.contains("config.toml")
+            && stderr.contains("--force"),
+        "names the flag, the file and the way out: {stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "# production\n");
+    assert!(!env.exists(), "nothing written after the refusal");
+    assert!(
+        ns.ip(&["link", "show", "sbx2"]).is_err(),
+        "nothing created after the refusal"
     );
 }
