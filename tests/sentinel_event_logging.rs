@@ -1,14 +1,12 @@
 //! What the watcher logs about Sentinel Pub/Sub events, against a fake Sentinel that publishes them: the
 //! event's channel and master at info, its payload only at debug.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use havip_agent::config::{Dur, FenceAfter, SentinelConfig};
 use havip_agent::sentinel::Watcher;
-use havip_agent::testbed::fake_sentinel::read_command;
+use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
 use havip_agent::testbed::logs::LogCapture;
-use tokio::io::{AsyncWriteExt, BufReader};
 
 /// In the payload of the valid event: an address only the payload carries.
 const VALID_MARKER: &str = "198.18.77.77";
@@ -16,100 +14,31 @@ const VALID_MARKER: &str = "198.18.77.77";
 const MALFORMED_MARKER: &str = "198.18.77.79";
 
 /// What the fake publishes, in turn, on every subscribed connection.
-const EVENTS: &[(&str, &str)] = &[
+const EVENTS: &[(&str, &[u8])] = &[
     (
         "+switch-master",
-        "mymaster 198.18.77.76 6379 198.18.77.77 16379",
+        b"mymaster 198.18.77.76 6379 198.18.77.77 16379",
     ),
     (
         "+switch-master",
-        "mymaster 198.18.77.78 x 198.18.77.79 6379",
+        b"mymaster 198.18.77.78 x 198.18.77.79 6379",
     ),
 ];
-
-fn message(channel: &str, payload: &str) -> Vec<u8> {
-    format!(
-        "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
-        channel.len(),
-        payload.len()
-    )
-    .into_bytes()
-}
-
-/// One connection: `PONG` to pings, a refusal to queries (the snapshot is not under test), and after
-/// `SUBSCRIBE` the [`EVENTS`] every 20 ms until the connection closes.
-async fn fake_connection(stream: tokio::net::TcpStream) {
-    let (r, w) = stream.into_split();
-    let w = Arc::new(tokio::sync::Mutex::new(w));
-    let mut r = BufReader::new(r);
-    let mut publisher: Option<tokio::task::JoinHandle<()>> = None;
-    while let Some(args) = read_command(&mut r).await {
-        let verb = args
-            .first()
-            .map(|a| a.to_ascii_uppercase())
-            .unwrap_or_default();
-        let reply = match verb.as_str() {
-            "PING" => b"+PONG\r\n".to_vec(),
-            "SUBSCRIBE" => {
-                let mut out = Vec::new();
-                for (i, ch) in args[1..].iter().enumerate() {
-                    out.extend(
-                        format!(
-                            "*3\r\n$9\r\nsubscribe\r\n${}\r\n{ch}\r\n:{}\r\n",
-                            ch.len(),
-                            i + 1
-                        )
-                        .into_bytes(),
-                    );
-                }
-                let w2 = w.clone();
-                publisher = Some(tokio::spawn(async move {
-                    for k in 0..10_000 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        let (ch, payload) = EVENTS[k % EVENTS.len()];
-                        if w2
-                            .lock()
-                            .await
-                            .write_all(&message(ch, payload))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }));
-                out
-            }
-            "AUTH" | "CLIENT" | "SELECT" | "HELLO" => b"+OK\r\n".to_vec(),
-            _ => b"-ERR not in this fake\r\n".to_vec(),
-        };
-        if w.lock().await.write_all(&reply).await.is_err() {
-            break;
-        }
-    }
-    if let Some(p) = publisher {
-        p.abort();
-    }
-}
-
-async fn start_fake_sentinel() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(fake_connection(stream));
-        }
-    });
-    addr
-}
 
 // Regression: every event's payload was logged at info, in full.
 // Single-threaded runtime: every watcher task runs on this thread, so its thread-local log capture sees them.
 #[tokio::test]
 async fn event_payloads_are_logged_at_debug_and_info_names_the_event_and_master() {
     let (logs, _guard) = LogCapture::thread_debug();
+    // The snapshot is not under test: the fake names a master that appears in no event.
+    let fake = FakeSentinel::start(Mode::Master {
+        ip: "198.18.0.2".parse().unwrap(),
+        epoch: 1,
+    })
+    .expect("start the fake sentinel");
+    fake.set_events(EVENTS);
     let cfg = SentinelConfig {
-        addresses: vec![start_fake_sentinel().await],
+        addresses: vec![fake.addr().to_owned()],
         username: None,
         password: None,
         tls: None,

@@ -2,7 +2,6 @@
 //! against a fake Sentinel that answers garbage.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,10 +10,9 @@ use havip_agent::secret::Secret;
 use havip_agent::sentinel::{
     self, ConnectOptions, Event, ObservedEvent, Snapshot, WatchOptions, Watcher,
 };
-use havip_agent::testbed::fake_sentinel::read_command;
+use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
 use havip_agent::testbed::logs::LogCapture;
 use havip_agent::testbed::redis::{LabSpec, LabTls, LabUser, RedisLab};
-use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, watch};
 
 type Snapshots = watch::Receiver<Arc<Snapshot>>;
@@ -488,166 +486,6 @@ async fn tls_sentinels_are_watched_over_tls_with_a_client_certificate() {
     assert!(err.contains("no-such-ca.pem"), "{err}");
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// A fake Sentinel that answers garbage.
-
-/// Counters of what the fake did.
-#[derive(Default)]
-struct FakeStats {
-    master_queries: AtomicUsize,
-    garbage_events: AtomicUsize,
-    connections: AtomicUsize,
-}
-
-/// The bad `SENTINEL MASTER` answers the fake cycles through (RESP2 bytes), with its
-/// `GET-MASTER-ADDR-BY-NAME` answer. Every pair is unusable; the address names a bogus master 6.6.6.6.
-fn bad_answer(n: usize) -> (Vec<u8>, Vec<u8>) {
-    fn bulk_array(items: &[&str]) -> Vec<u8> {
-        let mut out = format!("*{}\r\n", items.len()).into_bytes();
-        for i in items {
-            out.extend(format!("${}\r\n{i}\r\n", i.len()).into_bytes());
-        }
-        out
-    }
-    let full = |epoch: &str, ip: &str| {
-        bulk_array(&[
-            "name",
-            "mymaster",
-            "ip",
-            ip,
-            "port",
-            "6379",
-            "flags",
-            "master",
-            "down-after-milliseconds",
-            "1000",
-            "config-epoch",
-            epoch,
-            "num-other-sentinels",
-            "2",
-            "quorum",
-            "2",
-        ])
-    };
-    let bogus_addr = bulk_array(&["6.6.6.6", "6379"]);
-    match n % 7 {
-        0 => (b":42\r\n".to_vec(), bogus_addr),
-        1 => (
-            bulk_array(&["name", "mymaster", "ip", "6.6.6.6", "port", "6379"]),
-            bogus_addr,
-        ),
-        2 => (full("lots", "6.6.6.6"), bogus_addr),
-        3 => (full("999", "not-an-ip"), bogus_addr),
-        4 => (full("999", "6.6.6.6"), bulk_array(&["6.6.6.6", "x"])),
-        5 => (b"-ERR fake failure\r\n".to_vec(), b"$-1\r\n".to_vec()),
-        // Not RESP at all: the client's parser fails and the link must be dropped and rebuilt.
-        _ => (b"?hello garbage\r\n".to_vec(), Vec::new()),
-    }
-}
-
-/// Garbage events the fake publishes on its subscribed connections.
-const BAD_EVENTS: &[(&str, &[u8])] = &[
-    ("+switch-master", b"garbage"),
-    ("+switch-master", b"mymaster 6.6.6.6 x 7.7.7.7 6379"),
-    ("+promoted-slave", b"slave 6.6.6.6:1 6.6.6.6 1"),
-    ("+config-update-from", b""),
-    ("+odown", b"\xff\xfe\xfd"),
-];
-
-fn message(channel: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n",
-        channel.len(),
-        payload.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-async fn fake_connection(stream: tokio::net::TcpStream, stats: Arc<FakeStats>) {
-    stats.connections.fetch_add(1, Ordering::Relaxed);
-    let (r, w) = stream.into_split();
-    let w = Arc::new(tokio::sync::Mutex::new(w));
-    let mut r = BufReader::new(r);
-    let mut publisher: Option<tokio::task::JoinHandle<()>> = None;
-    while let Some(args) = read_command(&mut r).await {
-        let upper: Vec<String> = args.iter().map(|a| a.to_ascii_uppercase()).collect();
-        let reply: Vec<u8> = match upper
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
-            ["PING", ..] => b"+PONG\r\n".to_vec(),
-            ["AUTH", ..] | ["CLIENT", ..] | ["SELECT", ..] => b"+OK\r\n".to_vec(),
-            ["SENTINEL", "MASTER", ..] => {
-                let n = stats.master_queries.fetch_add(1, Ordering::Relaxed);
-                bad_answer(n).0
-            }
-            ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", ..] => {
-                let n = stats
-                    .master_queries
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(1);
-                bad_answer(n).1
-            }
-            ["SUBSCRIBE", ..] => {
-                let mut out = Vec::new();
-                for (i, ch) in args[1..].iter().enumerate() {
-                    out.extend(
-                        format!(
-                            "*3\r\n$9\r\nsubscribe\r\n${}\r\n{ch}\r\n:{}\r\n",
-                            ch.len(),
-                            i + 1
-                        )
-                        .into_bytes(),
-                    );
-                }
-                let (w2, stats2) = (w.clone(), stats.clone());
-                publisher = Some(tokio::spawn(async move {
-                    for k in 0.. {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        let (ch, payload) = BAD_EVENTS[k % BAD_EVENTS.len()];
-                        if w2
-                            .lock()
-                            .await
-                            .write_all(&message(ch, payload))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        stats2.garbage_events.fetch_add(1, Ordering::Relaxed);
-                    }
-                }));
-                out
-            }
-            _ => b"-ERR unknown command\r\n".to_vec(),
-        };
-        if w.lock().await.write_all(&reply).await.is_err() {
-            break;
-        }
-    }
-    if let Some(p) = publisher {
-        p.abort();
-    }
-}
-
-async fn start_fake_sentinel() -> (String, Arc<FakeStats>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let stats = Arc::new(FakeStats::default());
-    let s = stats.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(fake_connection(stream, s.clone()));
-        }
-    });
-    (addr, stats)
-}
-
 // Single-threaded runtime: every watcher task runs on this thread, so its thread-local log capture sees them.
 #[tokio::test]
 async fn bad_sentinel_replies_and_events_are_logged_and_ignored() {
@@ -659,7 +497,8 @@ async fn bad_sentinel_replies_and_events_are_logged_and_ignored() {
         .expect("lab starts");
     let master = lab.master_name().to_owned();
     let old = lab.redis_addr(0);
-    let (fake, stats) = start_fake_sentinel().await;
+    let fake_sentinel = FakeSentinel::start(Mode::Garbage).expect("start the fake sentinel");
+    let fake = fake_sentinel.addr().to_owned();
     let mut cfg = lab.sentinel_config();
     cfg.addresses.push(fake.clone());
     cfg.poll_interval = Dur::from_millis(100);
@@ -688,14 +527,12 @@ async fn bad_sentinel_replies_and_events_are_logged_and_ignored() {
 
     // Act: let the fake cycle through every bad answer twice and publish plenty of garbage events.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while stats.master_queries.load(Ordering::Relaxed) < 14
-        || stats.garbage_events.load(Ordering::Relaxed) < 10
-    {
+    while fake_sentinel.garbage_served() < 16 || fake_sentinel.events_published() < 14 {
         assert!(
             Instant::now() < deadline,
             "the fake was asked {} times and published {} events",
-            stats.master_queries.load(Ordering::Relaxed),
-            stats.garbage_events.load(Ordering::Relaxed)
+            fake_sentinel.garbage_served(),
+            fake_sentinel.events_published()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -710,7 +547,7 @@ async fn bad_sentinel_replies_and_events_are_logged_and_ignored() {
         "no garbage event is broadcast"
     );
     assert!(
-        stats.connections.load(Ordering::Relaxed) >= 3,
+        fake_sentinel.connections() >= 3,
         "non-RESP garbage made the watcher drop and rebuild the link"
     );
     let text = logs.text();

@@ -1,5 +1,6 @@
 //! A scripted Sentinel for tests that must choose every answer: just enough RESP for `SENTINEL MASTER`,
-//! `SENTINEL GET-MASTER-ADDR-BY-NAME`, `SUBSCRIBE` and `PING` (anything else gets `+OK`).
+//! `SENTINEL GET-MASTER-ADDR-BY-NAME`, `SUBSCRIBE` and `PING` (anything else gets `+OK`). The one fake
+//! Sentinel of the project: tests use it rather than writing their own.
 //!
 //! Owns its listener and a thread running the server; dropping it stops the thread and closes every
 //! connection. Real Sentinels (`testbed::redis`) are for behaviour; this is for answers a real one never
@@ -30,28 +31,104 @@ pub enum Mode {
     Garbage,
 }
 
-/// Malformed `SENTINEL MASTER` answers, served in turn in [`Mode::Garbage`].
-const GARBAGE_REPLIES: [&str; 5] = [
-    ":42\r\n",
-    "*2\r\n$4\r\nname\r\n$5\r\nalpha\r\n",
-    "*6\r\n$4\r\nname\r\n$5\r\nalpha\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$12\r\nconfig-epoch\r\n$5\r\nthree\r\n",
-    "*4\r\n$4\r\nname\r\n$5\r\nalpha\r\n$2\r\nip\r\n$14\r\nredis.internal\r\n",
-    "-ERR garbage\r\n",
+/// The malformed `SENTINEL MASTER` answer number `n` (they are served in turn in [`Mode::Garbage`]), with
+/// the `GET-MASTER-ADDR-BY-NAME` answer that goes with it. None is usable; those that parse far enough name a
+/// bogus master, 6.6.6.6.
+fn garbage_reply(n: usize, name: &str) -> (Vec<u8>, Vec<u8>) {
+    let full = |epoch: &str, ip: &str| {
+        bulk_array(&[
+            "name",
+            name,
+            "ip",
+            ip,
+            "port",
+            "6379",
+            "flags",
+            "master",
+            "down-after-milliseconds",
+            "1000",
+            "config-epoch",
+            epoch,
+            "num-other-sentinels",
+            "2",
+            "quorum",
+            "2",
+        ])
+    };
+    let bogus_addr = bulk_array(&["6.6.6.6", "6379"]);
+    match n % 8 {
+        0 => (b":42\r\n".to_vec(), bogus_addr),
+        1 => (
+            bulk_array(&["name", name, "ip", "6.6.6.6", "port", "6379"]),
+            bogus_addr,
+        ),
+        2 => (full("lots", "6.6.6.6"), bogus_addr),
+        3 => (full("999", "not-an-ip"), bogus_addr),
+        4 => (
+            full("999", "redis.internal"),
+            bulk_array(&["redis.internal", "6379"]),
+        ),
+        5 => (full("999", "6.6.6.6"), bulk_array(&["6.6.6.6", "x"])),
+        6 => (b"-ERR fake failure\r\n".to_vec(), b"$-1\r\n".to_vec()),
+        // Not RESP at all: the client's parser fails and the link must be dropped and rebuilt.
+        _ => (b"?hello garbage\r\n".to_vec(), Vec::new()),
+    }
+}
+
+/// Malformed events on real channel names, published in turn every [`EVENT_EVERY`] on every subscribed
+/// connection while in [`Mode::Garbage`].
+const GARBAGE_EVENTS: [(&str, &[u8]); 7] = [
+    ("+switch-master", b"garbage"),
+    ("+switch-master", b"alpha x y z w"),
+    ("+switch-master", b"mymaster 6.6.6.6 x 7.7.7.7 6379"),
+    ("+promoted-slave", b"slave 6.6.6.6:1 6.6.6.6 1"),
+    ("+promoted-slave", b""),
+    ("+config-update-from", b"\x01\x02"),
+    ("+odown", b"\xff\xfe\xfd"),
 ];
 
-/// Malformed events on real channel names, published once per subscription in [`Mode::Garbage`].
-const GARBAGE_EVENTS: [(&str, &str); 4] = [
-    ("+switch-master", "alpha 1.2.3.4"),
-    ("+switch-master", "alpha x y z w"),
-    ("+config-update-from", "\u{1}\u{2}"),
-    ("+promoted-slave", ""),
-];
+/// How often events (garbage, or those set with [`FakeSentinel::set_events`]) are published.
+pub const EVENT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Events to publish: `(channel, payload)`.
+type Events = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// What the fake has done, for tests to wait on.
+#[derive(Debug, Default)]
+struct Counters {
+    garbage_served: AtomicUsize,
+    events_published: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+/// What every connection of one fake shares.
+#[derive(Debug, Clone)]
+struct Shared {
+    mode: Arc<Mutex<Mode>>,
+    events: Events,
+    counters: Arc<Counters>,
+}
+
+impl Shared {
+    fn mode(&self) -> Mode {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `k`-th event to publish now, if any.
+    fn event(&self, k: usize) -> Option<(String, Vec<u8>)> {
+        if self.mode() == Mode::Garbage {
+            let (ch, payload) = GARBAGE_EVENTS[k % GARBAGE_EVENTS.len()];
+            return Some((ch.to_owned(), payload.to_vec()));
+        }
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        (!events.is_empty()).then(|| events[k % events.len()].clone())
+    }
+}
 
 /// One fake Sentinel. See the module docs.
 pub struct FakeSentinel {
     addr: String,
-    mode: Arc<Mutex<Mode>>,
-    garbage_served: Arc<AtomicUsize>,
+    shared: Shared,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -70,13 +147,16 @@ impl FakeSentinel {
     pub fn start_on(listener: TcpListener, mode: Mode) -> std::io::Result<FakeSentinel> {
         let addr = listener.local_addr()?.to_string();
         listener.set_nonblocking(true)?;
-        let mode = Arc::new(Mutex::new(mode));
-        let garbage_served = Arc::new(AtomicUsize::new(0));
+        let shared = Shared {
+            mode: Arc::new(Mutex::new(mode)),
+            events: Arc::default(),
+            counters: Arc::default(),
+        };
         let (stop, stopped) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (m, g) = (mode.clone(), garbage_served.clone());
+        let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("fake-sentinel-{addr}"))
             .spawn(move || {
@@ -90,8 +170,7 @@ impl FakeSentinel {
                             _ = stop.changed() => return,
                             accepted = listener.accept() => {
                                 let Ok((stream, _)) = accepted else { continue };
-                                let (m, g, stopped) = (m.clone(), g.clone(), stopped.clone());
-                                tokio::spawn(serve(stream, m, g, stopped));
+                                tokio::spawn(serve(stream, sh.clone(), stopped.clone()));
                             }
                         }
                     }
@@ -99,8 +178,7 @@ impl FakeSentinel {
             })?;
         Ok(FakeSentinel {
             addr,
-            mode,
-            garbage_served,
+            shared,
             stop,
             thread: Some(thread),
         })
@@ -118,17 +196,39 @@ impl FakeSentinel {
 
     /// The current mode.
     pub fn mode(&self) -> Mode {
-        *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.mode()
     }
 
     /// Changes how it answers from the next command on.
     pub fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+        *self.shared.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    }
+
+    /// Outside [`Mode::Garbage`], publishes these `(channel, payload)` events in turn, one every
+    /// [`EVENT_EVERY`], on every subscribed connection (none by default).
+    pub fn set_events(&self, events: &[(&str, &[u8])]) {
+        *self.shared.events.lock().unwrap_or_else(|e| e.into_inner()) = events
+            .iter()
+            .map(|(c, p)| ((*c).to_owned(), p.to_vec()))
+            .collect();
     }
 
     /// How many malformed `SENTINEL MASTER` answers it has given.
     pub fn garbage_served(&self) -> usize {
-        self.garbage_served.load(Ordering::Relaxed)
+        self.shared.counters.garbage_served.load(Ordering::Relaxed)
+    }
+
+    /// How many events (garbage or set) it has published.
+    pub fn events_published(&self) -> usize {
+        self.shared
+            .counters
+            .events_published
+            .load(Ordering::Relaxed)
+    }
+
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.shared.counters.connections.load(Ordering::Relaxed)
     }
 }
 
@@ -163,77 +263,133 @@ fn bulk(s: &str) -> String {
     format!("${}\r\n{s}\r\n", s.len())
 }
 
-fn master_reply(name: &str, ip: IpAddr, epoch: u64) -> String {
-    let fields = [
-        ("name", name.to_owned()),
-        ("ip", ip.to_string()),
-        ("port", "6379".to_owned()),
-        ("flags", "master".to_owned()),
-        ("down-after-milliseconds", "5000".to_owned()),
-        ("config-epoch", epoch.to_string()),
-        ("num-other-sentinels", "2".to_owned()),
-        ("quorum", "2".to_owned()),
-    ];
-    let mut out = format!("*{}\r\n", fields.len() * 2);
-    for (k, v) in fields {
-        out += &bulk(k);
-        out += &bulk(&v);
+fn bulk_array(items: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", items.len());
+    for i in items {
+        out += &bulk(i);
     }
+    out.into_bytes()
+}
+
+fn message(channel: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "*3\r\n{}{}${}\r\n",
+        bulk("message"),
+        bulk(channel),
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
     out
 }
 
-async fn serve(
-    stream: tokio::net::TcpStream,
-    mode: Arc<Mutex<Mode>>,
-    garbage_served: Arc<AtomicUsize>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let current = || *mode.lock().unwrap_or_else(|e| e.into_inner());
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
+fn master_reply(name: &str, ip: IpAddr, epoch: u64) -> Vec<u8> {
+    let (ip, epoch) = (ip.to_string(), epoch.to_string());
+    bulk_array(&[
+        "name",
+        name,
+        "ip",
+        &ip,
+        "port",
+        "6379",
+        "flags",
+        "master",
+        "down-after-milliseconds",
+        "5000",
+        "config-epoch",
+        &epoch,
+        "num-other-sentinels",
+        "2",
+        "quorum",
+        "2",
+    ])
+}
+
+type Writer = Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>;
+
+/// Publishes events on a subscribed connection, one every [`EVENT_EVERY`], until it closes.
+async fn publish(w: Writer, shared: Shared) {
+    let mut k = 0;
     loop {
-        if current() == Mode::Unreachable {
+        tokio::time::sleep(EVENT_EVERY).await;
+        let Some((ch, payload)) = shared.event(k) else {
+            continue;
+        };
+        k += 1;
+        if w.lock()
+            .await
+            .write_all(&message(&ch, &payload))
+            .await
+            .is_err()
+        {
             return;
         }
+        shared
+            .counters
+            .events_published
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve(stream: tokio::net::TcpStream, shared: Shared, mut stopped: watch::Receiver<bool>) {
+    let counters = shared.counters.clone();
+    counters.connections.fetch_add(1, Ordering::Relaxed);
+    let current = || shared.mode();
+    let (r, w) = stream.into_split();
+    let w: Writer = Arc::new(tokio::sync::Mutex::new(w));
+    let mut r = BufReader::new(r);
+    let mut publisher = None;
+    loop {
+        if current() == Mode::Unreachable {
+            break;
+        }
         let args = tokio::select! {
-            _ = stopped.changed() => return,
-            args = read_command(&mut r) => match args { Some(a) => a, None => return },
+            _ = stopped.changed() => break,
+            args = read_command(&mut r) => match args { Some(a) => a, None => break },
         };
-        let mode = current();
+        let mode_now = current();
         let upper: Vec<String> = args.iter().map(|a| a.to_ascii_uppercase()).collect();
         let words: Vec<&str> = upper.iter().map(String::as_str).collect();
-        let reply = match (mode, words.as_slice()) {
-            (Mode::Unreachable, _) => return,
+        let name = args.get(2).map(String::as_str).unwrap_or("mymaster");
+        let reply: Vec<u8> = match (mode_now, words.as_slice()) {
+            (Mode::Unreachable, _) => break,
             (Mode::Garbage, ["SENTINEL", "MASTER", ..]) => {
-                let n = garbage_served.fetch_add(1, Ordering::Relaxed);
-                GARBAGE_REPLIES[n % GARBAGE_REPLIES.len()].to_owned()
+                let n = counters.garbage_served.fetch_add(1, Ordering::Relaxed);
+                garbage_reply(n, name).0
             }
-            (Mode::Garbage, ["SENTINEL", ..]) => "*1\r\n:7\r\n".to_owned(),
+            (Mode::Garbage, ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", ..]) => {
+                let n = counters
+                    .garbage_served
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(1);
+                garbage_reply(n, name).1
+            }
+            (Mode::Garbage, ["SENTINEL", ..]) => b"*1\r\n:7\r\n".to_vec(),
             (Mode::Master { ip, epoch }, ["SENTINEL", "MASTER", ..]) if args.len() > 2 => {
-                master_reply(&args[2], ip, epoch)
+                master_reply(name, ip, epoch)
             }
             (Mode::Master { ip, .. }, ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", ..]) => {
-                format!("*2\r\n{}{}", bulk(&ip.to_string()), bulk("6379"))
+                bulk_array(&[&ip.to_string(), "6379"])
             }
             (_, ["SUBSCRIBE", ..]) => {
                 let mut out = String::new();
                 for (i, ch) in args[1..].iter().enumerate() {
                     out += &format!("*3\r\n{}{}:{}\r\n", bulk("subscribe"), bulk(ch), i + 1);
                 }
-                if mode == Mode::Garbage {
-                    for (ch, payload) in GARBAGE_EVENTS {
-                        out += &format!("*3\r\n{}{}{}", bulk("message"), bulk(ch), bulk(payload));
-                    }
-                }
-                out
+                publisher.get_or_insert_with(|| tokio::spawn(publish(w.clone(), shared.clone())));
+                out.into_bytes()
             }
-            (_, ["PING", ..]) => "+PONG\r\n".to_owned(),
-            (_, ["SENTINEL", ..]) => "-ERR Unknown sentinel subcommand\r\n".to_owned(),
-            _ => "+OK\r\n".to_owned(),
+            (_, ["PING", ..]) => b"+PONG\r\n".to_vec(),
+            (_, ["SENTINEL", ..]) => b"-ERR Unknown sentinel subcommand\r\n".to_vec(),
+            _ => b"+OK\r\n".to_vec(),
         };
-        if w.write_all(reply.as_bytes()).await.is_err() {
-            return;
+        if w.lock().await.write_all(&reply).await.is_err() {
+            break;
         }
+    }
+    if let Some(p) = publisher {
+        p.abort();
     }
 }
 
