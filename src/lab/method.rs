@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -462,14 +461,7 @@ impl Managers {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Dies with the thread that started it, should the lab be killed without unwinding.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::testbed::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} on host {}", self.method, i + 1))?;
