@@ -546,6 +546,13 @@ mod sandbox {
             which("ip").is_some(),
             "`ip` is not installed: apt-get install -y iproute2"
         );
+        // Before anything is created, and long before "stop the sandbox" is printed: a SIGTERM right after
+        // that line must find the handler, not kill the process with everything left behind.
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        );
         let mut outputs = Outputs::plan(args)?;
         let (veth, mac) = Veth::create(&args.interface)?;
         let spec = FleetSpec {
@@ -593,9 +600,8 @@ mod sandbox {
             outputs.config.display()
         );
         println!("stop the sandbox with Ctrl-C (or SIGTERM); it removes everything it created");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         drop(watch);

@@ -16,7 +16,10 @@ pub fn package() -> PathBuf {
 
 /// The repository root (the workspace).
 pub fn repo() -> PathBuf {
-    package().join("../..")
+    package()
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace root")
 }
 
 /// A file under `deploy/`.
