@@ -6,6 +6,13 @@
 //! daemon's pipeline run for one step: `boot` to start, `sentinel::probe` to observe, a fresh
 //! `reconcile::HavipMachine` to decide, `act::Executor` to act.
 //!
+//! Sentinel's two forms first try the running daemon: they send a wake-up naming the master over its
+//! control socket ([`crate::control`]) and map its answer to the exit codes, so the command needs no
+//! capability and no credential. Only when nothing listens there do they act on their own, as below (and
+//! without `CAP_NET_ADMIN`/`CAP_NET_RAW` they exit 2 saying that the daemon is not running). The operator
+//! form (`--master/--to`, `--force`) never uses the socket, which takes no orders; `--dry-run` changes
+//! nothing in any form and reports whether the daemon answers.
+//!
 //! Arguments are wake-ups, never orders: Sentinel replays a script that failed with its original arguments
 //! for hours. In Sentinel's form the command asks the Sentinels what is true now and acts on that: it claims
 //! only if the majority names this host, releases only if it names another, and says the call was
@@ -476,7 +483,7 @@ fn answered(
     let notify = matches!(wake, crate::control::Request::Notify { .. });
     let code = match answer.outcome {
         Outcome::Held | Outcome::Elsewhere => EXIT_OK,
-        Outcome::NoMajority | Outcome::Working if notify => EXIT_OK,
+        Outcome::NoMajority | Outcome::Working | Outcome::UnknownMaster if notify => EXIT_OK,
         Outcome::NoMajority | Outcome::Working | Outcome::Busy => EXIT_TRANSIENT,
         Outcome::UnknownMaster | Outcome::BadRequest | Outcome::Pong => EXIT_PERMANENT,
     };

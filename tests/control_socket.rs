@@ -273,7 +273,13 @@ async fn sentinels_call_without_any_privilege_moves_the_vip_through_the_daemon()
 
     // Act: a failover to this node, which the agent does not poll for; then Sentinel's call.
     w.switch_to(ME, 2);
+    let started = Instant::now();
     let (code, stdout, stderr) = w.migrate(&reconfig_args(ME)).await;
+    // For the record (cargo test -- --nocapture), not asserted: the whole call, process start included.
+    eprintln!(
+        "delegated claim: migrate-havip exited after {:?}",
+        started.elapsed()
+    );
 
     // Assert: the daemon moved it (bound here, the cloud names this instance) and said so; exit 0.
     assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
@@ -293,7 +299,12 @@ async fn a_replayed_call_naming_this_node_does_not_move_the_vip_the_sentinels_de
     settled_on(&agent, OTHER).await;
 
     // Act: Sentinel replays an old call that named this node as the new master.
+    let started = Instant::now();
     let (code, stdout, stderr) = w.migrate(&reconfig_args(ME)).await;
+    eprintln!(
+        "delegated replay: migrate-havip exited after {:?}",
+        started.elapsed()
+    );
 
     // Assert: nothing moved; the answer says who the Sentinels name.
     assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
