@@ -263,7 +263,11 @@ pub fn check_control(cfg: &Config, r: &mut CheckReport) {
         ));
     }
     match crate::control::group_id(&cfg.agent.control_group) {
-        Ok(Some(_)) => {}
+        Ok(Some(_)) => r.lines.push(format!(
+            "control socket: {} (mode 0660, group {}), for migrate-havip run by Sentinel",
+            socket.display(),
+            cfg.agent.control_group
+        )),
         Ok(None) => r.problems.push(format!(
             "agent.control_group {:?}: no such group (the package creates havip-agent): the daemon cannot give its control socket to Sentinel's user",
             cfg.agent.control_group

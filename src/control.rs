@@ -50,8 +50,9 @@ pub const MAX_REQUEST: usize = 256;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Clients served at once; more get `busy` and are closed. Sentinel runs at most 16 scripts at a time.
 pub const MAX_CONNECTIONS: usize = 32;
-/// A Unix socket path must fit `sun_path` (108 bytes with its terminating NUL).
-const SUN_PATH_MAX: usize = 107;
+/// A Unix socket path must fit `sun_path` (108 bytes with its terminating NUL), and [`bind`] first binds
+/// a temporary name up to 13 bytes longer (`.<name>.<pid>.tmp`) in the same directory.
+const PATH_MAX: usize = 107 - 13;
 /// How often a waiting request looks at the daemon's state again.
 const JUDGE_EVERY: Duration = Duration::from_millis(25);
 
@@ -60,9 +61,9 @@ pub fn check_socket_path(path: &Path) -> Result<(), String> {
     if !path.is_absolute() {
         return Err(format!("{} is not an absolute path", path.display()));
     }
-    if path.as_os_str().len() > SUN_PATH_MAX {
+    if path.as_os_str().len() > PATH_MAX {
         return Err(format!(
-            "{} is {} bytes long; a Unix socket path may have at most {SUN_PATH_MAX}",
+            "{} is {} bytes long; the control socket's path may have at most {PATH_MAX}",
             path.display(),
             path.as_os_str().len()
         ));
@@ -958,8 +959,44 @@ mod tests {
         assert!(
             check_socket_path(Path::new(&long))
                 .unwrap_err()
-                .contains("at most 107")
+                .contains("at most 94")
         );
+    }
+
+    fn config(agent: &str, claim: &str) -> Result<Config, crate::config::ConfigError> {
+        let text = format!(
+            "[cloud]\nregion = \"ap-guangzhou\"\n[node]\ninstance_id = \"ins-a\"\naddress = \"198.18.0.11\"\n\
+             interface = \"eth0\"\n[sentinel]\naddresses = [\"198.18.0.1:26379\"]\n[agent]\n{agent}\n\
+             [claim]\n{claim}\n[[havip]]\nmaster = \"m\"\nhavip_id = \"havip-1\"\nvip = \"198.18.0.100/24\"\n"
+        );
+        Config::parse_str(&text, Path::new("c.toml"))
+    }
+
+    #[test]
+    fn the_socket_defaults_to_the_lock_dir_and_a_bad_path_names_the_key() {
+        assert_eq!(
+            config("", "").unwrap().control_socket(),
+            Path::new(DEFAULT_SOCKET)
+        );
+        let c = config("", "lock_dir = \"/run/x\"").unwrap();
+        assert_eq!(c.control_socket(), Path::new("/run/x/control.sock"));
+        let c = config("control_socket = \"/srv/c.sock\"", "").unwrap();
+        assert_eq!(c.control_socket(), Path::new("/srv/c.sock"));
+        let e = config("control_socket = \"c.sock\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent.control_socket") && e.contains("not an absolute path"),
+            "{e}"
+        );
+        let long = format!("lock_dir = \"/{}\"", "d".repeat(100));
+        let e = config("", &long).unwrap_err().to_string();
+        assert!(
+            e.contains("agent.control_socket") && e.contains("at most 94"),
+            "{e}"
+        );
+        let e = config("control_group = \"\"", "").unwrap_err().to_string();
+        assert!(e.contains("agent.control_group"), "{e}");
     }
 
     /// Counts re-samples, and how many run at once.

@@ -1,11 +1,12 @@
 //! The daemon's control socket and `migrate-havip` handing Sentinel's calls to it (issue 11: the Sentinel
 //! drop-in grants nothing). An in-process agent over the fake cloud and fake Sentinels serves the socket
 //! as `havip-agent run` does (`control::serve_agent`); `migrate-havip` runs as an unprivileged user this
-//! test creates, with no capability at all (`setpriv --inh-caps=-all --bounding-set=-all --no-new-privs`,
-//! as Debian's redis-sentinel.service runs its scripts) and a config naming no reachable cloud or Sentinel,
+//! test creates, with no capability at all (`setpriv --inh-caps=-all --bounding-set=-all --no-new-privs`)
+//! in a user namespace of its own (`unshare --user`), as Debian's redis-sentinel.service runs its scripts
+//! (no_new_privs, `PrivateUsers=true`), and a config naming no reachable cloud or Sentinel,
 //! so anything it did itself would fail. The Sentinels poll every 10 minutes and publish no events: the
 //! agent sees a switch only when something wakes it.
-//! Needs root, `setpriv`, `useradd`/`userdel`, `groupadd`/`groupdel`.
+//! Needs root, `setpriv`, `unshare` (util-linux), `useradd`/`userdel`, `groupadd`/`groupdel`.
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -188,6 +189,11 @@ impl World {
             "--inh-caps=-all",
             "--bounding-set=-all",
             "--no-new-privs",
+            // PrivateUsers=true, as Debian's unit has: the socket's group is not mapped in there, and the
+            // supplementary group must still reach it.
+            "unshare",
+            "--user",
+            "--map-current-user",
         ])
         .arg(self.dir.path().join("migrate-havip"))
         .args(args)
