@@ -37,6 +37,25 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, log: &mut Vec<String>, needle: &st
     }
 }
 
+/// A log line without its colours (the human format colours field names).
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the escape sequence (`ESC [ ... m`).
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One request, one answer line.
 fn ask(path: &std::path::Path, request: &str) -> String {
     let mut s = UnixStream::connect(path).unwrap();
@@ -128,11 +147,14 @@ control_group = "root"
         a.starts_with("no-majority ") && a.contains("havip-ctlrun1: only 0 of 3 sentinels"),
         "{a}"
     );
-    wait_for_line(&rx, &mut log, "control socket: wake-up");
+    // Logged with the caller's uid (this test runs as root).
+    wait_for_line(&rx, &mut log, "reconfig mymaster");
     assert!(
-        log.iter().any(|l| l.contains("control socket: wake-up")
-            && l.contains("uid")
-            && l.contains("reconfig mymaster")),
+        log.iter()
+            .map(|l| plain(l))
+            .any(|l| l.contains("control socket: wake-up")
+                && l.contains(" uid=0 ")
+                && l.contains("request=reconfig mymaster")),
         "{}",
         log.join("\n")
     );
