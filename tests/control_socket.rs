@@ -345,6 +345,11 @@ async fn a_notification_wakes_the_daemon_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_daemon_and_without_capabilities_it_exits_2_naming_both() {
     let w = World::new("nd", OTHER).await;
+    let (code, stdout, stderr) = w
+        .migrate(&["--dry-run", "--master", MASTER, "--to", ME])
+        .await;
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("daemon: not reachable"), "{stdout}");
     let (code, stdout, stderr) = w.migrate(&reconfig_args(ME)).await;
     assert_eq!(code, Some(2), "stdout: {stdout}\nstderr: {stderr}");
     for want in [
@@ -424,6 +429,15 @@ async fn the_socket_is_0660_in_its_group_and_replaces_only_a_stale_socket() {
     assert_eq!(meta.mode() & 0o7777, 0o660, "mode {:o}", meta.mode());
     assert_eq!((meta.uid(), meta.gid()), (0, w.acct.gid));
     assert!(raw(&sock, b"ping\n").await.starts_with("pong "));
+    // What the snippet's check line shows Sentinel's user: the daemon answers.
+    let (code, stdout, stderr) = w
+        .migrate(&["--dry-run", "--master", MASTER, "--to", ME])
+        .await;
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains(&format!("daemon: answers on {}", sock.display())),
+        "{stdout}"
+    );
 
     // A live one is not.
     let e = control::serve_agent(
