@@ -136,10 +136,11 @@ step "installing binaries into $ROOT/usr/bin"
 run install -D -m 0755 -o 0 -g 0 "$BIN_DIR/havip-agent" "$ROOT/usr/bin/havip-agent"
 # migrate-havip carries capabilities: only root and the havip-agent group (the Sentinel's user) may run it.
 run install -D -m 0750 -o 0 -g "$G" "$BIN_DIR/migrate-havip" "$ROOT/usr/bin/migrate-havip"
-# After install: a change of owner clears file capabilities. With them (run by hand, or by a Sentinel not
-# under Debian's no_new_privs unit, where the drop-in's ambient capabilities serve instead) it reads only the
-# root-owned config, drops them once its sockets are open, and reads its credentials from the CAM role or
-# /etc/havip-agent/migrate.env.
+# After install: a change of owner clears file capabilities. They serve only when migrate-havip acts on its
+# own (no daemon listening on its control socket; by hand, or by a Sentinel not under Debian's no_new_privs
+# unit, where they cannot apply): it then reads only the root-owned config, drops them once its sockets are
+# open, and reads its credentials from the CAM role or /etc/havip-agent/migrate.env. Sentinel's calls to a
+# running daemon need none.
 run setcap cap_net_admin,cap_net_raw+ep "$ROOT/usr/bin/migrate-havip"
 
 # --- 3. config --------------------------------------------------------------------------------------------

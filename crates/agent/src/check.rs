@@ -80,6 +80,7 @@ pub async fn check(
     let exposed = exposure(&cfg);
     r.warnings.extend(exposed.warnings);
     r.problems.extend(exposed.problems);
+    check_control(&cfg, &mut r);
     // The same start-up path as every front door; without an identity the cloud part is skipped.
     let boot = match crate::boot::boot_with(cfg.clone()).await {
         Ok(b) => {
@@ -245,6 +246,35 @@ async fn check_eni(b: &Boot, r: &mut CheckReport) {
         )),
         Err(e) => r.lines.push(format!(
             "node: cannot tell whether {eni} is the primary ENI: {e}"
+        )),
+    }
+}
+
+/// The control socket `run` will create: its directory must exist and its group must exist, or Sentinel's
+/// calls cannot reach the daemon (and fail without capabilities). `check` needs no daemon to say so.
+pub fn check_control(cfg: &Config, r: &mut CheckReport) {
+    let socket = &cfg.control_socket();
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        r.problems.push(format!(
+            "agent.control_socket {}: its directory {} does not exist (the unit's RuntimeDirectory and the tmpfiles.d entry create /run/havip-agent): migrate-havip run by Sentinel cannot reach the daemon",
+            socket.display(),
+            dir.display()
+        ));
+    }
+    match crate::control::group_id(&cfg.agent.control_group) {
+        Ok(Some(_)) => r.lines.push(format!(
+            "control socket: {} (mode 0660, group {}), for migrate-havip run by Sentinel",
+            socket.display(),
+            cfg.agent.control_group
+        )),
+        Ok(None) => r.problems.push(format!(
+            "agent.control_group {:?}: no such group (the package creates havip-agent): the daemon cannot give its control socket to Sentinel's user",
+            cfg.agent.control_group
+        )),
+        Err(e) => r.problems.push(format!(
+            "agent.control_group {:?}: cannot look it up: {e}",
+            cfg.agent.control_group
         )),
     }
 }
@@ -487,6 +517,37 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(exposure_warnings(&both).len(), 2, "logged at start too");
+    }
+
+    #[test]
+    fn a_control_socket_in_a_missing_directory_or_with_a_missing_group_is_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config_in(dir.path(), "", "");
+        cfg.agent.control_socket = Some(dir.path().join("sock"));
+        cfg.agent.control_group = "root".into();
+        let mut r = CheckReport::default();
+        check_control(&cfg, &mut r);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+
+        cfg.agent.control_socket = Some(dir.path().join("absent/control.sock"));
+        cfg.agent.control_group = "no-such-group-hv".into();
+        let mut r = CheckReport::default();
+        check_control(&cfg, &mut r);
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        assert!(
+            r.problems[0].starts_with("agent.control_socket")
+                && r.problems[0].contains(&format!(
+                    "{} does not exist",
+                    dir.path().join("absent").display()
+                )),
+            "{}",
+            r.problems[0]
+        );
+        assert!(
+            r.problems[1].contains("\"no-such-group-hv\": no such group"),
+            "{}",
+            r.problems[1]
+        );
     }
 
     #[test]

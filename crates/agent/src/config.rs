@@ -518,10 +518,22 @@ pub struct AgentConfig {
     /// While holding, verify the cloud holder with `DescribeHaVips` this often.
     #[serde(default = "default_verify_interval")]
     pub verify_interval: Dur,
+    /// The daemon's control socket, where `migrate-havip` (run by Sentinel) asks it to look again
+    /// (see `control`). Default: `control.sock` in `claim.lock_dir` (`/run/havip-agent`, which the unit's
+    /// `RuntimeDirectory` and the tmpfiles.d entry create); see [`Config::control_socket`].
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// The group given the control socket (mode 0660): the Sentinel's user joins it.
+    #[serde(default = "default_control_group")]
+    pub control_group: String,
 }
 
 fn default_verify_interval() -> Dur {
     Dur::from_secs(30)
+}
+
+fn default_control_group() -> String {
+    crate::control::DEFAULT_GROUP.to_owned()
 }
 
 impl Default for AgentConfig {
@@ -529,6 +541,8 @@ impl Default for AgentConfig {
         Self {
             on_shutdown: OnShutdown::default(),
             verify_interval: default_verify_interval(),
+            control_socket: None,
+            control_group: default_control_group(),
         }
     }
 }
@@ -904,6 +918,15 @@ impl Config {
         }
     }
 
+    /// The control socket's path: `agent.control_socket`, else `control.sock` in `claim.lock_dir`, the
+    /// directory the daemon and `migrate-havip` already share.
+    pub fn control_socket(&self) -> PathBuf {
+        self.agent
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| self.claim.lock_dir.join(crate::control::SOCKET_NAME))
+    }
+
     /// The `[[havip]]` entry for a Sentinel master name.
     pub fn havip_for_master(&self, master: &str) -> Option<&HavipConfig> {
         self.havips.iter().find(|h| h.master == master)
@@ -976,6 +999,12 @@ impl Config {
                 "node.interface",
                 format!("{ifname:?} is not a Linux interface name (1-15 characters)"),
             ));
+        }
+        if let Err(problem) = crate::control::check_socket_path(&self.control_socket()) {
+            return Err(self.invalid("agent.control_socket", problem));
+        }
+        if self.agent.control_group.is_empty() {
+            return Err(self.invalid("agent.control_group", "must name a group"));
         }
         if self.sentinel.addresses.is_empty() {
             return Err(self.invalid(

@@ -1381,6 +1381,15 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
         ),
         None => None,
     };
+    // The control socket: migrate-havip, run by Sentinel without privileges, asks this daemon to look again.
+    // Without it the daemon still does its whole job; the script then acts on its own, if it can.
+    let control = match crate::control::serve_agent(&agent, &status, &cfg, identity.address) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            error!(error = %e, "no control socket: migrate-havip run by Sentinel cannot ask this daemon and must act on its own (with its file capabilities)");
+            None
+        }
+    };
     // READY=1 once the Sentinel watch is up: the first Sentinel answered (or a bounded wait passed, so a
     // deployment whose Sentinels are all down still starts and reports it in /status and /healthz). A signal
     // during the wait stops the agent through the same path as after READY.
@@ -1428,6 +1437,10 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), StartError> {
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // First: no wake-up is taken while the agent stops (clients are dropped, never waited for).
+    if let Some(c) = control {
+        c.shutdown().await;
+    }
     agent.shutdown().await;
     let _ = http_stop_tx.send(());
     if let Some(h) = http {

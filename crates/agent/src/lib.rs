@@ -11,6 +11,7 @@ pub mod claim;
 pub mod clock;
 pub mod cloud;
 pub mod config;
+pub mod control;
 pub mod credentials;
 pub mod daemon;
 pub mod fence;

@@ -6,6 +6,13 @@
 //! daemon's pipeline run for one step: `boot` to start, `sentinel::probe` to observe, a fresh
 //! `reconcile::HavipMachine` to decide, `act::Executor` to act.
 //!
+//! Sentinel's two forms first try the running daemon: they send a wake-up naming the master over its
+//! control socket ([`crate::control`]) and map its answer to the exit codes, so the command needs no
+//! capability and no credential. Only when nothing listens there do they act on their own, as below (and
+//! without `CAP_NET_ADMIN`/`CAP_NET_RAW` they exit 2 saying that the daemon is not running). The operator
+//! form (`--master/--to`, `--force`) never uses the socket, which takes no orders; `--dry-run` changes
+//! nothing in any form and reports whether the daemon answers.
+//!
 //! Arguments are wake-ups, never orders: Sentinel replays a script that failed with its original arguments
 //! for hours. In Sentinel's form the command asks the Sentinels what is true now and acts on that: it claims
 //! only if the majority names this host, releases only if it names another, and says the call was
@@ -324,9 +331,22 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
             return Ok(());
         }
         let n = parse_notification(&args.sentinel_args).map_err(permanent)?;
+        let wake = crate::control::Request::Notify {
+            master: n.master.clone(),
+            event: n.event.clone(),
+        };
+        if let Some(done) = delegate(&args, wake, None).await? {
+            return done;
+        }
         return notified(&args, n).await;
     }
     let req = validate(&args).map_err(permanent)?;
+    if let Some(call) = &req.sentinel {
+        let wake = crate::control::Request::Reconfig(req.master.clone());
+        if let Some(done) = delegate(&args, wake, Some((&req, call))).await? {
+            return done;
+        }
+    }
     let one = OneShot::start(&args, &req.master).await?;
     let Some(one) = one else {
         return Err(permanent(anyhow::anyhow!(
@@ -360,6 +380,7 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
     );
     if args.dry_run {
         one.print_dry_run(&view, Some(&req));
+        print_daemon(&one.boot.cfg).await;
         return Ok(());
     }
     if req.sentinel.is_none() {
@@ -404,6 +425,138 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
     machine.observe(&view, local, CloudHolder::Unknown, Instant::now());
     let decision = machine.plan(std::time::SystemTime::now());
     one.execute(&decision, Some(named.port)).await
+}
+
+/// Sentinel's forms hand the call to the daemon when it listens on its control socket
+/// (`agent.control_socket`): the request is a wake-up naming the master only, the daemon re-samples its
+/// Sentinels and acts through its own HAVIP task, and this process needs no capability and no credential.
+///
+/// Returns `Some(result)` when the daemon took the call (the result maps its answer to the exit codes),
+/// `None` when this process must act on its own: a dry run (it changes nothing, so it never needs the
+/// daemon), a master without a `[[havip]]` (handled as before), or nothing listening while this process
+/// holds both capabilities. Nothing listening and no capabilities is exit 2, naming the missing capability
+/// and saying that the daemon is not running.
+async fn delegate(
+    args: &Args,
+    wake: crate::control::Request,
+    call: Option<(&Request, &SentinelCall)>,
+) -> Result<Option<Result<(), Failure>>, Failure> {
+    use crate::control::AskError;
+    if args.dry_run {
+        return Ok(None);
+    }
+    let (_, cfg) = load_config(args)?;
+    let master = match &wake {
+        crate::control::Request::Reconfig(m) => m,
+        crate::control::Request::Notify { master, .. } => master,
+        crate::control::Request::Ping => return Ok(None),
+    };
+    if cfg.havip_for_master(master).is_none() {
+        return Ok(None);
+    }
+    let socket = &cfg.control_socket();
+    match crate::control::ask(socket, &wake, crate::control::client_timeout(&cfg)).await {
+        Ok(answer) => Ok(Some(answered(&wake, call, answer))),
+        // The daemon is there but did not answer: it keeps watching on its own; Sentinel retries this call.
+        Err(e @ AskError::NoAnswer { .. }) => Ok(Some(Err(transient(e)))),
+        Err(e @ AskError::NotListening { .. }) => {
+            if let Err(missing) = crate::net::require_capabilities() {
+                return Err(permanent(anyhow::anyhow!(
+                    "{missing}; and the daemon is not running ({e}): start havip-agent, which acts for Sentinel's calls without any privilege of the caller, or give migrate-havip its file capabilities"
+                )));
+            }
+            info!(socket = %socket.display(), error = %e, "the daemon is not listening: acting on its own");
+            Ok(None)
+        }
+    }
+}
+
+/// Maps the daemon's answer to the exit codes. The reconfig form keeps its contract (done = 0, not
+/// settled = 1, permanent = 2). The notification form only wakes the daemon, which then fences or re-binds
+/// on its own: any answer from a running daemon is 0, except one that says the request was not taken.
+fn answered(
+    wake: &crate::control::Request,
+    call: Option<(&Request, &SentinelCall)>,
+    answer: crate::control::Answer,
+) -> Result<(), Failure> {
+    use crate::control::Outcome;
+    let notify = matches!(wake, crate::control::Request::Notify { .. });
+    let code = match answer.outcome {
+        Outcome::Held | Outcome::Elsewhere => EXIT_OK,
+        Outcome::NoMajority | Outcome::Working | Outcome::UnknownMaster if notify => EXIT_OK,
+        Outcome::NoMajority | Outcome::Working | Outcome::Busy => EXIT_TRANSIENT,
+        Outcome::UnknownMaster | Outcome::BadRequest | Outcome::Pong => EXIT_PERMANENT,
+    };
+    info!(
+        request = %wake.line(),
+        call_to = ?call.map(|(r, _)| r.to_ip),
+        role = call.map(|(_, c)| c.role.as_str()).unwrap_or("notification"),
+        outcome = answer.outcome.word(),
+        "the daemon answered: {}",
+        answer.message
+    );
+    if code == EXIT_OK {
+        println!(
+            "havip-agent: {} ({})",
+            answer.message,
+            answer.outcome.word()
+        );
+        return Ok(());
+    }
+    Err(Failure {
+        code,
+        error: anyhow::anyhow!(
+            "the daemon answered {}: {}",
+            answer.outcome.word(),
+            answer.message
+        ),
+    })
+}
+
+/// Reads the config as every form does: `--config`, `$HAVIP_AGENT_CONFIG` or the default; with privileges
+/// its caller lacks (`AT_SECURE`), only the root-owned default.
+fn load_config(args: &Args) -> Result<(PathBuf, Config), Failure> {
+    let path = resolve_path(
+        args.config.as_deref(),
+        std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
+    );
+    // With file capabilities (or setuid) the caller is weaker than this process: it must not choose
+    // the config (and so the VIP, the interface and the lock directory).
+    let path = crate::privs::trusted_config(
+        &path,
+        std::path::Path::new(crate::privs::TRUSTED_CONFIG_PATH),
+        crate::privs::at_secure(),
+    )
+    .map_err(permanent)?;
+    let cfg = Config::load(&path).map_err(permanent)?;
+    Ok((path, cfg))
+}
+
+/// `--dry-run`'s line about the daemon: whether it answers on its control socket (a `ping`, which changes
+/// nothing), i.e. whether Sentinel's calls would be handed to it.
+async fn print_daemon(cfg: &Config) {
+    let socket = &cfg.control_socket();
+    let ping = crate::control::ask(
+        socket,
+        &crate::control::Request::Ping,
+        Duration::from_secs(2),
+    )
+    .await;
+    match ping {
+        Ok(a) if a.outcome == crate::control::Outcome::Pong => println!(
+            "daemon: answers on {}: Sentinel's calls are handed to it ({})",
+            socket.display(),
+            a.message
+        ),
+        Ok(a) => println!(
+            "daemon: unexpected answer on {}: {}",
+            socket.display(),
+            a.line().trim_end()
+        ),
+        Err(e) => println!(
+            "daemon: not reachable ({e}): Sentinel's calls act on their own and need the capabilities"
+        ),
+    }
 }
 
 /// The operator form: refuses (exit 2) when the Sentinels name another master, unless `--force`.
@@ -476,6 +629,7 @@ async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
         samples += 1;
         if args.dry_run {
             one.print_dry_run(&view, None);
+            print_daemon(&one.boot.cfg).await;
             return Ok(());
         }
         let port = view
@@ -572,23 +726,11 @@ fn read_env_file(path: &std::path::Path) -> std::collections::HashMap<String, St
 impl OneShot {
     /// Boots (config, identity) and finds the `[[havip]]` of `master` (None if there is none).
     async fn start(args: &Args, master: &str) -> Result<Option<OneShot>, Failure> {
-        let path = resolve_path(
-            args.config.as_deref(),
-            std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
-        );
-        // With file capabilities (or setuid) the caller is weaker than this process: it must not choose
-        // the config (and so the VIP, the interface and the lock directory).
-        let path = crate::privs::trusted_config(
-            &path,
-            std::path::Path::new(crate::privs::TRUSTED_CONFIG_PATH),
-            crate::privs::at_secure(),
-        )
-        .map_err(permanent)?;
+        let (path, cfg) = load_config(args)?;
         let env_file = path
             .parent()
             .unwrap_or(std::path::Path::new("/"))
             .join(MIGRATE_ENV_FILE);
-        let cfg = Config::load(&path).map_err(permanent)?;
         let Some(havip) = cfg.havip_for_master(master).cloned() else {
             return Ok(None);
         };

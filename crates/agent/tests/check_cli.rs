@@ -76,10 +76,11 @@ fn config_with(
     use std::os::unix::fs::PermissionsExt;
     let list: Vec<String> = sentinels.iter().map(|a| format!("\"{a}\"")).collect();
     let text = format!(
-        "[cloud]\nregion = \"ap-guangzhou\"\nendpoint = \"{}\"\nmetadata_endpoint = \"{}\"\n{extra_cloud}\n\n[node]\ninterface = \"eth0\"\n{extra_node}\n\n[sentinel]\naddresses = [{}]\n\n[[havip]]\nmaster = \"mymaster\"\nhavip_id = \"havip-check001\"\nvip = \"198.18.0.100/24\"\n{tail}\n",
+        "[cloud]\nregion = \"ap-guangzhou\"\nendpoint = \"{}\"\nmetadata_endpoint = \"{}\"\n{extra_cloud}\n\n[node]\ninterface = \"eth0\"\n{extra_node}\n\n[sentinel]\naddresses = [{}]\n\n[agent]\n# The control socket's directory and group exist on this host (check reports them otherwise).\ncontrol_socket = \"{}\"\ncontrol_group = \"root\"\n\n[[havip]]\nmaster = \"mymaster\"\nhavip_id = \"havip-check001\"\nvip = \"198.18.0.100/24\"\n{tail}\n",
         w.cloud.endpoint(),
         w.metadata.endpoint(),
-        list.join(", ")
+        list.join(", "),
+        w.dir.path().join("control.sock").display()
     );
     let path = w.dir.path().join(format!("c{}.toml", rand_suffix()));
     std::fs::write(&path, text).unwrap();

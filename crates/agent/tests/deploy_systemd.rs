@@ -212,27 +212,49 @@ fn sentinel_dropin_verifies_against_debians_unit() {
     let s = "Service";
     assert_eq!(words(&dropin, s, "ExecPaths"), ["/usr/bin/migrate-havip"]);
     assert_eq!(words(&dropin, s, "SupplementaryGroups"), ["havip-agent"]);
-    assert_eq!(words(&dropin, s, "ReadWritePaths"), ["/run/havip-agent"]);
-    // No key in Sentinel's environment (every script it runs would inherit it): migrate-havip reads its
-    // own credentials. The two network capabilities are ambient: file capabilities cannot work under the
-    // unit's no_new_privs (implied by its seccomp filter for a non-root service).
-    for key in ["EnvironmentFile", "Environment"] {
-        assert!(
-            words(&dropin, s, key).is_empty(),
-            "the drop-in sets {key}: {:?}",
-            words(&dropin, s, key)
-        );
-    }
-    assert_eq!(
-        words(&dropin, s, "AmbientCapabilities"),
-        ["CAP_NET_ADMIN", "CAP_NET_RAW"]
-    );
 }
 
-// The drop-in must really change what Debian's sandbox allows (list settings merge, booleans override):
-// systemd's own security report shows the effective settings with and without it.
+// Issue 11: the drop-in grants Sentinel nothing. migrate-havip hands Sentinel's calls to the daemon over
+// its control socket, so Sentinel needs no capability, system call, address family, writable path or
+// credential: the drop-in may only let it execute migrate-havip and join the group that reaches the socket.
 #[test]
-fn sentinel_dropin_grants_what_migrate_havip_needs() {
+fn sentinel_dropin_grants_no_capability_and_sets_only_the_group_and_the_exec_path() {
+    let text =
+        std::fs::read_to_string(deploy("redis-sentinel.service.d/havip-agent.conf")).unwrap();
+    let dropin = parse_unit(&text);
+    let keys: BTreeSet<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["ExecPaths", "SupplementaryGroups"]),
+        "the drop-in sets more than it may"
+    );
+    for key in [
+        "AmbientCapabilities",
+        "CapabilityBoundingSet",
+        "SystemCallFilter",
+        "RestrictAddressFamilies",
+        "ReadWritePaths",
+        "PrivateUsers",
+        "EnvironmentFile",
+        "Environment",
+    ] {
+        assert!(
+            words(&dropin, "Service", key).is_empty(),
+            "the drop-in sets {key}: {:?}",
+            words(&dropin, "Service", key)
+        );
+    }
+}
+
+// What systemd's own security report shows with and without the drop-in (list settings merge, booleans
+// override): the drop-in adds the supplementary group and nothing else that the report scores.
+#[test]
+fn sentinel_dropin_changes_nothing_in_debians_sandbox_but_the_group() {
     let tool = ensure_tool("systemd-analyze", "systemd");
     let report = |with_dropin: bool| {
         let dir = tempfile::tempdir().unwrap();
@@ -241,26 +263,28 @@ fn sentinel_dropin_grants_what_migrate_havip_needs() {
             .args(["security", "--offline=yes", "--no-pager"])
             .arg(&unit)))
     };
-    let granted = [
+    let without = report(false);
+    let with = report(true);
+    let failed = |r: &str| -> BTreeSet<String> {
+        r.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with('✗'))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+            .collect()
+    };
+    let added: Vec<String> = failed(&with)
+        .difference(&failed(&without))
+        .cloned()
+        .collect();
+    assert_eq!(added, ["SupplementaryGroups="], "with the drop-in:\n{with}");
+    // The lines the old drop-in (ambient capabilities) failed stay passed.
+    for line in [
         "✗ AmbientCapabilities=",
         "✗ CapabilityBoundingSet=~CAP_NET_ADMIN",
         "✗ RestrictAddressFamilies=~AF_PACKET",
         "✗ RestrictAddressFamilies=~AF_NETLINK",
         "✗ PrivateUsers=",
-        "✗ SupplementaryGroups=",
-    ];
-    let without = report(false);
-    let with = report(true);
-    for line in granted {
-        assert!(
-            !without.contains(line),
-            "Debian's unit already allows {line}?\n{without}"
-        );
-        assert!(
-            with.contains(line),
-            "the drop-in does not grant {line}:\n{with}"
-        );
+    ] {
+        assert!(!with.contains(line), "the drop-in grants {line}:\n{with}");
     }
-    // Still sandboxed otherwise.
-    assert!(with.contains("✓ RestrictAddressFamilies=~…"), "{with}");
 }

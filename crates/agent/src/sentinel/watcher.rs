@@ -120,6 +120,9 @@ struct Shared {
     events: broadcast::Sender<ObservedEvent>,
     /// Bumped on every event; every task re-queries when it changes.
     wake: watch::Sender<u64>,
+    /// Per Sentinel: queries started and queries finished (answered or failed), so that
+    /// [`Sampler::resample`] knows when every Sentinel has answered a query started after its wake-up.
+    rounds: watch::Sender<Vec<(u64, u64)>>,
 }
 
 struct Inner {
@@ -188,9 +191,70 @@ impl Watcher {
         self.shared.wake_all();
     }
 
+    /// A handle that re-samples the Sentinels on demand (the daemon's control socket holds one).
+    pub fn sampler(&self) -> Sampler {
+        Sampler {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Stops every task and closes every connection.
     pub fn shutdown(self) {
         // Drop does the work.
+    }
+}
+
+/// Re-samples the Sentinels on demand; see [`Watcher::sampler`]. After the watcher is gone,
+/// [`Sampler::resample`] only waits out its deadline.
+#[derive(Clone)]
+pub struct Sampler {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler")
+            .field("sentinels", &self.shared.addrs)
+            .finish()
+    }
+}
+
+impl Sampler {
+    /// Wakes every Sentinel task and waits until each one that is connected has finished a query started
+    /// after the wake-up (answered or failed), or until `within` passed. Returns whether every connected
+    /// Sentinel answered in time. A Sentinel that is not reachable (its task waits to reconnect) is not
+    /// waited for: it publishes on its own when it comes back.
+    pub async fn resample(&self, within: Duration) -> bool {
+        let mut rounds = self.shared.rounds.subscribe();
+        let reachable: Vec<bool> = self
+            .shared
+            .snapshots
+            .borrow()
+            .sentinels
+            .iter()
+            .map(|s| s.reachable)
+            .collect();
+        // A query running now may have been sent before what prompted the wake-up: wait for the next one.
+        let target: Vec<u64> = rounds
+            .borrow_and_update()
+            .iter()
+            .map(|(s, _)| s + 1)
+            .collect();
+        self.shared.wake_all();
+        let done = |r: &Vec<(u64, u64)>| {
+            r.iter()
+                .zip(&target)
+                .zip(&reachable)
+                .all(|(((_, finished), t), up)| !up || finished >= t)
+        };
+        tokio::time::timeout(within, rounds.wait_for(done))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshots.borrow().clone()
     }
 }
 
@@ -209,6 +273,7 @@ impl Shared {
         let (snapshots, _) = watch::channel(Arc::new(Snapshot::empty(&addrs)));
         let (events, _) = broadcast::channel(opts.event_capacity.max(1));
         let (wake, _) = watch::channel(0u64);
+        let (rounds, _) = watch::channel(vec![(0, 0); addrs.len()]);
         Shared {
             state: Mutex::new(Inner {
                 sentinels: addrs.iter().map(SentinelState::new).collect(),
@@ -232,6 +297,7 @@ impl Shared {
             snapshots,
             events,
             wake,
+            rounds,
         }
     }
 
@@ -488,11 +554,19 @@ async fn query(
     idx: usize,
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> Result<(), SentinelError> {
+    shared.rounds.send_modify(|r| r[idx].0 += 1);
     let addr = &shared.addrs[idx];
-    let answer = conn::query_masters(conn, addr, &shared.masters, shared.timing.timeout).await?;
-    shared.record_answer(idx, answer);
-    shared.corroborate(idx).await;
-    Ok(())
+    let result = conn::query_masters(conn, addr, &shared.masters, shared.timing.timeout).await;
+    let result = match result {
+        Ok(answer) => {
+            shared.record_answer(idx, answer);
+            shared.corroborate(idx).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    shared.rounds.send_modify(|r| r[idx].1 += 1);
+    result
 }
 
 /// One connection's life: connect, query, then heartbeat/poll/events until something fails.

@@ -96,6 +96,7 @@ pub struct InprocBuilder<'a> {
     mac: [u8; 6],
     havips: Vec<HavipEntry>,
     extra_toml: String,
+    sentinel_toml: String,
     health: Health,
     wrap_net: WrapNet,
 }
@@ -134,6 +135,13 @@ impl InprocBuilder<'_> {
         self
     }
 
+    /// Lines added to the generated `[sentinel]` table (e.g. `poll_interval = "10m"`).
+    pub fn sentinel_toml(mut self, toml: &str) -> Self {
+        self.sentinel_toml.push_str(toml);
+        self.sentinel_toml.push('\n');
+        self
+    }
+
     /// The agent's liveness beats (default: a 10 s deadline).
     pub fn health(mut self, health: Health) -> Self {
         self.health = health;
@@ -165,7 +173,7 @@ interface = "{INTERFACE}"
 [sentinel]
 addresses = [{sentinels}]
 fence_after = "hold"
-
+{sentinel_extra}
 [claim]
 lock_dir = "{lock}"
 "#,
@@ -173,6 +181,7 @@ lock_dir = "{lock}"
             instance_id = self.instance_id,
             address = self.address,
             sentinels = self.sentinels.join(", "),
+            sentinel_extra = self.sentinel_toml,
             lock = dir.path().join("lock").display(),
         );
         for h in &self.havips {
@@ -270,9 +279,17 @@ impl InprocAgent {
             mac: MAC,
             havips: Vec::new(),
             extra_toml: String::new(),
+            sentinel_toml: String::new(),
             health: Health::new(Duration::from_secs(10)),
             wrap_net: Box::new(|n| Arc::new(n)),
         }
+    }
+
+    /// The running agent (its watcher, for the control socket).
+    pub fn agent(&self) -> &Agent {
+        self.agent
+            .as_ref()
+            .expect("the agent runs until the InprocAgent is dropped")
     }
 
     /// Whether `vip` is bound on the agent's (simulated) interface.
