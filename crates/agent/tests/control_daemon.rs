@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use havip_agent::testbed::netns::Netns;
+use havip_testkit::testbed::netns::Netns;
 
 /// A bound on waiting (not a speed claim).
 const PATIENCE: Duration = Duration::from_secs(30);

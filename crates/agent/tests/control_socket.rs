@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use havip_agent::control::{self, ControlError, Limits};
-use havip_agent::fake::{FakeCloud, HavipSpec};
-use havip_agent::testbed::fake_sentinel::{FakeSentinel, Mode};
-use havip_agent::testbed::inproc::{
+use havip_testkit::fake::{FakeCloud, HavipSpec};
+use havip_testkit::testbed::fake_sentinel::{FakeSentinel, Mode};
+use havip_testkit::testbed::inproc::{
     ADDRESS as ME, HavipEntry, INSTANCE_ID, InprocAgent, SECRET_ID, SECRET_KEY,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
