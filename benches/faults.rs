@@ -150,7 +150,11 @@ fn document(
         "Machine: {}\n\nStarted: {date}. Command: `FAULTS_ROWS={} FAULTS_RUNS={runs} cargo bench --bench faults` \
          ({} runs in {:.0} s{})\n\n",
         machine(),
-        if rows.trim().is_empty() { "all" } else { rows.trim() },
+        if rows.trim().is_empty() {
+            "all"
+        } else {
+            rows.trim()
+        },
         reports.len(),
         started.elapsed().as_secs_f64(),
         if complete { "" } else { ", still running" }

@@ -30,7 +30,7 @@ use super::topology::{
     HAVIP_ID, HOST_IPS, INSTANCE_IDS, MASTER_NAME, REDIS_PORT, SENTINEL_PORT, SWITCH_IP, Topology,
     VIP, vip_cidr,
 };
-use crate::fake::{Fault, FaultKind, FakeMetadata, MetadataSpec, RoleCredentials};
+use crate::fake::{FakeMetadata, Fault, FaultKind, MetadataSpec, RoleCredentials};
 use crate::testbed::netns::{Lab, Netns};
 use crate::testbed::redis::{LabSpec, RedisLab};
 
@@ -332,18 +332,19 @@ impl fmt::Display for Row {
 }
 
 /// When acknowledged writes flow again after `from`: the end of the last gap longer than [`FLOWING_GAP`]
-/// between consecutive `acks` (sorted) that ends after `from`; `from` itself when no such gap exists and
-/// writes are acknowledged after it; `None` when nothing is acknowledged after `from`.
+/// between consecutive `acks` (sorted) that ends after `from`, or, when nothing was acknowledged before
+/// `from` (writes never flowed), the first ack after it if that is later; `from` itself when writes flowed
+/// through it without such a gap; `None` when nothing is acknowledged after `from`.
 pub fn writes_back_at(acks: &[SystemTime], from: SystemTime) -> Option<SystemTime> {
-    if !acks.iter().any(|t| *t >= from) {
-        return None;
-    }
+    let first_after = acks.iter().copied().find(|t| *t >= from)?;
+    let never_flowed = acks.first().is_none_or(|t| *t >= from);
     let last_gap_end = acks
         .windows(2)
         .filter(|w| w[1] > from && w[1].duration_since(w[0]).unwrap_or_default() > FLOWING_GAP)
         .map(|w| w[1])
         .max();
-    Some(last_gap_end.unwrap_or(from))
+    let start = if never_flowed { first_after } else { from };
+    Some(last_gap_end.map_or(start, |g| g.max(start)))
 }
 
 /// A row's recovery: from `from` (the fault or the heal) until the VIP is bound on exactly the final
@@ -482,10 +483,19 @@ fn med_range(v: Vec<f64>) -> String {
 }
 
 fn losses_text(l: &Losses) -> String {
-    let mut s = format!("{}", l.during + l.after + l.before);
-    if l.unsavable > 0 {
-        let _ = write!(s, " (+{} unsavable)", l.unsavable);
+    let mut s = format!(
+        "{} ({} during, {} after the heal",
+        l.counted(),
+        l.during,
+        l.after
+    );
+    if l.before > 0 {
+        let _ = write!(s, ", {} before the fault", l.before);
     }
+    if l.unsavable > 0 {
+        let _ = write!(s, "; +{} unsavable", l.unsavable);
+    }
+    s.push(')');
     s
 }
 
@@ -495,7 +505,7 @@ pub fn matrix_markdown(reports: &[RowReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| # | fault | runs | VIP ended on the master | two hosts held the VIP (ms) | lost acked writes | \
+        "| # | fault | runs | VIP ended on the master | two hosts held the VIP (ms) | lost acknowledged writes | \
          recovery (ms) | counted from | Sentinel switch (ms) | acked during the fault (surviving / all) | \
          signatures valid | what the run saw |"
     );
@@ -872,7 +882,10 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
         .collect();
     if let Some(md) = &metadata {
         for i in 0..HOST_IPS.len() {
-            let cfg = dir.path().join(format!("host{}", i + 1)).join("havip-agent.toml");
+            let cfg = dir
+                .path()
+                .join(format!("host{}", i + 1))
+                .join("havip-agent.toml");
             let text = std::fs::read_to_string(&cfg)?;
             let text: String = text
                 .lines()
@@ -1105,9 +1118,11 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
     };
     if row == Row::MetadataDownAtStart {
         // The agents claim once the role credentials come; give them the usual 30 s for the initial state.
-        let _ = wait_for("the initial state after the heal", Duration::from_secs(30), || {
-            initial_state(&topo)
-        })
+        let _ = wait_for(
+            "the initial state after the heal",
+            Duration::from_secs(30),
+            || initial_state(&topo),
+        )
         .await;
     }
     tokio::time::sleep(opts.after_heal.saturating_sub(heal_instant.elapsed())).await;
@@ -1170,7 +1185,9 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
     if opts.keep_dir {
         let kept = dir.keep();
         let mut report = report;
-        report.observations.push(format!("run dir kept: {}", kept.display()));
+        report
+            .observations
+            .push(format!("run dir kept: {}", kept.display()));
         return Ok(RowOutcome {
             report,
             records,
@@ -1235,9 +1252,15 @@ fn observations(row: Row, r: &Records, logs: &str) -> Vec<String> {
                 out.push(format!("agent log lines naming lock_dir: {n}"));
             }
         }
-        Row::ClockAhead | Row::ClockBehind => {
-            let n = count("SignatureExpire");
-            out.push(format!("agent log lines naming SignatureExpire: {n}"));
+        Row::MetadataDownAtStart => {
+            let n = count("cam role credentials deferred");
+            out.push(format!("agents that started with the role deferred: {n}"));
+        }
+        Row::MetadataDownAtRefresh => {
+            let n = count("cannot refresh cam role credentials");
+            out.push(format!(
+                "failed refreshes that kept the current credentials: {n}"
+            ));
         }
         _ => {}
     }
@@ -1247,6 +1270,7 @@ fn observations(row: Row, r: &Records, logs: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::observe::VipChange;
 
     fn t(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000) + Duration::from_millis(ms)
@@ -1318,9 +1342,93 @@ mod tests {
         assert_eq!(writes_back_at(&acks, t(4500)), Some(t(4500)));
         // Nothing acknowledged after `from`: not back.
         assert_eq!(writes_back_at(&acks, t(6000)), None);
+        // Nothing acknowledged before `from` (writes never flowed): back at the first ack.
+        let late = [t(3000), t(3002), t(3004)];
+        assert_eq!(writes_back_at(&late, t(1000)), Some(t(3000)));
         // A gap exactly at the limit is not an outage.
         let acks = [t(0), t(200), t(202)];
         assert_eq!(writes_back_at(&acks, t(0)), Some(t(0)));
+    }
+
+    fn records(attempts: Vec<crate::lab::client::Attempt>, changes: Vec<VipChange>) -> Records {
+        Records {
+            method: Method::Agent,
+            scenario: Scenario::KillMaster,
+            fault_at: t(1000),
+            fault_done_at: t(1000),
+            heal_at: t(11000),
+            end_at: t(21000),
+            old_master: 0,
+            final_master: Some(1),
+            settled: true,
+            final_list: attempts.iter().map(|a| a.seq).filter(|s| *s != 7).collect(),
+            attempts,
+            events: Vec::new(),
+            garps: Vec::new(),
+            moves: Vec::new(),
+            move_delay: Duration::ZERO,
+            steers: Vec::new(),
+            requests: Vec::new(),
+            cloud_holder: Some(INSTANCE_IDS[1].into()),
+            vip_changes: changes,
+            macs: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn acked(seq: u64, ms: u64) -> crate::lab::client::Attempt {
+        crate::lab::client::Attempt {
+            seq,
+            sent: t(ms),
+            done: t(ms),
+            result: Ok(seq as i64),
+        }
+    }
+
+    #[test]
+    fn recovery_is_the_later_of_the_vip_settling_and_writes_flowing() {
+        let c = |ms, host, bound| VipChange {
+            at: t(ms),
+            host,
+            bound,
+        };
+        // Writes every 10 ms until the fault at 1000, back at 3500 on the new master.
+        let mut attempts: Vec<_> = (0..100).map(|i| acked(i, i * 10)).collect();
+        attempts.extend((0..100).map(|i| acked(1000 + i, 3500 + i * 10)));
+        // Host 2 binds at 3400, host 1 lets go only at 4000: the VIP is on exactly the master from 4000.
+        let changes = vec![c(0, 0, true), c(3400, 1, true), c(4000, 0, false)];
+        let r = records(attempts.clone(), changes);
+        let rec = recovery(&r, r.fault_at).expect("recovered");
+        assert_eq!(
+            (rec.vip_ms, rec.writes_ms, rec.ms),
+            (3000.0, 2500.0, 3000.0)
+        );
+        // Counted from the heal (11000), both happened before it: recovered at once.
+        let rec = recovery(&r, r.heal_at);
+        assert_eq!(
+            rec, None,
+            "nothing acknowledged after the heal: not recovered"
+        );
+        // The VIP still on two hosts at the end: not recovered.
+        let r = records(attempts, vec![c(0, 0, true), c(3400, 1, true)]);
+        assert_eq!(recovery(&r, r.fault_at), None);
+    }
+
+    #[test]
+    fn lost_writes_do_not_count_as_flowing() {
+        // Seq 7 is acknowledged after the fault but missing from the final list (see `records`): a write
+        // an isolated master took and lost does not end the outage.
+        let c = |ms, host, bound| VipChange {
+            at: t(ms),
+            host,
+            bound,
+        };
+        let mut attempts: Vec<_> = (0..5).map(|i| acked(i, 900 + i * 10)).collect();
+        attempts.push(acked(7, 2000));
+        attempts.extend((0..10).map(|i| acked(100 + i, 5000 + i * 10)));
+        let r = records(attempts, vec![c(0, 1, true)]);
+        let rec = recovery(&r, r.fault_at).expect("recovered");
+        assert_eq!(rec.writes_ms, 4000.0);
     }
 
     #[test]
@@ -1370,8 +1478,14 @@ mod tests {
         ]);
         let lines: Vec<&str> = md.lines().collect();
         assert_eq!(lines.len(), 4, "{md}");
-        assert!(lines[2].starts_with("| 1 | API 5xx | 2 | 2/2 | 20 (0..40) |"), "{md}");
-        assert!(lines[3].starts_with("| 14 | clock jump +10 min | 1 |"), "{md}");
+        assert!(
+            lines[2].starts_with("| 1 | API 5xx | 2 | 2/2 | 20 (0..40) |"),
+            "{md}"
+        );
+        assert!(
+            lines[3].starts_with("| 14 | clock jump +10 min | 1 |"),
+            "{md}"
+        );
         // Observations are listed once per row, and cannot break the table.
         assert!(lines[2].ends_with("| seen / once |"), "{md}");
     }
