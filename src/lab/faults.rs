@@ -73,14 +73,15 @@ pub enum Row {
     InterfaceDownUp,
     /// 12: every host's lock directory is removed, then the master is killed.
     LockDirMissing,
-    /// 13: every host's lock directory becomes read-only (a read-only mount over it), then the master is
-    /// killed.
+    /// 13: every host's lock directory is emptied and made immutable (no file can be created in it), then
+    /// the master is killed.
     LockDirUnwritable,
     /// 14: every agent's wall clock jumps 10 minutes ahead, then the master is killed.
     ClockAhead,
     /// 15: every agent's wall clock jumps 10 minutes back, then the master is killed.
     ClockBehind,
-    /// 16: partial partition held 30 s (the master reaches the client but not the other Redis hosts).
+    /// 16: partial partition held 30 s (the master reaches the client but not the other Redis hosts) during
+    /// which Sentinel cannot fail over (no eligible replica).
     PartitionNoFailover,
 }
 
@@ -185,7 +186,7 @@ impl Row {
             Row::LockDirUnwritable => "lock directory unwritable",
             Row::ClockAhead => "clock jump +10 min",
             Row::ClockBehind => "clock jump -10 min",
-            Row::PartitionNoFailover => "partial partition, failover aborted",
+            Row::PartitionNoFailover => "partial partition, Sentinel cannot fail over",
         }
     }
 
@@ -242,8 +243,8 @@ impl Row {
                 "every host's claim.lock_dir is removed (recursively) at the fault; master killed as in 1"
             }
             Row::LockDirUnwritable => {
-                "a read-only tmpfs is mounted over every host's claim.lock_dir from the fault to the heal (root \
-                 ignores modes, a read-only mount it cannot); master killed as in 1"
+                "every host's claim.lock_dir is emptied and made immutable (chattr +i: root ignores modes, \
+                 not this) from the fault to the heal; master killed as in 1"
             }
             Row::ClockAhead => {
                 "every agent runs under libfaketime (wall clock only, DONT_FAKE_MONOTONIC=1); its offset file \
@@ -253,7 +254,10 @@ impl Row {
             Row::ClockBehind => "as 14 with -600 s",
             Row::PartitionNoFailover => {
                 "an nftables bridge filter cuts the master's port off from the other Redis hosts (the client \
-                 still reaches it) for 30 s; no process is killed"
+                 still reaches it) for 30 s, and both replicas have replica-priority 0 (set before the agents \
+                 start, once every Sentinel sees it; restored at the heal), so Sentinel's failover aborts \
+                 (-failover-abort-no-good-slave), as it did in the lab when such a partition lasted 30 s; no \
+                 process is killed"
             }
         }
     }
@@ -669,22 +673,29 @@ fn nft(ns: &Netns, args: &[&str], stdin: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// A read-only tmpfs mounted over a directory, unmounted on drop.
-struct ReadOnlyMount {
+/// A directory made immutable (`chattr +i`: no entry can be created in it, even by root) after its
+/// entries are removed, made mutable again on drop. A mount over it would not do: `ip netns exec` gives
+/// each agent its own mount namespace, which a later mount in ours does not reach.
+struct ImmutableDir {
     path: PathBuf,
 }
 
-impl ReadOnlyMount {
-    fn over(path: &Path) -> Result<Self> {
-        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "ro,size=64k,mode=0755", "havip-fault"])
+impl ImmutableDir {
+    fn make(path: &Path) -> Result<Self> {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
+            let p = entry?.path();
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
             .arg(path)
             .output()
-            .context("running mount")?;
+            .context("running chattr (e2fsprogs)")?;
         if !out.status.success() {
             bail!(
-                "mounting a read-only tmpfs over {} failed: {}",
+                "chattr +i {} failed (the file system must support the immutable flag): {}",
                 path.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
@@ -695,11 +706,10 @@ impl ReadOnlyMount {
     }
 }
 
-impl Drop for ReadOnlyMount {
+impl Drop for ImmutableDir {
     fn drop(&mut self) {
-        // Lazy: an agent may still hold a descriptor under it.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
             .arg(&self.path)
             .status();
     }
@@ -777,6 +787,66 @@ impl Drop for GarbageServer {
             let _ = t.join();
         }
     }
+}
+
+/// Sets `replica-priority` on both replicas (nodes 1 and 2) and waits until every Sentinel reports it
+/// (Sentinel reads it from the replicas' INFO, every 10 s when nothing is failing).
+async fn set_replica_priority(redis: &RedisLab, priority: u32) -> Result<()> {
+    let p = priority.to_string();
+    for i in 1..HOST_IPS.len() {
+        redis
+            .redis_command(i, &["CONFIG", "SET", "replica-priority", &p])
+            .await
+            .with_context(|| format!("setting replica-priority on node {i}"))?;
+    }
+    if priority != 0 {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for s in 0..HOST_IPS.len() {
+            let v = redis
+                .sentinel_command(s, &["SENTINEL", "REPLICAS", MASTER_NAME])
+                .await?;
+            let seen = replica_priorities(&v);
+            all &= seen.len() == HOST_IPS.len() - 1
+                && seen.iter().all(|x| x.as_deref() == Some(p.as_str()));
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the Sentinels did not see replica-priority {p} on both replicas within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `slave-priority` field of every replica in a `SENTINEL REPLICAS` answer.
+fn replica_priorities(v: &redis::Value) -> Vec<Option<String>> {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let redis::Value::Array(replicas) = v else {
+        return Vec::new();
+    };
+    replicas
+        .iter()
+        .map(|r| match r {
+            redis::Value::Array(fields) => fields
+                .chunks(2)
+                .find(|kv| text(&kv[0]).as_deref() == Some("slave-priority"))
+                .and_then(|kv| kv.get(1).and_then(text)),
+            redis::Value::Map(pairs) => pairs
+                .iter()
+                .find(|(k, _)| text(k).as_deref() == Some("slave-priority"))
+                .and_then(|(_, v)| text(v)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Makes the metadata service refuse every host's connections (TCP reset, as a service that is down).
@@ -924,6 +994,9 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
     let redis = RedisLab::start(spec)
         .await
         .context("starting redis + sentinel on the lab hosts")?;
+    if row == Row::PartitionNoFailover {
+        set_replica_priority(&redis, 0).await?;
+    }
     let host_ns: Vec<&Netns> = (0..HOST_IPS.len()).map(|i| &topo.host(i).ns).collect();
     let vip_monitor = VipMonitor::start(&host_ns, Lab::HOST_IF, &vip_cidr())?;
     let sentinels: Vec<SocketAddr> = HOST_IPS
@@ -947,7 +1020,7 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
     let mut md_block: Vec<NftTable<'_>> = Vec::new();
     let mut stall: Option<NftTable<'_>> = None;
     let mut garbage: Option<GarbageServer> = None;
-    let mut ro_mounts: Vec<ReadOnlyMount> = Vec::new();
+    let mut immutable: Vec<ImmutableDir> = Vec::new();
     let mut partition: Option<NftTable<'_>> = None;
 
     let client;
@@ -1027,7 +1100,7 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
             }
             Row::LockDirUnwritable => {
                 for l in &lock_dirs {
-                    ro_mounts.push(ReadOnlyMount::over(l)?);
+                    immutable.push(ImmutableDir::make(l)?);
                 }
             }
             Row::ClockAhead | Row::ClockBehind => {
@@ -1095,7 +1168,7 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
     drop(md_block);
     drop(stall);
     drop(partition);
-    drop(ro_mounts);
+    drop(immutable);
     if garbage.take().is_some() {
         redis.restart_sentinel(DISTURBED_SENTINEL).await?;
     }
@@ -1106,6 +1179,9 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
     }
     if row.kills_master() {
         redis.restart_redis(old_master).await?;
+    }
+    if row == Row::PartitionNoFailover {
+        set_replica_priority(&redis, 100).await?;
     }
     let heal_at = SystemTime::now();
     let heal_instant = Instant::now();
@@ -1248,9 +1324,7 @@ fn observations(row: Row, r: &Records, logs: &str) -> Vec<String> {
     match row {
         Row::LockDirMissing | Row::LockDirUnwritable => {
             let n = count("lock_dir");
-            if n > 0 {
-                out.push(format!("agent log lines naming lock_dir: {n}"));
-            }
+            out.push(format!("agent log lines naming lock_dir: {n}"));
         }
         Row::MetadataDownAtStart => {
             let n = count("cam role credentials deferred");
@@ -1429,6 +1503,22 @@ mod tests {
         let r = records(attempts, vec![c(0, 1, true)]);
         let rec = recovery(&r, r.fault_at).expect("recovered");
         assert_eq!(rec.writes_ms, 4000.0);
+    }
+
+    #[test]
+    fn replica_priorities_are_read_from_sentinel_replicas_answers() {
+        use redis::Value;
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let answer = Value::Array(vec![
+            Value::Array(vec![b("name"), b("198.18.0.12:6379"), b("slave-priority"), b("0")]),
+            Value::Array(vec![b("slave-priority"), b("100"), b("flags"), b("slave")]),
+            Value::Array(vec![b("name"), b("no priority")]),
+        ]);
+        assert_eq!(
+            replica_priorities(&answer),
+            vec![Some("0".into()), Some("100".into()), None]
+        );
+        assert!(replica_priorities(&Value::Nil).is_empty());
     }
 
     #[test]
