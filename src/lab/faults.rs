@@ -1510,7 +1510,12 @@ mod tests {
         use redis::Value;
         let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let answer = Value::Array(vec![
-            Value::Array(vec![b("name"), b("198.18.0.12:6379"), b("slave-priority"), b("0")]),
+            Value::Array(vec![
+                b("name"),
+                b("198.18.0.12:6379"),
+                b("slave-priority"),
+                b("0"),
+            ]),
             Value::Array(vec![b("slave-priority"), b("100"), b("flags"), b("slave")]),
             Value::Array(vec![b("name"), b("no priority")]),
         ]);
