@@ -634,6 +634,33 @@ async fn delay_fault_holds_the_answer_back_but_applies_the_write() {
 }
 
 #[tokio::test]
+async fn hang_fault_never_answers_and_has_no_effect() {
+    let fake = fake().await;
+    fake.inject(Fault::on("AssociateHaVipInstance", FaultKind::Hang).times(1));
+    let set = json!({"HaVipAssociationSet": [assoc("havip-00000001", "ins-cccccccc", "CVM")]});
+    let short = Call {
+        timeout: Duration::from_millis(300),
+        ..Call::default()
+    };
+
+    let err = try_call(&fake, "AssociateHaVipInstance", &set, &short)
+        .await
+        .unwrap_err();
+
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(
+        !fake
+            .havip("havip-00000001")
+            .unwrap()
+            .in_range("ins-cccccccc"),
+        "a hung request must not take effect"
+    );
+    assert_eq!(fake.requests()[0].fault, Some(FaultKind::Hang));
+    // The next request is served normally.
+    call(&fake, "AssociateHaVipInstance", set).await.ok();
+}
+
+#[tokio::test]
 async fn drop_connection_fault_is_a_transport_error_not_a_timeout() {
     let fake = fake().await;
     fake.inject(Fault::on("DescribeHaVips", FaultKind::DropConnection).times(1));

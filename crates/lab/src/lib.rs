@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod datapath;
+pub mod faults;
 pub mod method;
 pub mod observe;
 pub mod report;

@@ -468,7 +468,7 @@ fn two_holder_time(changes: &[VipChange], heal: SystemTime, end: SystemTime) -> 
 
 /// The time from which the VIP is bound on exactly `master` until `end` (at or after `heal`), if it is so
 /// at the end.
-fn exact_since(
+pub(crate) fn exact_since(
     changes: &[VipChange],
     master: usize,
     heal: SystemTime,

@@ -174,7 +174,7 @@ fn since(t: Instant) -> String {
     format!("{:.3}s", t.elapsed().as_secs_f64())
 }
 
-async fn wait_for<F: FnMut() -> Result<bool>>(
+pub(crate) async fn wait_for<F: FnMut() -> Result<bool>>(
     what: &str,
     timeout: Duration,
     mut check: F,
@@ -502,7 +502,7 @@ fn run_nft(topo: &Topology, args: &[&str], stdin: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-async fn read_list(redis: &RedisLab, node: usize, key: &str) -> Result<Vec<u64>> {
+pub(crate) async fn read_list(redis: &RedisLab, node: usize, key: &str) -> Result<Vec<u64>> {
     let v = redis
         .redis_command(node, &["LRANGE", key, "0", "-1"])
         .await

@@ -348,7 +348,14 @@ pub enum FaultKind {
     /// no effect. (Done by returning an error from the wiremock responder, which makes hyper drop the
     /// connection.)
     DropConnection,
+    /// Accept the request and never answer it within anything a client waits for (the response is held
+    /// back [`HANG_FOR`], then an empty body): a hanging connection. The request has no effect.
+    Hang,
 }
+
+/// How long a [`FaultKind::Hang`] holds its answer back: far past the agent's `cloud.timeout` and
+/// `claim.deadline`, short enough that the fake's shutdown is not held up for long by one.
+pub const HANG_FOR: Duration = Duration::from_secs(60);
 
 /// A fault rule: which requests it hits and how often.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1368,6 +1375,14 @@ impl Respond for Api {
                     delay: Some(*d),
                 }
             }
+            Some(FaultKind::Hang) => Answer {
+                status: 200,
+                error_code: None,
+                fault: fault.clone(),
+                request_id: String::new(),
+                body: Value::String(String::new()),
+                delay: Some(HANG_FOR),
+            },
             Some(FaultKind::DropConnection) | None => {
                 let (body, code) = envelope(
                     handle(&mut st, request, &inspected, &request_id),
