@@ -142,6 +142,18 @@ impl ClaimError {
     }
 }
 
+/// What a claim does when the lock directory cannot be used at all ([`ClaimError::LockSetup`]: missing and
+/// not creatable, not writable, immutable). A lock held by someone else is always waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockPolicy {
+    /// Fail the claim (`migrate-havip`: exit 2 tells the operator, and Sentinel does not retry in vain).
+    Required,
+    /// Claim without the lock, with a warning (the daemon): the lock only keeps this host's own claims and
+    /// releases apart, and `migrate-havip` cannot act while the directory is unusable, so nothing can
+    /// interleave; a failover must not wait for a directory on tmpfs.
+    BestEffort,
+}
+
 /// Options of one claim.
 #[derive(Clone)]
 pub struct ClaimOptions {
@@ -162,7 +174,7 @@ pub struct Claimer {
     instance_type: InstanceType,
     announce: AnnounceConfig,
     cloud_timeout: Duration,
-    locks: Option<PathBuf>,
+    locks: Option<(PathBuf, LockPolicy)>,
 }
 
 impl std::fmt::Debug for Claimer {
@@ -210,15 +222,23 @@ impl Claimer {
 
     /// Takes the per-HAVIP lock in `dir` (`claim.lock_dir`) inside every claim and release, so that
     /// `migrate-havip` calls and the daemon on one host never interleave. Without it (tests), no lock.
-    pub fn with_locks(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.locks = Some(dir.into());
+    /// `policy` says what a claim does when the directory itself is unusable.
+    pub fn with_locks(mut self, dir: impl Into<PathBuf>, policy: LockPolicy) -> Self {
+        self.locks = Some((dir.into(), policy));
         self
     }
 
     async fn lock(&self, havip_id: &str, until: Instant) -> Result<Option<HavipLock>, ClaimError> {
-        match &self.locks {
-            Some(dir) => HavipLock::acquire(dir, havip_id, until).await.map(Some),
-            None => Ok(None),
+        let Some((dir, policy)) = &self.locks else {
+            return Ok(None);
+        };
+        match HavipLock::acquire(dir, havip_id, until).await {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e @ ClaimError::LockSetup { .. }) if *policy == LockPolicy::BestEffort => {
+                warn!(havip = %havip_id, error = %e, "claiming without the lock: the lock directory is unusable (fix claim.lock_dir; migrate-havip cannot act until then)");
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -206,7 +206,13 @@ impl Agent {
             .redis
             .as_ref()
             .and_then(|r| FenceSetup::from_config(&cfg, parts.identity.address, r.pause.get()));
-        let executor = Executor::new(parts.claimer.clone().with_locks(&cfg.claim.lock_dir), fence);
+        let executor = Executor::new(
+            parts
+                .claimer
+                .clone()
+                .with_locks(&cfg.claim.lock_dir, crate::claim::LockPolicy::BestEffort),
+            fence,
+        );
         for h in &cfg.havips {
             let task = HavipTask::new(h.clone(), &parts, executor.clone(), events.clone());
             tasks.push(tokio::spawn(task.run(snaps.clone(), stop.subscribe())));

@@ -839,7 +839,7 @@ impl OneShot {
             cfg.announce.clone(),
             cfg.cloud.timeout.get(),
         )
-        .with_locks(&cfg.claim.lock_dir);
+        .with_locks(&cfg.claim.lock_dir, crate::claim::LockPolicy::Required);
         Ok((Executor::new(claimer, self.fence(NOTIFY_PAUSE)), problem))
     }
 

@@ -99,6 +99,7 @@ pub struct InprocBuilder<'a> {
     sentinel_toml: String,
     health: Health,
     wrap_net: WrapNet,
+    lock_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for InprocBuilder<'_> {
@@ -157,6 +158,12 @@ impl InprocBuilder<'_> {
         self
     }
 
+    /// `claim.lock_dir` (default: a fresh directory removed with the agent).
+    pub fn lock_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.lock_dir = Some(dir.into());
+        self
+    }
+
     /// Registers the node's instance with the fake cloud, writes the config and starts the agent. The
     /// fake cloud must know [`SECRET_ID`]. Needs a Tokio runtime (the agent's tasks are spawned on it).
     pub fn start(self) -> anyhow::Result<InprocAgent> {
@@ -182,7 +189,11 @@ lock_dir = "{lock}"
             address = self.address,
             sentinels = self.sentinels.join(", "),
             sentinel_extra = self.sentinel_toml,
-            lock = dir.path().join("lock").display(),
+            lock = self
+                .lock_dir
+                .clone()
+                .unwrap_or_else(|| dir.path().join("lock"))
+                .display(),
         );
         for h in &self.havips {
             text.push_str(&format!(
@@ -282,6 +293,7 @@ impl InprocAgent {
             sentinel_toml: String::new(),
             health: Health::new(Duration::from_secs(10)),
             wrap_net: Box::new(|n| Arc::new(n)),
+            lock_dir: None,
         }
     }
 
