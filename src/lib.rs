@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod demo;
 pub mod fake;
 pub mod fence;
+pub mod fuzzing;
 pub mod hooks;
 pub mod http;
 pub mod lab;
