@@ -728,6 +728,7 @@ fn sentinel_addr(i: usize) -> String {
 }
 
 /// What one Sentinel answers in one step of the decision target.
+#[derive(Clone)]
 enum Answer {
     /// Its command connection fails.
     Down,
@@ -981,11 +982,13 @@ pub fn decision(data: &[u8]) {
         seq: 0,
     };
 
+    // Parsed once: every honest Sentinel gives the same answer in every step.
+    let honest_said = honest_answer(n, honest);
     // The honest majority alone (the others down) settles the node.
     let settle: Vec<Answer> = (0..n)
         .map(|i| {
             if i < honest_n {
-                honest_answer(n, honest)
+                honest_said.clone()
             } else {
                 Answer::Down
             }
@@ -1009,7 +1012,7 @@ pub fn decision(data: &[u8]) {
         let answers: Vec<Answer> = (0..n)
             .map(|i| {
                 if i < honest_n {
-                    honest_answer(n, honest)
+                    honest_said.clone()
                 } else if i == honest_n {
                     liar_answer(&mut input, n, honest)
                 } else if input.bool() {
