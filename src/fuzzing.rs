@@ -324,7 +324,8 @@ fn mark_secrets(text: &str) -> Option<String> {
                     Some(q) if rest[..q].trim().is_empty() || rest[..q].trim() == "[" => {
                         i + 1 + q + 1
                     }
-                    _ => i + 1 + (rest.len() - rest.trim_start().len()),
+                    // Blanks only: a marker written past the line's end would land in the next line's key.
+                    _ => i + 1 + (rest.len() - rest.trim_start_matches([' ', '\t']).len()),
                 };
                 out.push_str(&line[..at]);
                 out.push_str(MARKER);
@@ -1056,6 +1057,10 @@ mod tests {
         assert!(marked.contains("region = \"ap-guangzhou\""));
         assert!(marked.contains("# secret_key = \"c\""));
         assert!(mark_secrets("[cloud]\nregion = \"x\"\n").is_none());
+        // Found by the long run: a secret key with nothing after `=` keeps the marker on its own line.
+        let marked =
+            mark_secrets("[cloud]\nrsecretegion =\nmetadata_endpoint = 1\n").expect("marked");
+        assert!(marked.contains(&format!("rsecretegion ={MARKER}\nmetadata_endpoint")));
     }
 
     #[test]
