@@ -168,36 +168,36 @@ fn every_target_is_tested_here() {
 }
 
 #[test]
-fn sentinel_reply() {
+fn sentinel_reply_target_holds_on_its_corpus_and_mutations() {
     run("sentinel_reply");
 }
 
 #[test]
-fn sentinel_event() {
+fn sentinel_event_target_holds_on_its_corpus_and_mutations() {
     run("sentinel_event");
 }
 
 #[test]
-fn config() {
+fn config_target_holds_on_its_corpus_and_mutations() {
     run("config");
 }
 
 #[test]
-fn cloud_response() {
+fn cloud_response_target_holds_on_its_corpus_and_mutations() {
     run("cloud_response");
 }
 
 #[test]
-fn metadata() {
+fn metadata_target_holds_on_its_corpus_and_mutations() {
     run("metadata");
 }
 
 #[test]
-fn migrate_args() {
+fn migrate_args_target_holds_on_its_corpus_and_mutations() {
     run("migrate_args");
 }
 
 #[test]
-fn decision() {
+fn decision_target_holds_on_its_corpus_and_mutations() {
     run("decision");
 }
