@@ -764,6 +764,15 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
+/// Whether `name` looks like a bare dotted key (`cloud`, `havip`, `sentinel.password`). Anything else on a
+/// malformed line (`[secret_key = "..."]`) is not a key and may hold a value, so it is never named.
+fn is_key_path(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// The dotted key (`havip[1].vip`) on the line holding byte `offset`, for error messages. Understands the
 /// simple layout this file uses: `[table]`, `[[array]]` headers and `key = value` lines.
 fn key_path_at(text: &str, offset: usize) -> Option<String> {
@@ -777,6 +786,7 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
             .strip_prefix("[[")
             .and_then(|r| r.split_once("]]"))
             .map(|(n, _)| n.trim())
+            .filter(|n| is_key_path(n))
         {
             let n = counts.entry(name.to_owned()).or_insert(0);
             table = format!("{name}[{n}]");
@@ -785,14 +795,21 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
             .strip_prefix('[')
             .and_then(|r| r.split_once(']'))
             .map(|(n, _)| n.trim())
+            .filter(|n| is_key_path(n))
         {
             table = name.to_owned();
+        } else if t.starts_with('[') {
+            // A header that is not a key path (`[secret_key = "..."]`): name no table from here on.
+            table.clear();
         }
         if (pos..end).contains(&offset) {
             if t.starts_with('[') {
                 return (!table.is_empty()).then_some(table);
             }
-            let key = t.split_once('=').map(|(k, _)| k.trim().trim_matches('"'))?;
+            let key = t
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"'))
+                .filter(|k| is_key_path(k))?;
             return Some(if table.is_empty() {
                 key.to_owned()
             } else {
@@ -1553,6 +1570,25 @@ vip = "172.16.2.250/24"
                 name: "unterminated alert url",
                 cloud_lines: "",
                 tail: "\n[[alert]]\nurl = \"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=Zq9MarkerSecret7731\n",
+                line: 19,
+            },
+            // Found by the config fuzz target: a malformed table header was quoted as the key.
+            Malformed {
+                name: "a secret inside a malformed table header",
+                cloud_lines: "",
+                tail: "\n[cloud.secret_key = \"Zq9MarkerSecret7731\"]\n",
+                line: 18,
+            },
+            Malformed {
+                name: "a secret inside an unclosed table header",
+                cloud_lines: "",
+                tail: "\n[clopasswordon = \"Zq9MarkerSecret7731ap-gua[cloudpo]\n",
+                line: 18,
+            },
+            Malformed {
+                name: "a secret before the equals sign",
+                cloud_lines: "",
+                tail: "\n[cloud]\nsecret_key \"Zq9MarkerSecret7731\" = 1\n",
                 line: 19,
             },
             Malformed {

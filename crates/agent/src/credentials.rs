@@ -476,9 +476,12 @@ fn static_from_config(cloud: &CloudConfig) -> Result<Option<Credential>, Credent
     }
 }
 
-struct Fetched {
-    credential: Credential,
-    expires_at: i64,
+/// Role credentials as fetched: what [`Cached`] starts from.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub(crate) credential: Credential,
+    /// `ExpiredTime` clamped by [`clamp_expiry`], Unix seconds.
+    pub(crate) expires_at: i64,
 }
 
 /// The longest a role credential is trusted without a refresh, whatever its `ExpiredTime` says. CAM role
@@ -522,6 +525,16 @@ async fn fetch_role(
             role: role.to_owned(),
             url: metadata.url(&path),
         })?;
+    role_fetched(role, doc, unix_seconds(clock.now()))
+}
+
+/// Checks a role's credential document (`Code`, the three values) and turns it into what is cached; `now`
+/// is Unix seconds. Pure, so the fuzz targets ([`crate::fuzzing`]) run it.
+pub(crate) fn role_fetched(
+    role: &str,
+    doc: crate::metadata::RoleCredentials,
+    now: i64,
+) -> Result<Fetched, CredentialError> {
     if doc.code != "Success" {
         return Err(CredentialError::RoleRejected {
             role: role.to_owned(),
@@ -546,6 +559,6 @@ async fn fetch_role(
             secret_key: doc.tmp_secret_key,
             token: Some(doc.token),
         },
-        expires_at: clamp_expiry(doc.expired_time, unix_seconds(clock.now())),
+        expires_at: clamp_expiry(doc.expired_time, now),
     })
 }

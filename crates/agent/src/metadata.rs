@@ -302,15 +302,7 @@ impl MetadataClient {
         let Some(text) = self.get(path).await? else {
             return Ok(None);
         };
-        // The listing has one role per line; a CVM has at most one role.
-        match text.lines().map(str::trim).find(|l| !l.is_empty()) {
-            Some(role) => Ok(Some(role.to_owned())),
-            None => Err(MetadataError::Invalid {
-                url: self.url(path),
-                value: text,
-                problem: "the role listing is empty".into(),
-            }),
-        }
+        parse_role_listing(&self.url(path), text).map(Some)
     }
 
     /// The temporary credentials of `role` (`cam/security-credentials/<role>`); `None` on 404. The `Code`
@@ -330,24 +322,44 @@ impl MetadataClient {
         let Some(text) = self.get(&path).await? else {
             return Ok(None);
         };
-        serde_json::from_str::<RoleCredentials>(&text)
-            .map(Some)
-            .map_err(|e| MetadataError::BadCredentials {
-                url: self.url(&path),
-                // serde_json's message can quote the offending value; give only its kind and position.
-                detail: format!(
-                    "{} error at line {} column {}",
-                    match e.classify() {
-                        serde_json::error::Category::Io => "I/O",
-                        serde_json::error::Category::Syntax => "JSON syntax",
-                        serde_json::error::Category::Data => "missing or mistyped field",
-                        serde_json::error::Category::Eof => "truncated JSON",
-                    },
-                    e.line(),
-                    e.column()
-                ),
-            })
+        parse_role_credentials(&self.url(&path), &text).map(Some)
     }
+}
+
+/// The role named by a `cam/security-credentials/` listing (`url` is for the message): one role per line,
+/// a CVM has at most one.
+pub(crate) fn parse_role_listing(url: &str, text: String) -> Result<String, MetadataError> {
+    match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(role) => Ok(role.to_owned()),
+        None => Err(MetadataError::Invalid {
+            url: url.to_owned(),
+            value: text,
+            problem: "the role listing is empty".into(),
+        }),
+    }
+}
+
+/// Parses a `cam/security-credentials/<role>` answer (`url` is for the message). The error never quotes
+/// the text: it holds secrets.
+pub(crate) fn parse_role_credentials(
+    url: &str,
+    text: &str,
+) -> Result<RoleCredentials, MetadataError> {
+    serde_json::from_str::<RoleCredentials>(text).map_err(|e| MetadataError::BadCredentials {
+        url: url.to_owned(),
+        // serde_json's message can quote the offending value; give only its kind and position.
+        detail: format!(
+            "{} error at line {} column {}",
+            match e.classify() {
+                serde_json::error::Category::Io => "I/O",
+                serde_json::error::Category::Syntax => "JSON syntax",
+                serde_json::error::Category::Data => "missing or mistyped field",
+                serde_json::error::Category::Eof => "truncated JSON",
+            },
+            e.line(),
+            e.column()
+        ),
+    })
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (either case, `:` or `-` separated).

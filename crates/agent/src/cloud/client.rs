@@ -443,17 +443,7 @@ impl VpcClient {
             limit: PAGE_LIMIT as u64,
         };
         let response: DescribeHaVipsResponse = self.call(action, &request, deadline).await?;
-        let items = response.ha_vip_set.unwrap_or_default();
-        let count = items.len();
-        let havips: Vec<HaVip> = items.into_iter().filter_map(|w| w.into_havip()).collect();
-        if havips.len() != count {
-            tracing::warn!(
-                action,
-                skipped = count - havips.len(),
-                "ignoring havip items without a HaVipId"
-            );
-        }
-        Ok((havips, count, response.total_count))
+        Ok(havip_page(response))
     }
 
     /// `AssociateHaVipInstance`: adds the instance to the HAVIP's drift range. Already being there
@@ -634,11 +624,7 @@ impl VpcClient {
         let response: DescribeVpcTaskResultResponse = self
             .call(action, &DescribeVpcTaskResultRequest { task_id }, deadline)
             .await?;
-        let status = response.status.ok_or_else(|| CloudError::Decode {
-            action: action.into(),
-            detail: "the answer has no Status".into(),
-        })?;
-        Ok(TaskStatus::from_wire(&status, response.output))
+        task_status(response)
     }
 
     /// One action, retried per the retry classes until `deadline`. Every attempt first waits for a slot of
@@ -694,12 +680,7 @@ impl VpcClient {
                 Err(e) => Err((AttemptError::from(e), None)),
             };
             let (failure, used) = match attempt {
-                Ok(value) => {
-                    return serde_json::from_value(value).map_err(|e| CloudError::Decode {
-                        action: action.into(),
-                        detail: e.to_string(),
-                    });
-                }
+                Ok(value) => return decode_typed(action, value),
                 Err(failure) => failure,
             };
             let error = failure.error;
@@ -889,55 +870,103 @@ impl VpcClient {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_http_date);
         let bytes = response.bytes().await.map_err(transport)?;
-        let fail = |error: CloudError| AttemptError { error, server_time };
-        if status != 200 {
-            return Err(fail(CloudError::Http {
-                action: action.into(),
-                status,
-                endpoint: endpoint.into(),
-                body: excerpt(&bytes),
-            }));
-        }
-        let decode = |detail: String| {
-            fail(CloudError::Decode {
-                action: action.into(),
-                detail,
-            })
-        };
-        let mut envelope: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| decode(format!("not JSON ({e}): {}", excerpt(&bytes))))?;
-        let Some(response) = envelope.get_mut("Response").map(serde_json::Value::take) else {
-            return Err(decode(format!(
-                "no \"Response\" object: {}",
-                excerpt(&bytes)
-            )));
-        };
-        if !response.is_object() {
-            return Err(decode("\"Response\" is not an object".into()));
-        }
-        // Failure exactly when Response.Error is present.
-        if let Some(error) = response.get("Error").filter(|e| !e.is_null()) {
-            let text = |v: Option<&serde_json::Value>| {
-                v.and_then(serde_json::Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let code = text(error.get("Code"));
-            if code.is_empty() {
-                return Err(decode(format!(
-                    "Response.Error has no Code: {}",
-                    excerpt(&bytes)
-                )));
-            }
-            return Err(fail(CloudError::Api {
-                action: action.into(),
-                code,
-                message: text(error.get("Message")),
-                request_id: text(response.get("RequestId")),
-            }));
-        }
-        Ok(response)
+        decode_body(action, endpoint, status, &bytes)
+            .map_err(|error| AttemptError { error, server_time })
     }
+}
+
+/// One `DescribeHaVips` page: the HAVIPs, the number of items (with those skipped for lack of a
+/// `HaVipId`) and `TotalCount`.
+pub(crate) fn havip_page(response: DescribeHaVipsResponse) -> (Vec<HaVip>, usize, Option<u64>) {
+    let items = response.ha_vip_set.unwrap_or_default();
+    let count = items.len();
+    let havips: Vec<HaVip> = items.into_iter().filter_map(|w| w.into_havip()).collect();
+    if havips.len() != count {
+        tracing::warn!(
+            action = "DescribeHaVips",
+            skipped = count - havips.len(),
+            "ignoring havip items without a HaVipId"
+        );
+    }
+    (havips, count, response.total_count)
+}
+
+/// A `DescribeVpcTaskResult` answer's status; an answer without `Status` is an error.
+pub(crate) fn task_status(
+    response: DescribeVpcTaskResultResponse,
+) -> Result<TaskStatus, CloudError> {
+    let status = response.status.ok_or_else(|| CloudError::Decode {
+        action: "DescribeVpcTaskResult".into(),
+        detail: "the answer has no Status".into(),
+    })?;
+    Ok(TaskStatus::from_wire(&status, response.output))
+}
+
+/// `Response` (already checked by [`decode_body`]) as an action's typed answer.
+pub(crate) fn decode_typed<Resp: DeserializeOwned>(
+    action: &str,
+    value: serde_json::Value,
+) -> Result<Resp, CloudError> {
+    serde_json::from_value(value).map_err(|e| CloudError::Decode {
+        action: action.into(),
+        detail: e.to_string(),
+    })
+}
+
+/// Reads one answer of the VPC API: HTTP status and body to `Response` (without `Error`), or the error it
+/// means. Failure exactly when the status is not 200 or `Response.Error` is present. Pure, so the fuzz
+/// targets ([`crate::fuzzing`]) run the same code.
+pub(crate) fn decode_body(
+    action: &str,
+    endpoint: &str,
+    status: u16,
+    bytes: &[u8],
+) -> Result<serde_json::Value, CloudError> {
+    if status != 200 {
+        return Err(CloudError::Http {
+            action: action.into(),
+            status,
+            endpoint: endpoint.into(),
+            body: excerpt(bytes),
+        });
+    }
+    let decode = |detail: String| CloudError::Decode {
+        action: action.into(),
+        detail,
+    };
+    let mut envelope: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| decode(format!("not JSON ({e}): {}", excerpt(bytes))))?;
+    let Some(response) = envelope.get_mut("Response").map(serde_json::Value::take) else {
+        return Err(decode(format!(
+            "no \"Response\" object: {}",
+            excerpt(bytes)
+        )));
+    };
+    if !response.is_object() {
+        return Err(decode("\"Response\" is not an object".into()));
+    }
+    // Failure exactly when Response.Error is present.
+    if let Some(error) = response.get("Error").filter(|e| !e.is_null()) {
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let code = text(error.get("Code"));
+        if code.is_empty() {
+            return Err(decode(format!(
+                "Response.Error has no Code: {}",
+                excerpt(bytes)
+            )));
+        }
+        return Err(CloudError::Api {
+            action: action.into(),
+            code,
+            message: text(error.get("Message")),
+            request_id: text(response.get("RequestId")),
+        });
+    }
+    Ok(response)
 }
 
 /// One item's result of an association change, with the answers that mean "already as wanted" turned

@@ -143,9 +143,9 @@ struct DisassociateAddressIpRequest<'a> {
 /// The answer of an asynchronous action: only its `RequestId` matters, it is the task id.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct TaskStarted {
+pub(crate) struct TaskStarted {
     #[serde(default)]
-    request_id: String,
+    pub(crate) request_id: String,
 }
 
 impl VpcClient {

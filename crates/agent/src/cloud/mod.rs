@@ -17,8 +17,12 @@ mod types;
 use std::time::Duration;
 
 pub use client::{API_VERSION, HTTP_DATE, KeepWarm, RetryPolicy, SERVICE, VpcClient};
+// For the fuzz targets (`crate::fuzzing`): the answer-reading code of the client.
+pub(crate) use client::{decode_body, decode_typed, havip_page, task_status};
+pub(crate) use eip::TaskStarted;
 pub use eip::{EipBound, EipError, EipState, eip_state};
 pub use error::{CloudError, is_retryable_code};
+pub(crate) use types::{DescribeHaVipsResponse, DescribeVpcTaskResultResponse};
 pub use types::{HaVip, HaVipAssociation, HaVipState, InstanceType, TaskStatus, holder_id};
 
 /// Told about every HTTP attempt the client makes (for metrics). Called once per attempt, retries included,
