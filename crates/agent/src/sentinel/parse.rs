@@ -100,14 +100,22 @@ pub enum EventError {
 }
 
 /// Cuts `s` to at most [`QUOTE_MAX`] characters for an error message.
+/// At most [`QUOTE_MAX`] characters of `s`, with control characters escaped (`\n`, `\u{1b}`): a reply is
+/// outside input, and a raw newline or escape sequence in it would forge log lines or colour a terminal.
 fn quote(s: &str) -> String {
-    if s.chars().count() <= QUOTE_MAX {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(QUOTE_MAX).collect();
-        t.push('…');
-        t
+    let mut t = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == QUOTE_MAX {
+            t.push('…');
+            break;
+        }
+        if c.is_control() {
+            t.extend(c.escape_default());
+        } else {
+            t.push(c);
+        }
     }
+    t
 }
 
 /// A short description of a value's type (and small content) for "expected X, got Y".
@@ -1090,5 +1098,19 @@ mod tests {
             let _ = parse_sentinels_reply(&Value::Array(vec![v.clone()]));
             let _ = parse_myid_reply(&v);
         }
+    }
+
+    #[test]
+    fn a_server_error_cannot_forge_a_log_line() {
+        // Found by the fuzz target: a bare newline inside an error reply was quoted as is.
+        let v =
+            redis::parse_redis_value(b"-ERR first\n2026-11-30T00:00:00Z INFO forged\x1b[31m\r\n")
+                .unwrap();
+        let e = parse_addr_reply(&v).unwrap_err().to_string();
+        assert!(!e.contains('\n') && !e.contains('\u{1b}'), "{e:?}");
+        assert!(
+            e.contains("first\\n2026") && e.contains("\\u{1b}[31m"),
+            "{e:?}"
+        );
     }
 }
