@@ -13,43 +13,11 @@
 //! so a bench stopped early leaves the table so far); a run that fails is reported and listed. Under
 //! `cargo test` (no `--bench` argument) it does nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use havip_lab::Binaries;
+use havip_lab::bench_env::{env_secs, machine};
 use havip_lab::faults::{FaultOptions, Row, RowReport, matrix_markdown, run_row};
-
-fn env_secs(name: &str, default: u64) -> Duration {
-    Duration::from_secs(
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default),
-    )
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    let redis = std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {kernel}; {redis}")
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

@@ -18,65 +18,8 @@
 
 use std::time::{Duration, Instant};
 
+use havip_lab::bench_env::{env_list, env_secs, machine};
 use havip_lab::{Binaries, Comparison, Method, RunOptions, RunReport, Scenario};
-
-fn env_list<T>(name: &str, parse: impl Fn(&str) -> Option<T>, all: &[T]) -> Vec<T>
-where
-    T: Copy,
-{
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .split(',')
-            .map(|s| parse(s.trim()).unwrap_or_else(|| panic!("{name}: unknown entry {s:?}")))
-            .collect(),
-        _ => all.to_vec(),
-    }
-}
-
-fn env_secs(name: &str, default: u64) -> Duration {
-    Duration::from_secs(
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default),
-    )
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0);
-    let redis = std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, {:.0} GiB, Linux {kernel}; {redis}",
-        mem_kb as f64 / 1024.0 / 1024.0
-    )
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

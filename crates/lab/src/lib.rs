@@ -10,6 +10,7 @@
 //! `tests/lab_*.rs` tests (correctness) and `benches/lab.rs` (the comparison table). Needs root, iproute2,
 //! nftables, arping, redis-server/sentinel/cli and keepalived. It is not part of the agent.
 
+pub mod bench_env;
 pub mod client;
 pub mod datapath;
 pub mod faults;
