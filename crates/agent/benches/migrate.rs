@@ -105,7 +105,7 @@ fn main() {
     ));
     let report = report(runs, &rows);
     println!("{report}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md");
     append_section(&path, &report);
     println!("appended to {}", path.display());
 }

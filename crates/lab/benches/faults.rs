@@ -37,7 +37,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let out_path = std::env::var("FAULTS_OUT").unwrap_or_else(|_| "target/fault-matrix.md".into());
+    let out_path = std::env::var("FAULTS_OUT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/fault-matrix.md").into()
+    });
     let opts = FaultOptions {
         hold: env_secs("LAB_HOLD_S", 10),
         after_heal: env_secs("LAB_AFTER_HEAL_S", 10),

@@ -42,7 +42,13 @@ fn main() {
         |s| s.parse::<u64>().ok().map(Duration::from_millis),
         &[Duration::ZERO],
     );
-    let out_path = std::env::var("LAB_OUT").unwrap_or_else(|_| "target/lab-comparison.md".into());
+    let out_path = std::env::var("LAB_OUT").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/lab-comparison.md"
+        )
+        .into()
+    });
     let base = RunOptions {
         hold: env_secs("LAB_HOLD_S", 10),
         after_heal: env_secs("LAB_AFTER_HEAL_S", 10),
