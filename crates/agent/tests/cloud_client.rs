@@ -1312,6 +1312,100 @@ async fn a_batched_describe_with_an_unknown_id_still_answers_each_caller() {
     );
 }
 
+/// A fake whose every request naming `havip_id(0)` is answered only after 30 s (the client gives up on an
+/// attempt after 2 s, see `live_client`).
+async fn fake_hanging_on_the_first_of(n: usize) -> FakeCloud {
+    let fake = fake_with(n).await;
+    fake.inject(Fault::always(FaultKind::Delay(Duration::from_secs(30))).for_havip(havip_id(0)));
+    fake
+}
+
+/// Asserts that `slow` is still waiting for its hanging HAVIP, then stops it.
+fn still_waiting<T>(slow: tokio::task::JoinHandle<T>) {
+    assert!(
+        !slow.is_finished(),
+        "the hanging HAVIP's call ended early, so this proves nothing"
+    );
+    slow.abort();
+}
+
+#[tokio::test]
+async fn a_describe_hanging_in_flight_never_holds_up_another_havips_describe() {
+    let fake = fake_hanging_on_the_first_of(2).await;
+    let client = live_client(&fake.endpoint(), "");
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.describe_havip(&havip_id(0), in_secs(20)).await }
+    });
+    until_seen(&fake, "DescribeHaVips", 1).await;
+
+    // The other HAVIP's caller arrives while the hanging request is in flight and is answered within its
+    // own deadline, long before the hanging caller's.
+    let fast = client.describe_havip(&havip_id(1), in_secs(8)).await;
+
+    assert_eq!(
+        fast.expect("the other HAVIP is answered").havip_id,
+        havip_id(1)
+    );
+    still_waiting(slow);
+}
+
+#[tokio::test]
+async fn a_hanging_havip_batched_with_another_never_fails_the_other() {
+    let fake = fake_hanging_on_the_first_of(3).await;
+    let client = live_client(&fake.endpoint(), "");
+    let first = first_in_flight(&fake, "DescribeHaVips", {
+        let client = client.clone();
+        async move { client.describe_havip(&havip_id(2), in_secs(5)).await }
+    })
+    .await;
+    // Both queue behind the first and go out as one batch, which hangs because of HAVIP 0.
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.describe_havip(&havip_id(0), in_secs(20)).await }
+    });
+    let fast = client.describe_havip(&havip_id(1), in_secs(8)).await;
+
+    first.await.unwrap().unwrap();
+    assert_eq!(
+        fast.expect("the other HAVIP is answered").havip_id,
+        havip_id(1)
+    );
+    let batched = fake.requests().iter().any(|r| {
+        r.action == "DescribeHaVips" && r.body["HaVipIds"].as_array().is_some_and(|a| a.len() == 2)
+    });
+    assert!(
+        batched,
+        "the two callers were never batched, so this proves nothing"
+    );
+    still_waiting(slow);
+}
+
+#[tokio::test]
+async fn an_association_hanging_in_flight_or_in_a_batch_never_fails_another_havips() {
+    let fake = fake_hanging_on_the_first_of(3).await;
+    let client = live_client(&fake.endpoint(), "");
+    let associate = |i: usize, secs: u64| {
+        let client = client.clone();
+        async move {
+            client
+                .associate(&havip_id(i), "ins-a", InstanceType::Cvm, in_secs(secs))
+                .await
+        }
+    };
+    let slow = tokio::spawn(associate(0, 20));
+    until_seen(&fake, "AssociateHaVipInstance", 1).await;
+
+    // Two callers while the hanging one is in flight: they may go out together or with the next hanging
+    // attempt; either way each is answered within its own deadline.
+    let (one, two) = tokio::join!(associate(1, 8), associate(2, 8));
+
+    assert!(one.is_ok() && two.is_ok(), "{one:?} {two:?}");
+    assert!(fake.havip(&havip_id(1)).unwrap().in_range("ins-a"));
+    assert!(fake.havip(&havip_id(2)).unwrap().in_range("ins-a"));
+    still_waiting(slow);
+}
+
 #[tokio::test]
 async fn concurrent_associations_batch_and_a_duplicate_does_not_fail_the_others() {
     let fake = FakeCloud::start().await;

@@ -339,14 +339,21 @@ impl VpcClient {
         }
     }
 
-    /// Sends one batch of `describe_havip` callers and answers each. A batch the API refuses outright
-    /// (e.g. one malformed id) is asked again one id at a time, so each caller gets its own answer.
+    /// Sends one batch of `describe_havip` callers and answers each. The batch holds the queue for one
+    /// attempt at most ([`VpcClient::batch_window`]); when it fails (one hanging or refused HAVIP fails
+    /// the whole request), each caller is asked again on its own ([`VpcClient::each_alone`]).
     async fn describe_batch(&self, batch: Vec<Waiter<String, Result<HaVip, CloudError>>>) {
         let mut ids: Vec<String> = batch.iter().map(|w| w.item.clone()).collect();
         ids.sort();
         ids.dedup();
-        if ids.len() > 1 {
-            match self.describe_havips(&ids, latest_deadline(&batch)).await {
+        let window = self.batch_window(&batch);
+        let error = if let [id] = ids.as_slice() {
+            match self.describe_one(id, window).await {
+                Err(e) if e.is_retryable() => e,
+                out => return answer_all(batch, out),
+            }
+        } else {
+            match self.describe_havips(&ids, window).await {
                 Ok(found) => {
                     let answers: Vec<_> = batch
                         .iter()
@@ -358,22 +365,56 @@ impl VpcClient {
                                 .ok_or_else(|| self.not_found(&w.item, None))
                         })
                         .collect();
-                    answer_each(batch, answers);
-                    return;
+                    return answer_each(batch, answers);
                 }
-                Err(e) if e.is_retryable() => {
-                    answer_all(batch, Err(e));
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(ids = ids.len(), error = %e, "batched describe refused, asking one by one");
-                }
+                Err(e) => e,
             }
+        };
+        tracing::debug!(ids = ids.len(), error = %error, "batched describe failed, asking each havip alone");
+        self.each_alone(batch, window, error, |this, id, deadline| async move {
+            this.describe_one(&id, deadline).await
+        });
+    }
+
+    /// Until when a batch may hold its queue: one attempt (`cloud.timeout`), or less when every caller's
+    /// deadline is nearer. A later caller waits behind a hanging request that long at most.
+    fn batch_window<I, O>(&self, batch: &[Waiter<I, O>]) -> Instant {
+        latest_deadline(batch).min(Instant::now() + self.inner.timeout)
+    }
+
+    /// Answers each caller of a batch that failed with `error` by its own call, `one`, off the driver (so
+    /// the queue moves on), each answered as soon as its own call ends: a HAVIP that hangs or is refused
+    /// holds up and fails no other. A caller whose deadline the batch's window already reached gets
+    /// `error`. After a transient error the calls start after one backoff delay.
+    fn each_alone<I, T, F, Fut>(
+        &self,
+        batch: Vec<Waiter<I, Result<T, CloudError>>>,
+        window: Instant,
+        error: CloudError,
+        one: F,
+    ) where
+        I: Clone + Send + 'static,
+        T: Send + 'static,
+        F: Fn(Self, I, Instant) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<T, CloudError>> + Send + 'static,
+    {
+        let pause = if error.is_retryable() {
+            self.retry.delay(0)
+        } else {
+            Duration::ZERO
+        };
+        for w in batch {
+            if w.deadline <= window {
+                w.answer(Err(error.clone()));
+                continue;
+            }
+            let (this, one) = (self.clone(), one.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                let out = one(this, w.item.clone(), w.deadline).await;
+                w.answer(out);
+            });
         }
-        let answers =
-            futures::future::join_all(batch.iter().map(|w| self.describe_one(&w.item, w.deadline)))
-                .await;
-        answer_each(batch, answers);
     }
 
     fn not_found(&self, havip_id: &str, request_id: Option<String>) -> CloudError {
@@ -508,8 +549,9 @@ impl VpcClient {
     }
 
     /// Sends one batch of association changes and answers each caller. The API is all or nothing: when
-    /// a batch of several fails with a non-transient error (one pair already there, one HAVIP gone), each
-    /// item is sent on its own so that one item's error does not fail the others.
+    /// a batch fails (one pair already there, one HAVIP gone or hanging), each item is sent on its own
+    /// ([`VpcClient::each_alone`]) so that one item's error does not fail the others. Like a describe batch,
+    /// it holds the queue for one attempt at most.
     async fn change_batch(
         &self,
         action: &'static str,
@@ -522,32 +564,24 @@ impl VpcClient {
                 pairs.push(w.item.clone());
             }
         }
-        if pairs.len() > 1 {
-            match self
-                .association(action, &pairs, latest_deadline(&batch))
-                .await
-            {
-                Ok(()) => {
-                    answer_all(batch, Ok(()));
-                    return;
-                }
-                Err(e) if e.is_retryable() => {
-                    answer_all(batch, Err(e));
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(action, items = pairs.len(), error = %e, "batched association change refused, sending each item alone");
-                }
-            }
-        }
-        let answers = futures::future::join_all(batch.iter().map(|w| async {
-            let result = self
-                .association(action, std::slice::from_ref(&w.item), w.deadline)
-                .await;
-            settle(add, &w.item, result)
-        }))
-        .await;
-        answer_each(batch, answers);
+        let window = self.batch_window(&batch);
+        let error = match self.association(action, &pairs, window).await {
+            Ok(()) => return answer_all(batch, Ok(())),
+            Err(e) if pairs.len() > 1 || e.is_retryable() => e,
+            Err(e) => return answer_all(batch, settle(add, &pairs[0], Err(e))),
+        };
+        tracing::debug!(action, items = pairs.len(), error = %error, "batched association change failed, sending each item alone");
+        self.each_alone(
+            batch,
+            window,
+            error,
+            move |this, pair, deadline| async move {
+                let result = this
+                    .association(action, std::slice::from_ref(&pair), deadline)
+                    .await;
+                settle(add, &pair, result)
+            },
+        );
     }
 
     async fn association(
