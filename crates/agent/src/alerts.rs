@@ -461,17 +461,18 @@ async fn deliver(client: &reqwest::Client, sink: &Sink, body: &Value) -> Result<
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| DeliveryError::Transport(scrub(error_chain(e.without_url()))))?;
+            .map_err(|e| {
+                DeliveryError::Transport(scrub(crate::logging::error_chain(&e.without_url())))
+            })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(DeliveryError::Http(status.as_u16()));
         }
         if sink.format == AlertFormat::Wecom {
             // WeCom answers HTTP 200 even for errors; the verdict is the errcode.
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| DeliveryError::Transport(scrub(error_chain(e.without_url()))))?;
+            let bytes = resp.bytes().await.map_err(|e| {
+                DeliveryError::Transport(scrub(crate::logging::error_chain(&e.without_url())))
+            })?;
             let reply: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| DeliveryError::WecomReply(scrub(e.to_string())))?;
             let errcode = reply
@@ -499,18 +500,6 @@ async fn deliver(client: &reqwest::Client, sink: &Sink, body: &Value) -> Result<
         Ok(r) => r,
         Err(_) => Err(DeliveryError::Timeout(sink.timeout)),
     }
-}
-
-/// An error and its causes, `a: b: c`.
-fn error_chain(e: reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -32,9 +32,9 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// 0 when healthy, 2 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        if self.problems.is_empty() { 0 } else { 2 }
+    /// No problem was found (warnings allowed).
+    pub fn is_healthy(&self) -> bool {
+        self.problems.is_empty()
     }
 
     /// Writes the report: the lines, then `warning: ...` lines, then `problem: ...` lines.

@@ -1279,10 +1279,10 @@ impl HavipTask {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A problem that a restart will not fix (config, privileges, interface).
-    #[error("{0:#}")]
+    #[error("{}", crate::logging::error_chain(.0.as_ref()))]
     Permanent(anyhow::Error),
     /// A problem that may go away (metadata unreachable at start).
-    #[error("{0:#}")]
+    #[error("{}", crate::logging::error_chain(.0.as_ref()))]
     Transient(anyhow::Error),
 }
 

@@ -12,7 +12,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use clap::Parser as _;
 use redis::Value;
 
 use crate::cloud::{
@@ -21,7 +20,7 @@ use crate::cloud::{
 };
 use crate::config::{Config, FenceAfter, is_region};
 use crate::metadata::{format_mac, parse_mac};
-use crate::migrate::{self, Args};
+use crate::migrate::{self, Options};
 use crate::reconcile::{
     Action, CloudHolder, Decision, FORGET_AFTER, HavipMachine, Local, MasterConfig, Policy,
 };
@@ -609,20 +608,23 @@ fn credential_secrets(text: &str) -> Vec<String> {
 
 // ----- migrate-havip arguments -----
 
-/// `migrate-havip` arguments: the input split on NUL into argv -> clap (`Args::try_parse_from`) ->
-/// `validate`, `parse_notification`, `check_event`. A request that validates satisfies Sentinel's
-/// argument rules and round-trips through clap again.
+/// `migrate-havip` arguments as the binary hands them to the library: the input split on NUL; when the first
+/// item is `--master`, the operator form (`--master <item 2> --to <item 3>`), otherwise Sentinel's arguments.
+/// Then `validate`, `parse_notification`, `check_event`. A request that validates satisfies Sentinel's
+/// argument rules and validates again, unchanged, from its own fields.
 pub fn migrate_args(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let argv: Vec<&str> = std::iter::once("migrate-havip")
-        .chain(text.split('\0').take(32))
-        .collect();
-    let args = match Args::try_parse_from(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.to_string();
-            return;
-        }
+    let items: Vec<String> = text.split('\0').take(32).map(str::to_owned).collect();
+    let args = match items.as_slice() {
+        [flag, master, to, ..] if flag == "--master" => Options {
+            master: Some(master.clone()),
+            to: to.parse().ok(),
+            ..Options::default()
+        },
+        _ => Options {
+            sentinel_args: items,
+            ..Options::default()
+        },
     };
     match migrate::validate(&args) {
         Ok(req) => check_request(&args, &req),
@@ -643,40 +645,39 @@ pub fn migrate_args(data: &[u8]) {
     }
 }
 
-fn check_request(args: &Args, req: &migrate::Request) {
+fn check_request(args: &Options, req: &migrate::Request) {
     let bad_name = |n: &str| n.is_empty() || n.chars().any(|c| c.is_whitespace() || c.is_control());
     assert!(!bad_name(&req.master), "{req:?}");
-    let again: Vec<String> = match &req.sentinel {
+    let again = match &req.sentinel {
         Some(call) => {
             let a = &args.sentinel_args;
             assert_eq!(a.len(), 7);
             assert_eq!(req.master, a[0]);
             assert!(call.role == "leader" || call.role == "observer");
             assert!(call.from.1 != 0 && call.to_port != 0);
-            [
-                "migrate-havip".to_owned(),
-                "--".to_owned(),
-                req.master.clone(),
-                call.role.clone(),
-                call.state.clone(),
-                call.from.0.to_string(),
-                call.from.1.to_string(),
-                req.to_ip.to_string(),
-                call.to_port.to_string(),
-            ]
-            .into()
+            Options {
+                sentinel_args: vec![
+                    req.master.clone(),
+                    call.role.clone(),
+                    call.state.clone(),
+                    call.from.0.to_string(),
+                    call.from.1.to_string(),
+                    req.to_ip.to_string(),
+                    call.to_port.to_string(),
+                ],
+                ..Options::default()
+            }
         }
         None => {
             assert_eq!(args.master.as_deref(), Some(req.master.as_str()));
-            vec![
-                "migrate-havip".to_owned(),
-                format!("--master={}", req.master),
-                format!("--to={}", req.to_ip),
-            ]
+            Options {
+                master: Some(req.master.clone()),
+                to: Some(req.to_ip),
+                ..Options::default()
+            }
         }
     };
-    let args2 = Args::try_parse_from(&again).expect("a valid request parses again");
-    assert_eq!(migrate::validate(&args2).as_ref(), Ok(req));
+    assert_eq!(migrate::validate(&again).as_ref(), Ok(req));
 }
 
 // ----- The decision -----

@@ -20,13 +20,18 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// The log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     /// One readable line per event.
     #[default]
     Human,
     /// One JSON object per line.
     Json,
+}
+
+impl LogFormat {
+    /// The names `FromStr` accepts, for the binaries' `--log-format`.
+    pub const NAMES: [&str; 2] = ["human", "json"];
 }
 
 impl FromStr for LogFormat {
@@ -40,6 +45,22 @@ impl FromStr for LogFormat {
             )),
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause`, skipping a cause whose text the line already
+/// carries (many errors here print their source inline, so a plain chain would say it twice).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The filter used when `HAVIP_LOG` is unset.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::logging::error_chain;
 use crate::secret::Secret;
 
 /// A sensible per-request timeout for the metadata service: it answers in milliseconds on a CVM, and off a
@@ -385,21 +386,6 @@ pub fn format_mac(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// An error and its causes, joined with `: ` (reqwest's own Display hides the interesting part).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

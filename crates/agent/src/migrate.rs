@@ -18,12 +18,13 @@
 //! only if the majority names this host, releases only if it names another, and says the call was
 //! superseded when its arguments disagree. Without a majority it changes nothing and exits 1.
 //!
-//! Exit codes (`reference/sentinel.md`: exit 1 is retried after 30 s, exit >= 2 is not):
-//! - 0: done, or nothing was needed;
-//! - 1: a transient cloud failure (the API, or the metadata service for role credentials, not answering)
+//! Outcomes, which the binary maps to exit codes (`reference/sentinel.md`: exit 1 is retried after 30 s,
+//! exit >= 2 is not):
+//! - `Ok` (exit 0): done, or nothing was needed;
+//! - [`FailureKind::Transient`] (exit 1): a transient cloud failure (the API, or the metadata service for role credentials, not answering)
 //!   that persisted through this command's own retries (the VIP is bound and announced locally anyway), or
 //!   the lock still held by another claim at the deadline;
-//! - 2: a permanent error: bad arguments, bad config, an unknown master name, `AuthFailure`, no credentials,
+//! - [`FailureKind::Permanent`] (exit 2): a permanent error: bad arguments, bad config, an unknown master name, `AuthFailure`, no credentials,
 //!   missing privileges, a missing interface, a lock directory that cannot be created or opened.
 
 use std::net::IpAddr;
@@ -31,15 +32,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::act::{Executor, FenceSetup};
 use crate::boot::{Boot, CloudProblem, boot_with};
 use crate::claim::{ClaimError, ClaimOptions, Claimer};
 use crate::config::{Config, HavipConfig, resolve_path};
-use crate::logging::LogFormat;
 use crate::net::{Change, KernelNet, LocalNet, NetError};
 use crate::reconcile::{
     Action, CloudHolder, Decision, FORGET_AFTER, HavipMachine, Local, MasterConfig, Policy,
@@ -48,48 +47,22 @@ use crate::reconcile::{
 use crate::sentinel::conn::ConnectOptions;
 use crate::sentinel::{MasterView, probe_until};
 
-/// Exit code: done, or nothing needed.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: transient failure; Sentinel retries the script later.
-pub const EXIT_TRANSIENT: u8 = 1;
-/// Exit code: permanent failure; Sentinel does not retry.
-pub const EXIT_PERMANENT: u8 = 2;
-
-/// Move a HAVIP to this host or away from it.
-///
-/// As Sentinel's client-reconfig-script it is called with seven arguments:
-/// <master-name> <role> <state> <from-ip> <from-port> <to-ip> <to-port>.
-/// It asks the Sentinels who is master now: it claims the VIP if they name this node, releases it if they
-/// name another, and says so when the arguments are stale. Operators use `--master NAME --to IP`.
-#[derive(Debug, Parser)]
-#[command(name = "migrate-havip", version, about, long_about = None)]
-pub struct Args {
-    /// Config file. Default: $HAVIP_AGENT_CONFIG, else /etc/havip-agent/config.toml.
-    #[arg(long, value_name = "PATH")]
+/// What the command was asked, as the binary parsed it from its command line (the CLI types and the exit
+/// codes live in `src/bin/migrate-havip.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `--config`: the config file (default: `$HAVIP_AGENT_CONFIG`, else `/etc/havip-agent/config.toml`).
     pub config: Option<PathBuf>,
-    /// The Sentinel master name (operator form).
-    #[arg(
-        long,
-        value_name = "NAME",
-        requires = "to",
-        conflicts_with = "sentinel_args"
-    )]
+    /// `--master`: the Sentinel master name (operator form).
     pub master: Option<String>,
-    /// The new master's address (operator form). This node's address claims; any other releases.
-    #[arg(long, value_name = "IP", requires = "master")]
+    /// `--to`: the new master's address (operator form). This node's address claims; any other releases.
     pub to: Option<IpAddr>,
-    /// Print what the Sentinels say and the plan, and change nothing.
-    #[arg(long)]
+    /// `--dry-run`: print what the Sentinels say and the plan, and change nothing.
     pub dry_run: bool,
-    /// Operator form: act on --to even when the Sentinels name another master (or cannot be reached).
-    #[arg(long, requires = "master")]
+    /// `--force` (operator form): act on `to` even when the Sentinels name another master.
     pub force: bool,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
-    pub log_format: LogFormat,
-    /// What Sentinel passes: as client-reconfig-script <master-name> <role> <state> <from-ip> <from-port>
-    /// <to-ip> <to-port>; as notification-script <event-type> <event-description>.
-    #[arg(value_name = "SENTINEL_ARGS", num_args = 0.., allow_hyphen_values = true)]
+    /// What Sentinel passes: as client-reconfig-script `<master-name> <role> <state> <from-ip> <from-port>
+    /// <to-ip> <to-port>`; as notification-script `<event-type> <event-description>`.
     pub sentinel_args: Vec<String>,
 }
 
@@ -199,7 +172,7 @@ const FIELDS: [&str; 7] = [
 ];
 
 /// Checks the arguments: the operator form, or exactly Sentinel's seven fields with valid IPs and ports.
-pub fn validate(args: &Args) -> Result<Request, ArgError> {
+pub fn validate(args: &Options) -> Result<Request, ArgError> {
     if let (Some(master), Some(to)) = (&args.master, args.to) {
         check_master_name("--master", master)?;
         return Ok(Request {
@@ -277,39 +250,41 @@ fn check_master_name(what: &str, name: &str) -> Result<(), ArgError> {
     Ok(())
 }
 
-/// A failure with its exit code.
+/// Whether Sentinel should call again: the binary maps these to exit 1 and 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Not settled yet (the API or the metadata service not answering through this command's retries, no
+    /// majority, the lock still held): worth calling again later.
+    Transient,
+    /// Bad arguments or config, an unknown master, `AuthFailure`, no credentials or privileges: calling
+    /// again changes nothing.
+    Permanent,
+}
+
+/// A failed run: its kind and the error with its causes.
 #[derive(Debug)]
 pub struct Failure {
-    /// 1 or 2.
-    pub code: u8,
+    /// Transient or permanent.
+    pub kind: FailureKind,
     /// The error with its causes.
     pub error: anyhow::Error,
 }
 
-fn permanent(e: impl Into<anyhow::Error>) -> Failure {
-    Failure {
-        code: EXIT_PERMANENT,
-        error: e.into(),
+impl Failure {
+    fn new(kind: FailureKind, e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            kind,
+            error: e.into(),
+        }
     }
+}
+
+fn permanent(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::new(FailureKind::Permanent, e)
 }
 
 fn transient(e: impl Into<anyhow::Error>) -> Failure {
-    Failure {
-        code: EXIT_TRANSIENT,
-        error: e.into(),
-    }
-}
-
-/// Runs the command; returns the exit code. Errors are printed to stderr with their causes.
-pub async fn run(args: Args) -> u8 {
-    match run_inner(args).await {
-        Ok(()) => EXIT_OK,
-        Err(f) => {
-            error!("{:#}", f.error);
-            eprintln!("migrate-havip: {:#}", f.error);
-            f.code
-        }
-    }
+    Failure::new(FailureKind::Transient, e)
 }
 
 /// How long Sentinel's form waits for a majority of the Sentinels before giving up with exit 1.
@@ -319,7 +294,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 /// The longest the notification-script waits for evidence inside one call (Sentinel kills it at 60 s).
 const NOTIFY_MAX_WAIT: Duration = Duration::from_secs(50);
 
-async fn run_inner(args: Args) -> Result<(), Failure> {
+/// Runs the command: `Ok` when done or nothing was needed. Prints the command's own output (the plan, the
+/// daemon's answer) on stdout and logs; the binary reports a failure.
+pub async fn run(args: Options) -> Result<(), Failure> {
     // Arguments first: a bad call makes no API call and touches no interface.
     if args.master.is_none() && args.sentinel_args.len() == 2 {
         // Sentinel sends every warning-level event; only reachability events are ours, and the others have
@@ -437,7 +414,7 @@ async fn run_inner(args: Args) -> Result<(), Failure> {
 /// holds both capabilities. Nothing listening and no capabilities is exit 2, naming the missing capability
 /// and saying that the daemon is not running.
 async fn delegate(
-    args: &Args,
+    args: &Options,
     wake: crate::control::Request,
     call: Option<(&Request, &SentinelCall)>,
 ) -> Result<Option<Result<(), Failure>>, Failure> {
@@ -481,11 +458,13 @@ fn answered(
 ) -> Result<(), Failure> {
     use crate::control::Outcome;
     let notify = matches!(wake, crate::control::Request::Notify { .. });
-    let code = match answer.outcome {
-        Outcome::Held | Outcome::Elsewhere => EXIT_OK,
-        Outcome::NoMajority | Outcome::Working | Outcome::UnknownMaster if notify => EXIT_OK,
-        Outcome::NoMajority | Outcome::Working | Outcome::Busy => EXIT_TRANSIENT,
-        Outcome::UnknownMaster | Outcome::BadRequest | Outcome::Pong => EXIT_PERMANENT,
+    let failed = match answer.outcome {
+        Outcome::Held | Outcome::Elsewhere => None,
+        Outcome::NoMajority | Outcome::Working | Outcome::UnknownMaster if notify => None,
+        Outcome::NoMajority | Outcome::Working | Outcome::Busy => Some(FailureKind::Transient),
+        Outcome::UnknownMaster | Outcome::BadRequest | Outcome::Pong => {
+            Some(FailureKind::Permanent)
+        }
     };
     info!(
         request = %wake.line(),
@@ -495,27 +474,27 @@ fn answered(
         "the daemon answered: {}",
         answer.message
     );
-    if code == EXIT_OK {
+    let Some(kind) = failed else {
         println!(
             "havip-agent: {} ({})",
             answer.message,
             answer.outcome.word()
         );
         return Ok(());
-    }
-    Err(Failure {
-        code,
-        error: anyhow::anyhow!(
+    };
+    Err(Failure::new(
+        kind,
+        anyhow::anyhow!(
             "the daemon answered {}: {}",
             answer.outcome.word(),
             answer.message
         ),
-    })
+    ))
 }
 
 /// Reads the config as every form does: `--config`, `$HAVIP_AGENT_CONFIG` or the default; with privileges
 /// its caller lacks (`AT_SECURE`), only the root-owned default.
-fn load_config(args: &Args) -> Result<(PathBuf, Config), Failure> {
+fn load_config(args: &Options) -> Result<(PathBuf, Config), Failure> {
     let path = resolve_path(
         args.config.as_deref(),
         std::env::var(crate::config::CONFIG_ENV).ok().as_deref(),
@@ -561,7 +540,7 @@ async fn print_daemon(cfg: &Config) {
 
 /// The operator form: refuses (exit 2) when the Sentinels name another master, unless `--force`.
 async fn operator(
-    args: &Args,
+    args: &Options,
     req: &Request,
     one: &OneShot,
     view: &MasterView,
@@ -615,7 +594,7 @@ async fn operator(
 /// it samples the Sentinels repeatedly: as soon as a majority answers, it acts on what they say (re-bind and
 /// lift a pause if they name this node); if the majority stays out of sight for `fence_after` across the
 /// samples, it releases the VIP and pauses writes, like the daemon (one machine, one rule).
-async fn notified(args: &Args, n: Notification) -> Result<(), Failure> {
+async fn notified(args: &Options, n: Notification) -> Result<(), Failure> {
     let Some(one) = OneShot::start(args, &n.master).await? else {
         info!(event = %n.event, master = %n.master, "notification for a master without a [[havip]]: nothing to do");
         return Ok(());
@@ -725,7 +704,7 @@ fn read_env_file(path: &std::path::Path) -> std::collections::HashMap<String, St
 
 impl OneShot {
     /// Boots (config, identity) and finds the `[[havip]]` of `master` (None if there is none).
-    async fn start(args: &Args, master: &str) -> Result<Option<OneShot>, Failure> {
+    async fn start(args: &Options, master: &str) -> Result<Option<OneShot>, Failure> {
         let (path, cfg) = load_config(args)?;
         let env_file = path
             .parent()

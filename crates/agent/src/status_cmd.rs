@@ -15,29 +15,33 @@ use crate::net::{KernelNet, LocalNet};
 use crate::sentinel::conn::ConnectOptions;
 use crate::status::{HavipStatus, StatusReport, fetch_status, render_table, status_url};
 
-/// Arguments of `havip-agent status`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct StatusArgs {
+/// What `havip-agent status` was asked (the binary owns the flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusOptions {
     /// Print JSON instead of a table.
-    #[arg(long)]
     pub json: bool,
     /// Do not ask the running agent; compute the status from Sentinel, the interface and the API.
-    #[arg(long)]
     pub direct: bool,
 }
 
-/// Runs the command: 0 when a report was printed, 2 when neither the agent nor the sources could be read.
-pub async fn run(path: &Path, args: StatusArgs) -> u8 {
-    let cfg = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("havip-agent status: {e}");
-            return 2;
-        }
-    };
+/// Why no report was printed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The config file could not be loaded.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The report could not be written as JSON.
+    #[error("cannot encode the report: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Runs the command: prints the report on stdout (what the running agent says, or else what the sources
+/// say), and notes on stderr why the agent was not asked. An error when no report could be printed.
+pub async fn run(path: &Path, opts: StatusOptions) -> Result<(), StatusError> {
+    let cfg = Config::load(path)?;
     let mut source = String::new();
     let mut report = None;
-    if !args.direct
+    if !opts.direct
         && let Some(listen) = cfg.metrics.listen
     {
         let url = status_url(listen);
@@ -56,19 +60,13 @@ pub async fn run(path: &Path, args: StatusArgs) -> u8 {
             compute(&cfg).await
         }
     };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("havip-agent status: {e}");
-                return 2;
-            }
-        }
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("# {source}");
         print!("{}", render_table(&report));
     }
-    0
+    Ok(())
 }
 
 /// The EIP fields of a HAVIP's status from the configured `eip` and the HAVIP as the cloud reports it

@@ -44,10 +44,41 @@ fn run_on_file(mut cmd: Command, journal: Option<bool>) -> String {
 }
 
 fn log_lines(out: &str) -> Vec<&str> {
-    // The tracing line, not the final `migrate-havip: ...` summary.
-    out.lines()
-        .filter(|l| !l.starts_with("migrate-havip:"))
-        .collect()
+    out.lines().collect()
+}
+
+#[test]
+fn a_failure_is_reported_once_in_the_log_format() {
+    // Guards: the library logged the error and the binary printed it again, unformatted.
+    for journal in [None, Some(true)] {
+        let out = run_on_file(migrate(), journal);
+        let reports = out
+            .lines()
+            .filter(|l| l.contains("cannot read config file"))
+            .count();
+        assert_eq!(reports, 1, "{out:?}");
+        // Nor does the one line repeat its cause (an error that prints its source, then the chain again).
+        assert_eq!(
+            out.matches("No such file or directory").count(),
+            1,
+            "{out:?}"
+        );
+    }
+    let mut json = migrate();
+    json.args(["--log-format", "json"]);
+    let out = run_on_file(json, None);
+    let line = out
+        .lines()
+        .find(|l| l.contains("cannot read config file"))
+        .unwrap_or_else(|| panic!("no error line: {out:?}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("the error is a JSON log line");
+    assert_eq!(v["level"], "ERROR", "{line}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("cannot read config"))
+            .count(),
+        1
+    );
 }
 
 #[test]

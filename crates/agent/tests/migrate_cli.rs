@@ -152,12 +152,9 @@ impl Site {
     }
 }
 
-/// The one-line error the command prints last (`migrate-havip: ...`).
+/// The one error line the command logs last.
 fn final_error(r: &Run) -> String {
-    r.stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("migrate-havip: "))
+    r.final_error()
         .unwrap_or_else(|| panic!("no final error line: {}", r.show()))
         .to_owned()
 }

@@ -185,16 +185,6 @@ impl Deployment {
     }
 }
 
-/// The one-line error the command prints last (`migrate-havip: ...`), or "" without one.
-fn final_error(r: &Run) -> String {
-    r.stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("migrate-havip: "))
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_release_keeps_the_vip_on_the_host_the_sentinels_name_as_master() {
     // Guards: the 7-argument form decided from <to-ip> alone, so a stale release unbound the live master.
@@ -297,7 +287,7 @@ async fn the_operator_form_refuses_a_move_the_sentinels_contradict_unless_forced
         problems.push(format!("exit {:?}, want 2 (refused)", r.code));
     }
     let named = d.lab.redis_addr(0);
-    let last = final_error(&r);
+    let last = r.final_error().unwrap_or_default();
     if !(last.contains(&named.ip().to_string()) && last.contains(&named.port().to_string())) {
         problems.push(format!(
             "the final error {last:?} does not name the master the sentinels name ({named})"

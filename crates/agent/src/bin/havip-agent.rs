@@ -1,12 +1,21 @@
-//! `havip-agent`: the daemon (`run`) and its operator commands (`check`, `status`). The demo is
-//! `havip-demo`, in the test kit (crates/testkit), so the shipped binary carries no fake cloud.
+//! `havip-agent`: the daemon (`run`) and its operator commands (`check`, `status`). Owns the command line
+//! and the exit codes; the work is the library's. The demo is `havip-demo`, in the test kit
+//! (crates/testkit), so the shipped binary carries no fake cloud.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Parser, Subcommand};
 use havip_agent::config::{CONFIG_ENV, resolve_path};
-use havip_agent::logging::LogFormat;
+use havip_agent::daemon::StartError;
+use havip_agent::logging::{self, LogFormat};
+use havip_agent::status_cmd::StatusOptions;
+
+/// Exit code: a transient start-up failure (systemd restarts the unit).
+const EXIT_TRANSIENT: u8 = 1;
+/// Exit code: a permanent failure, a bad command line, or `check` finding a problem.
+const EXIT_PERMANENT: u8 = 2;
 
 /// Keeps a Tencent Cloud HAVIP on the current Redis Sentinel master.
 #[derive(Debug, Parser)]
@@ -16,7 +25,8 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Log format on stderr: human-readable, or one JSON object per line for log shippers.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "human",
+          value_parser = PossibleValuesParser::new(LogFormat::NAMES).try_map(|s| s.parse::<LogFormat>()))]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -29,27 +39,38 @@ enum Command {
     /// Check the config, credentials, identity, every HAVIP and every Sentinel; exit 0 only if all is healthy.
     Check,
     /// Show, per HAVIP, the majority master, the local binding, the cloud holder and the last switch.
-    Status(havip_agent::status_cmd::StatusArgs),
+    Status(StatusArgs),
+}
+
+/// Arguments of `havip-agent status`.
+#[derive(Debug, Clone, clap::Args)]
+struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Do not ask the running agent; compute the status from Sentinel, the interface and the API.
+    #[arg(long)]
+    direct: bool,
 }
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+            let code = if e.use_stderr() { EXIT_PERMANENT } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
-    havip_agent::logging::init(cli.log_format);
+    logging::init(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("havip-agent: cannot start the runtime: {e}");
-            return ExitCode::from(2);
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_PERMANENT);
         }
     };
     let path = resolve_path(
@@ -61,10 +82,11 @@ fn main() -> ExitCode {
             Command::Run => match havip_agent::daemon::run(&path).await {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("havip-agent: {e}");
+                    // The one report of the failure, in the log format (journal priority 3 under systemd).
+                    tracing::error!("{}", logging::error_chain(&e));
                     match e {
-                        havip_agent::daemon::StartError::Permanent(_) => 2,
-                        havip_agent::daemon::StartError::Transient(_) => 1,
+                        StartError::Permanent(_) => EXIT_PERMANENT,
+                        StartError::Transient(_) => EXIT_TRANSIENT,
                     }
                 }
             },
@@ -72,9 +94,25 @@ fn main() -> ExitCode {
                 let env = |k: &str| std::env::var(k).ok();
                 let report = havip_agent::check::check(&path, &env).await;
                 let _ = report.write_to(&mut std::io::stdout());
-                report.exit_code()
+                if report.is_healthy() {
+                    0
+                } else {
+                    EXIT_PERMANENT
+                }
             }
-            Command::Status(args) => havip_agent::status_cmd::run(&path, args).await,
+            Command::Status(a) => {
+                let opts = StatusOptions {
+                    json: a.json,
+                    direct: a.direct,
+                };
+                match havip_agent::status_cmd::run(&path, opts).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!("status: {}", logging::error_chain(&e));
+                        EXIT_PERMANENT
+                    }
+                }
+            }
         }
     });
     ExitCode::from(code)

@@ -22,7 +22,7 @@ use super::types::{
 use crate::clock::{SharedClock, unix_seconds};
 use crate::config::CloudConfig;
 use crate::credentials::{Credential, CredentialProvider};
-use crate::metadata::error_chain;
+use crate::logging::error_chain;
 use crate::tc3::{self, SigningInput};
 
 /// The VPC API version sent as `X-TC-Version`.

@@ -313,6 +313,15 @@ pub struct Run {
 }
 
 impl Run {
+    /// The message of the last error line in the logs: the command reports a failure once, as its last
+    /// `ERROR` line (`<timestamp> ERROR <message>` off a terminal).
+    pub fn final_error(&self) -> Option<&str> {
+        self.stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once(" ERROR ").map(|(_, m)| m.trim_start()))
+    }
+
     /// Both streams, for assertion messages.
     pub fn show(&self) -> String {
         format!(

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use havip_agent::logging::LogFormat;
 use havip_testkit::demo::DemoArgs;
 
@@ -13,7 +14,8 @@ use havip_testkit::demo::DemoArgs;
 #[command(name = "havip-demo", version, about, long_about = None)]
 struct Cli {
     /// Log format on stderr: human-readable, or one JSON object per line.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, value_name = "FORMAT", default_value = "human",
+          value_parser = PossibleValuesParser::new(LogFormat::NAMES).try_map(|s| s.parse::<LogFormat>()))]
     log_format: LogFormat,
     #[command(flatten)]
     demo: DemoArgs,
