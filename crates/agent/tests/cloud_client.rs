@@ -1382,6 +1382,43 @@ async fn a_hanging_havip_batched_with_another_never_fails_the_other() {
 }
 
 #[tokio::test]
+async fn a_havip_that_hung_once_is_asked_alone_so_short_polls_of_another_succeed() {
+    // Two claims polling in step with short deadlines (as a claim confirms a move): the hanging HAVIP's
+    // poll is in flight whenever the other's arrives. After the first round has shown which HAVIP hangs,
+    // the other's polls no longer wait behind it or share its requests.
+    let fake = fake_hanging_on_the_first_of(2).await;
+    let client = live_client(&fake.endpoint(), "");
+    let poll = Duration::from_millis(1500);
+    let mut fast_results = Vec::new();
+    for round in 0..4 {
+        let slow = tokio::spawn({
+            let client = client.clone();
+            async move {
+                client
+                    .describe_havip(&havip_id(0), Instant::now() + poll)
+                    .await
+            }
+        });
+        until_seen(&fake, "DescribeHaVips", round + 1).await;
+        let fast = client
+            .describe_havip(&havip_id(1), Instant::now() + poll)
+            .await;
+        assert!(
+            slow.await.unwrap().is_err(),
+            "round {round}: the hanging HAVIP cannot be answered"
+        );
+        fast_results.push(fast.map(|h| h.havip_id));
+    }
+    for (round, r) in fast_results.iter().enumerate().skip(1) {
+        assert_eq!(
+            r.as_deref().ok(),
+            Some(havip_id(1).as_str()),
+            "round {round}: {fast_results:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_association_hanging_in_flight_or_in_a_batch_never_fails_another_havips() {
     let fake = fake_hanging_on_the_first_of(3).await;
     let client = live_client(&fake.endpoint(), "");

@@ -111,6 +111,9 @@ struct Inner {
     associates: Coalescer<Pair, Result<(), CloudError>>,
     /// Concurrent `disassociate` callers, coalesced into one `DisassociateHaVipInstance`.
     disassociates: Coalescer<Pair, Result<(), CloudError>>,
+    /// HAVIPs whose last request failed transiently, or that were in a batch that did: their calls skip the
+    /// queues and go alone, so a HAVIP the API hangs on holds up no other. A success clears the mark.
+    suspects: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One (HAVIP, instance) item of an association change.
@@ -256,6 +259,7 @@ impl VpcClient {
                 describes: Coalescer::new(PAGE_LIMIT),
                 associates: Coalescer::new(MAX_ASSOCIATION_ITEMS),
                 disassociates: Coalescer::new(MAX_ASSOCIATION_ITEMS),
+                suspects: Default::default(),
             }),
             observer: None,
             retry: RetryPolicy::default(),
@@ -303,6 +307,9 @@ impl VpcClient {
         havip_id: &str,
         deadline: Instant,
     ) -> Result<HaVip, CloudError> {
+        if self.is_suspect(havip_id) {
+            return self.describe_one(havip_id, deadline).await;
+        }
         let (rx, drive) = self.inner.describes.push(havip_id.to_owned(), deadline);
         if drive {
             let this = self.clone();
@@ -367,7 +374,10 @@ impl VpcClient {
                         .collect();
                     return answer_each(batch, answers);
                 }
-                Err(e) => e,
+                Err(e) => {
+                    self.note_batch(ids.iter().map(String::as_str), &e);
+                    e
+                }
             }
         };
         tracing::debug!(ids = ids.len(), error = %error, "batched describe failed, asking each havip alone");
@@ -380,6 +390,48 @@ impl VpcClient {
     /// deadline is nearer. A later caller waits behind a hanging request that long at most.
     fn batch_window<I, O>(&self, batch: &[Waiter<I, O>]) -> Instant {
         latest_deadline(batch).min(Instant::now() + self.inner.timeout)
+    }
+
+    fn is_suspect(&self, havip_id: &str) -> bool {
+        let suspects = self
+            .inner
+            .suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        suspects.contains(havip_id)
+    }
+
+    /// Marks a HAVIP by the result of a request naming it alone: a transient failure makes it a suspect
+    /// (asked alone from now on), anything else (an answer, even a refusal) clears it.
+    fn note<T>(&self, havip_id: &str, result: &Result<T, CloudError>) {
+        let mut suspects = self
+            .inner
+            .suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match result {
+            Err(e) if e.is_retryable() => {
+                if suspects.insert(havip_id.to_owned()) {
+                    tracing::debug!(havip = havip_id, error = %e, "havip's requests failed: asking for it alone");
+                }
+            }
+            _ => {
+                suspects.remove(havip_id);
+            }
+        }
+    }
+
+    /// After a batch failed transiently, any of its HAVIPs may be the cause: each becomes a suspect until
+    /// its own request succeeds.
+    fn note_batch<'a>(&self, havip_ids: impl Iterator<Item = &'a str>, error: &CloudError) {
+        if error.is_retryable() {
+            let mut suspects = self
+                .inner
+                .suspects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            suspects.extend(havip_ids.map(str::to_owned));
+        }
     }
 
     /// Answers each caller of a batch that failed with `error` by its own call, `one`, off the driver (so
@@ -427,7 +479,9 @@ impl VpcClient {
 
     /// `DescribeHaVips` for one HAVIP, unbatched.
     async fn describe_one(&self, havip_id: &str, deadline: Instant) -> Result<HaVip, CloudError> {
-        let found = match self.describe_havips(&[havip_id.to_owned()], deadline).await {
+        let result = self.describe_havips(&[havip_id.to_owned()], deadline).await;
+        self.note(havip_id, &result);
+        let found = match result {
             Ok(found) => found,
             Err(CloudError::Api {
                 code, request_id, ..
@@ -531,6 +585,9 @@ impl VpcClient {
         } else {
             ("DisassociateHaVipInstance", &self.inner.disassociates)
         };
+        if self.is_suspect(havip_id) {
+            return self.change_alone(action, add, pair, deadline).await;
+        }
         let (rx, drive) = queue.push(pair, deadline);
         if drive {
             let this = self.clone();
@@ -565,7 +622,11 @@ impl VpcClient {
             }
         }
         let window = self.batch_window(&batch);
-        let error = match self.association(action, &pairs, window).await {
+        let result = self.association(action, &pairs, window).await;
+        if let Err(e) = &result {
+            self.note_batch(pairs.iter().map(|p| p.havip_id.as_str()), e);
+        }
+        let error = match result {
             Ok(()) => return answer_all(batch, Ok(())),
             Err(e) if pairs.len() > 1 || e.is_retryable() => e,
             Err(e) => return answer_all(batch, settle(add, &pairs[0], Err(e))),
@@ -576,12 +637,24 @@ impl VpcClient {
             window,
             error,
             move |this, pair, deadline| async move {
-                let result = this
-                    .association(action, std::slice::from_ref(&pair), deadline)
-                    .await;
-                settle(add, &pair, result)
+                this.change_alone(action, add, pair, deadline).await
             },
         );
+    }
+
+    /// One association change on its own, unbatched, with "already as wanted" settled as success.
+    async fn change_alone(
+        &self,
+        action: &'static str,
+        add: bool,
+        pair: Pair,
+        deadline: Instant,
+    ) -> Result<(), CloudError> {
+        let result = self
+            .association(action, std::slice::from_ref(&pair), deadline)
+            .await;
+        self.note(&pair.havip_id, &result);
+        settle(add, &pair, result)
     }
 
     async fn association(
