@@ -195,15 +195,31 @@ async fn the_poll_catches_a_switch_whose_events_were_missed() {
         ..spec()
     };
     let (fleet, old) = settled_fleet(spec).await;
-    // Arrange: cut every agent's Pub/Sub connection, and keep it cut.
-    for i in 0..fleet.lab.nodes() {
-        fleet
-            .lab
-            .sentinel_command(i, &["CLIENT", "KILL", "TYPE", "pubsub"])
-            .await
-            .expect("client kill");
+    // Arrange: cut every agent's Pub/Sub connection, and keep it cut. On a loaded machine an agent may
+    // still be subscribing when the first kill comes: kill until a round finds no subscriber left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut killed = 0;
+        for i in 0..fleet.lab.nodes() {
+            let n = fleet
+                .lab
+                .sentinel_command(i, &["CLIENT", "KILL", "TYPE", "pubsub"])
+                .await
+                .expect("client kill");
+            killed += match n {
+                redis::Value::Int(n) => n,
+                other => panic!("CLIENT KILL answered {other:?}"),
+            };
+        }
+        if killed == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pub/sub subscribers keep coming back although resubscribing waits 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut rxs = subscribe_all(&fleet);
 
     fleet.lab.kill_redis(old);
