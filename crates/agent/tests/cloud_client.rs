@@ -452,15 +452,37 @@ async fn running_out_of_time_reports_the_last_error_not_the_deadline() {
         .unwrap_err();
 
     assert!(
-        matches!(
-            err,
-            CloudError::Http { status: 503, .. } | CloudError::Timeout { .. }
-        ),
+        matches!(err, CloudError::Http { status: 503, .. }),
         "{err:?}"
     );
     assert!(
         requests(&server).await.len() > 1,
         "retried while there was time"
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_cut_short_by_the_deadline_reports_the_error_before_it() {
+    // Regression (eip tests under load): the last retry had a few microseconds left, timed out, and its
+    // Timeout replaced the API's answer, which says what is wrong and whether to retry.
+    let server = MockServer::start().await;
+    mount_once(&server, api_error("RequestLimitExceeded")).await;
+    mount_always(
+        &server,
+        api_error("InternalError").set_delay(Duration::from_secs(5)),
+    )
+    .await;
+
+    let err = client(&server)
+        .describe_havips(&[], Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.code(), Some("RequestLimitExceeded"), "{err:?}");
+    assert_eq!(
+        requests(&server).await.len(),
+        2,
+        "retried once, cut at the deadline"
     );
 }
 

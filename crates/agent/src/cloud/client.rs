@@ -791,6 +791,11 @@ impl VpcClient {
                 Err(failure) => failure,
             };
             let error = failure.error;
+            if timeout < self.inner.timeout && matches!(error, CloudError::Timeout { .. }) {
+                // The attempt ran out of the caller's time, not of `cloud.timeout`: an answer before it
+                // (an API code, an HTTP status) says more about what is wrong and whether to retry.
+                return Err(last_error.unwrap_or(error));
+            }
             if error.code() == Some(TOKEN_FAILURE) && !token_refreshed {
                 // The token expired by the server's clock (or was revoked): fetch the role credentials
                 // once more and retry once. Static credentials cannot be refreshed: returned as is.
