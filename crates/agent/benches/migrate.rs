@@ -133,6 +133,7 @@ struct Bench {
     cfg: std::path::PathBuf,
     cfg_down: std::path::PathBuf,
     _dir: tempfile::TempDir,
+    _sentinels: Vec<havip_testkit::testbed::fake_sentinel::FakeSentinel>,
     _rt: tokio::runtime::Runtime,
     ns: Netns,
 }
@@ -161,8 +162,11 @@ impl Bench {
         fake.add_instance("ins-a", ns.mac("eth0").unwrap());
         fake.add_instance("ins-b", [0x02, 0, 0, 0, 0, 0x0b]);
         let watch = watch_in(&ns, &fake, "peer0");
+        // Sentinel's form asks the Sentinels first: three that name this node, answering at once.
+        let sentinels = fake_sentinels_on(&ns, master_at("198.18.0.2", 1));
         let dir = tempfile::tempdir().unwrap();
         let mut node = NodeFile::new(&fake.endpoint(), &dir.path().join("lock"));
+        node.sentinels = sentinels.iter().map(|s| s.addr().to_owned()).collect();
         // The shipped defaults for what a claim does; only the test addresses differ.
         node.cloud_timeout = "3s".into();
         node.deadline = "15s".into();
@@ -177,6 +181,7 @@ impl Bench {
             cfg,
             cfg_down,
             _dir: dir,
+            _sentinels: sentinels,
             _rt: rt,
             ns,
         }

@@ -962,22 +962,6 @@ fn fake_sentinels_in(site: &Site, mode: Mode) -> Vec<FakeSentinel> {
     fake_sentinels_on(&site.ns, mode)
 }
 
-fn fake_sentinels_on(ns: &Netns, mode: Mode) -> Vec<FakeSentinel> {
-    (0..3)
-        .map(|_| {
-            let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-            FakeSentinel::start_on(listener, mode).unwrap()
-        })
-        .collect()
-}
-
-fn master_at(ip: &str, epoch: u64) -> Mode {
-    Mode::Master {
-        ip: ip.parse().unwrap(),
-        epoch,
-    }
-}
-
 #[test]
 fn as_notification_script_it_releases_when_the_majority_is_out_of_sight_and_reclaims_when_named_again()
  {

@@ -23,6 +23,7 @@ use havip_agent::credentials::{Credential, CredentialProvider};
 use havip_agent::net::LocalNet;
 use havip_agent::secret::Secret;
 use havip_testkit::fake::{FakeCloud, GarpSeen, GarpWatch, watch_garp};
+use havip_testkit::testbed::fake_sentinel::{FakeSentinel, Mode};
 use havip_testkit::testbed::netns::Netns;
 
 /// Sentinel-deployment tests (`migrate_sentinel`, `migrate_replay`): node `i`'s NIC in the namespace.
@@ -105,6 +106,26 @@ pub async fn fake_in(ns: &Netns) -> FakeCloud {
 }
 
 /// Watches `peer` (in `ns`) for GARPs, moving holders in `fake` like the VPC does.
+/// Three fake Sentinels listening on 127.0.0.1 inside `ns`, all in `mode`.
+#[allow(dead_code)] // Not every binary including this module starts Sentinels.
+pub fn fake_sentinels_on(ns: &Netns, mode: Mode) -> Vec<FakeSentinel> {
+    (0..3)
+        .map(|_| {
+            let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+            FakeSentinel::start_on(listener, mode).unwrap()
+        })
+        .collect()
+}
+
+/// Sentinels naming `ip` as the master, at `epoch`.
+#[allow(dead_code)]
+pub fn master_at(ip: &str, epoch: u64) -> Mode {
+    Mode::Master {
+        ip: ip.parse().unwrap(),
+        epoch,
+    }
+}
+
 pub fn watch_in(ns: &Netns, fake: &FakeCloud, peer: &str) -> GarpWatch {
     let fake = fake.clone();
     ns.run(move || watch_garp(fake, peer).unwrap_or_else(|e| panic!("garp watcher on {peer}: {e}")))
