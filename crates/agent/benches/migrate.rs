@@ -227,7 +227,14 @@ impl Bench {
                 "6379",
             ]);
             clean_env(&mut cmd);
-            cmd.env("HAVIP_LOG", "info")
+            // `BENCH_TRACE=1`: every run logs at debug and the bench prints each run's log with its
+            // start time, to see where the time before the first GARP goes.
+            let level = if std::env::var_os("BENCH_TRACE").is_some() {
+                "debug"
+            } else {
+                "info"
+            };
+            cmd.env("HAVIP_LOG", level)
                 .env("HAVIP_AGENT_CONFIG", cfg)
                 .envs(cred_env())
                 .stdin(Stdio::null())
@@ -240,6 +247,14 @@ impl Bench {
         });
         let out = child.wait_with_output().expect("waiting for migrate-havip");
         let exit = t0.elapsed();
+        if std::env::var_os("BENCH_TRACE").is_some() {
+            let start = chrono::DateTime::<chrono::Utc>::from(w0);
+            println!(
+                "--- spawned at {}\n{}",
+                start.format("%H:%M:%S%.6f"),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         assert!(
             out.status.code() == Some(want_code),
             "migrate-havip: {} (wanted exit {want_code}): {}",

@@ -104,7 +104,7 @@ fn row(name: &str, results: &[(Duration, usize)]) -> String {
 }
 
 fn main() {
-    havip_agent::cloud::install_tls_provider();
+    havip_agent::tls::install_provider();
     let runs = env_num("BENCH_RUNS", 9).max(1) as usize;
     let knobs = Knobs {
         idle: Duration::from_secs(env_num("BENCH_IDLE_SECS", 10)),

@@ -303,8 +303,9 @@ impl Alerter {
         let client = if configs.is_empty() {
             None
         } else {
-            crate::cloud::install_tls_provider();
+            crate::tls::install_provider();
             match reqwest::Client::builder()
+                .tls_backend_preconfigured(crate::tls::client_config())
                 .connect_timeout(Duration::from_secs(5))
                 .build()
             {

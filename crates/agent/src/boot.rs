@@ -102,7 +102,7 @@ pub async fn boot(path: &Path) -> Result<Boot, BootError> {
 
 /// [`boot`] from an already loaded config.
 pub async fn boot_with(cfg: Arc<Config>) -> Result<Boot, BootError> {
-    crate::cloud::install_tls_provider();
+    crate::tls::install_provider();
     let metadata = MetadataClient::new(&cfg.cloud.metadata_endpoint, METADATA_TIMEOUT)
         .map_err(BootError::Metadata)?;
     let identity = resolve_identity(&cfg, &metadata)

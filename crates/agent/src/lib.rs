@@ -32,3 +32,4 @@ pub mod sentinel;
 pub mod status;
 pub mod status_cmd;
 pub mod tc3;
+pub mod tls;

@@ -159,8 +159,9 @@ impl MetadataClient {
         if timeout.is_zero() {
             return Err(invalid("the timeout must be more than zero".into()));
         }
-        crate::cloud::install_tls_provider();
+        crate::tls::install_provider();
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(crate::tls::client_config())
             .timeout(timeout)
             .connect_timeout(timeout)
             // The metadata service is only reachable directly from the CVM: a proxy would break it.

@@ -412,13 +412,14 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Reads a running agent's `/status` (`url` as made by [`status_url`]), waiting at most
 /// [`FETCH_TIMEOUT`].
 pub async fn fetch_status(url: &str) -> Result<StatusReport, StatusError> {
-    crate::cloud::install_tls_provider();
+    crate::tls::install_provider();
     let unreachable = |detail: String| StatusError::Unreachable {
         url: url.to_owned(),
         detail,
     };
     // The agent is local: a proxy from the environment must not be used to reach it.
     let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(crate::tls::client_config())
         .no_proxy()
         .timeout(FETCH_TIMEOUT)
         .build()

@@ -35,7 +35,7 @@ async fn cloud() -> FakeCloud {
 }
 
 fn client(cloud: &FakeCloud) -> VpcClient {
-    havip_agent::cloud::install_tls_provider();
+    havip_agent::tls::install_provider();
     let cfg: CloudConfig = toml::from_str(&format!(
         "region = \"ap-guangzhou\"\nendpoint = \"{}\"\ntimeout = \"1s\"\n",
         cloud.endpoint()

@@ -44,7 +44,7 @@ impl Drop for Proc {
 fn get(ns: &Netns, url: &str) -> Option<(u16, String)> {
     let url = url.to_owned();
     ns.block_on(move || async move {
-        havip_agent::cloud::install_tls_provider();
+        havip_agent::tls::install_provider();
         let c = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(2))

@@ -227,8 +227,9 @@ impl VpcClient {
             return Err(invalid("cloud.rate_limit", "must be more than zero".into()));
         }
         // An http:// endpoint is accepted (labs, the fake); `check::exposure_warnings` says so at start.
-        super::install_tls_provider();
+        crate::tls::install_provider();
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(crate::tls::client_config())
             .connect_timeout(timeout)
             // HTTP/1.1 like the official SDKs: the signed `host` is then literally the Host header sent.
             .http1_only()

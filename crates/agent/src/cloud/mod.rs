@@ -33,13 +33,3 @@ pub trait ApiObserver: Send + Sync {
     /// `"timeout"` or `"decode"` for failures without one.
     fn observe(&self, action: &str, elapsed: Duration, error_code: Option<&str>);
 }
-
-/// Installs rustls' `ring` crypto provider as the process default, once. reqwest is built without a
-/// default provider and refuses to build a client before one is installed; a provider installed earlier
-/// by someone else is kept.
-pub fn install_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}

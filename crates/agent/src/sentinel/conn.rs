@@ -111,7 +111,7 @@ pub fn client(peer: &str, addr: &str, opts: &ConnectOptions) -> Result<Client, S
     let conn_addr = match &opts.tls {
         None => ConnectionAddr::Tcp(host, port),
         Some(tls) => {
-            crate::cloud::install_tls_provider();
+            crate::tls::install_provider();
             ConnectionAddr::TcpTls {
                 host,
                 port,

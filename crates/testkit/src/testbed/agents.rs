@@ -176,7 +176,7 @@ pub fn eni_of(i: usize) -> String {
 impl Fleet {
     /// Starts the lab, the fake cloud and one agent per host.
     pub async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
-        havip_agent::cloud::install_tls_provider();
+        havip_agent::tls::install_provider();
         let lab = RedisLab::start(spec.lab.clone())
             .await
             .context("starting the redis lab")?;

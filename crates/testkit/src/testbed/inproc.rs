@@ -167,7 +167,7 @@ impl InprocBuilder<'_> {
     /// Registers the node's instance with the fake cloud, writes the config and starts the agent. The
     /// fake cloud must know [`SECRET_ID`]. Needs a Tokio runtime (the agent's tasks are spawned on it).
     pub fn start(self) -> anyhow::Result<InprocAgent> {
-        havip_agent::cloud::install_tls_provider();
+        havip_agent::tls::install_provider();
         self.cloud.add_instance(&self.instance_id, self.mac);
         let dir = tempfile::tempdir().context("creating the agent's lock dir")?;
         let mut text = format!(
