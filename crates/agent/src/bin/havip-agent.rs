@@ -63,7 +63,9 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the agent waits on sockets and timers and computes almost nothing, so a second worker
+    // (and its allocator arena) costs pages and wake-ups and buys nothing (BENCHMARKS.md, idle footprint).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
