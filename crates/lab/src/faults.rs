@@ -25,7 +25,7 @@ use super::client::{Client, ClientSpec};
 use super::method::{Binaries, Managers, Method, require_tools};
 use super::observe::{SentinelEvents, VipMonitor};
 use super::report::{Losses, Records, RunReport, exact_since, promoted_target};
-use super::scenario::{Scenario, read_list, vip_holders, wait_for};
+use super::scenario::{Scenario, Timeline, collect, vip_holders, wait_for};
 use super::topology::{
     HAVIP_ID, HOST_IPS, INSTANCE_IDS, MASTER_NAME, REDIS_PORT, SENTINEL_PORT, SWITCH_IP, Topology,
     VIP, vip_cidr,
@@ -1204,44 +1204,26 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
     tokio::time::sleep(opts.after_heal.saturating_sub(heal_instant.elapsed())).await;
 
     // Stop and collect.
-    let end_at = SystemTime::now();
-    let attempts = client.stop()?;
-    let final_master = match redis.wait_master(|_| true, Duration::from_secs(10)).await {
-        Ok(addr) => redis.node_of(addr),
-        Err(e) => {
-            notes.push(format!(
-                "sentinels do not agree on a master at the end: {e:#}"
-            ));
-            None
-        }
-    };
-    let final_list = match final_master {
-        Some(f) => read_list(&redis, f, &key).await?,
-        None => Vec::new(),
-    };
-    let records = Records {
-        method,
-        scenario: row.base_scenario(),
-        fault_at,
-        fault_done_at,
-        heal_at,
-        end_at,
-        old_master,
-        final_master,
-        settled,
-        attempts,
-        final_list,
-        events: events.events(),
-        garps: topo.garp().seen(),
-        moves: fake.moves(),
-        move_delay: Duration::ZERO,
-        steers: topo.data_path().steers(),
-        requests: fake.requests(),
-        cloud_holder: fake.havip(HAVIP_ID).and_then(|h| h.instance_id),
-        vip_changes: vip_monitor.changes(),
-        macs: (0..HOST_IPS.len()).map(|i| topo.host(i).mac).collect(),
-        notes,
-    };
+    let records = collect(
+        client,
+        &redis,
+        &topo,
+        &events,
+        &vip_monitor,
+        &key,
+        Timeline {
+            method,
+            scenario: row.base_scenario(),
+            fault_at,
+            fault_done_at,
+            heal_at,
+            old_master,
+            settled,
+            move_delay: Duration::ZERO,
+            notes,
+        },
+    )
+    .await?;
     let manager_logs = managers.logs();
     seen.extend(observations(row, &records, &manager_logs));
     if let Some(md) = &metadata {

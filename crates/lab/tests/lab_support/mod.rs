@@ -21,7 +21,7 @@ pub fn options() -> RunOptions {
         hold: std::time::Duration::from_secs(6),
         api_fault_for: std::time::Duration::from_secs(4),
         after_heal: std::time::Duration::from_secs(5),
-        // Sentinel takes the old master back in ~3 s instead of ~20 (the benchmark keeps its defaults).
+        // Sentinel converts the old master back after 2 s instead of 8 (the benchmark keeps its defaults).
         quick_settle: true,
         binaries: Binaries {
             agent: Some(product_bin("havip-agent").expect("the agent binary")),
