@@ -307,7 +307,7 @@ async fn run_hook(event: HookEvent, path: &Path, ctx: &HookContext, timeout: Dur
     unsafe {
         cmd.pre_exec(crate::privs::clear_for_exec);
     }
-    let mut child = match cmd.spawn() {
+    let mut child = match spawn_retrying_busy(&mut cmd).await {
         Ok(c) => c,
         Err(e) => return not_started(format!("cannot start: {e}")),
     };
@@ -380,5 +380,59 @@ fn log_outcome(event: HookEvent, path: &Path, ctx: &HookContext, o: &Outcome) {
         Ending::NotStarted(why) => tracing::warn!(
             event, havip, failover_id, %path, why, "hook not run"
         ),
+    }
+}
+
+/// Spawns `cmd`, retrying for up to ~100 ms while exec says `ETXTBSY`: the hook file is still open for
+/// writing somewhere, typically because another process forked while a tool (or a test) was writing it,
+/// and the fork's copy closes at its own exec a moment later. Any other error is returned at once.
+async fn spawn_retrying_busy(
+    cmd: &mut tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_hook_still_open_for_writing_starts_once_the_writer_closes_it() {
+        // Seen in CI under load: another thread's fork held the freshly written hook open, and exec said
+        // ETXTBSY, so the hook never ran.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hook.sh");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        writer.write_all(b"#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let busy = tokio::process::Command::new(&path).spawn().map(|_| ());
+        assert_eq!(
+            busy.as_ref().map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ETXTBSY)),
+            "exec of a file open for writing: {busy:?}"
+        );
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            drop(writer);
+        });
+
+        let mut cmd = tokio::process::Command::new(&path);
+        let mut child = spawn_retrying_busy(&mut cmd)
+            .await
+            .expect("started once the writer closed the file");
+        assert!(child.wait().await.unwrap().success());
+        closer.await.unwrap();
     }
 }
