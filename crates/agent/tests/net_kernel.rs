@@ -608,3 +608,74 @@ async fn join_tasks<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
         .map(|r| r.expect("a test task panicked"))
         .collect()
 }
+
+/// Issue 13: the daemon's HAVIP tasks check their binding every `poll_interval`, and with 20 HAVIPs that was
+/// 20 lookups and 20 dumps a second on a host where nothing changed. Reads are now served from the last
+/// lookup and dump while no notification about the interface arrived: many reads, no kernel read.
+#[test]
+fn reads_while_nothing_changes_ask_the_kernel_nothing() {
+    let ns = nic_ns("keptview");
+    let vip = cidr(VIP);
+    let (before, after, bound) = ns.block_on(|| async {
+        let net = KernelNet::open("eth0").await.expect("open eth0");
+        net.bind(vip).await.expect("bind");
+        // The first read after our own change reads the kernel once; every later one is served kept.
+        assert!(net.is_bound(vip).await.unwrap());
+        let before = net.kernel_reads();
+        let mut bound = 0;
+        for _ in 0..100 {
+            bound += usize::from(net.is_bound(vip).await.unwrap());
+            assert!(!net.addresses().await.unwrap().is_empty());
+        }
+        (before, net.kernel_reads(), bound)
+    });
+    assert_eq!(bound, 100);
+    assert_eq!(after, before, "200 reads with no change asked the kernel");
+}
+
+/// Freshness as strong as dumping every time: a change made by anyone (here `ip`, another process) is seen
+/// by the very next read, with no wait, and costs one lookup and one dump however many read after it.
+#[test]
+fn a_change_by_another_process_is_seen_by_the_next_read_and_read_once() {
+    let ns = nic_ns("change");
+    let vip = cidr(VIP);
+    ns.block_on(|| async {
+        let net = Arc::new(KernelNet::open("eth0").await.expect("open eth0"));
+        assert!(!net.is_bound(vip).await.unwrap());
+        for round in 0..5 {
+            ns.add_addr("eth0", VIP).unwrap();
+            let before = net.kernel_reads();
+            let seen = futures::future::join_all((0..20).map(|_| net.is_bound(vip))).await;
+            assert!(
+                seen.iter().all(|r| matches!(r, Ok(true))),
+                "round {round}: an added address not seen at once: {seen:?}"
+            );
+            let after = net.kernel_reads();
+            assert_eq!(
+                after.dumps - before.dumps,
+                1,
+                "round {round}: 20 readers, one dump"
+            );
+            assert!(
+                after.lookups - before.lookups <= 1,
+                "round {round}: {before:?} -> {after:?}"
+            );
+            ns.del_addr("eth0", VIP).unwrap();
+            assert!(
+                !net.is_bound(vip).await.unwrap(),
+                "round {round}: a removed address still seen"
+            );
+        }
+        // An address on another interface is not a change of this one.
+        ns.veth_pair_inside("eth1", "peer1").unwrap();
+        assert!(!net.is_bound(vip).await.unwrap());
+        let before = net.kernel_reads();
+        ns.add_addr("eth1", "198.18.1.1/24").unwrap();
+        assert!(!net.is_bound(vip).await.unwrap());
+        assert_eq!(
+            net.kernel_reads(),
+            before,
+            "a change on eth1 made eth0 be read again"
+        );
+    });
+}

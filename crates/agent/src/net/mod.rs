@@ -17,10 +17,11 @@ use crate::config::VipCidr;
 pub mod caps;
 pub mod garp;
 pub mod netlink;
+mod watch;
 
 pub use caps::{missing_capabilities, require_capabilities};
 pub use garp::{ArpCapture, ArpFrame, ArpOp, CapturedFrame};
-pub use netlink::KernelNet;
+pub use netlink::{KernelNet, KernelReads};
 
 /// `CAP_NET_ADMIN`: needed to add and remove addresses over netlink.
 pub const CAP_NET_ADMIN: &str = "CAP_NET_ADMIN";

@@ -27,7 +27,21 @@
 //!
 //! The interface lookup by name (`KernelNet::link`) is not a dump: with a name, rtnetlink sends a plain
 //! `RTM_GETLINK` request (no `NLM_F_DUMP`) answered by one message, which the kernel serves beside a
-//! running dump. It stays a per-operation round trip, so a re-created interface is followed at once.
+//! running dump.
+//!
+//! # Read once per change
+//!
+//! Every HAVIP task checks its binding once per `poll_interval`, and the claim and release paths read the
+//! addresses too: with 20 HAVIPs that was 20 lookups and 20 dumps a second while nothing changed. So the
+//! interface's identity and its addresses are read from the kernel once per *change* and kept: a second
+//! netlink socket subscribed to link and IPv4 address notifications ([`super::watch`]) is drained, without
+//! blocking, at the start of every read, and a kept lookup or dump is used while no notification about the
+//! interface arrived since it began. The kernel queues a notification before the call that made the change
+//! returns, so a read never answers from a view older than the read itself: the same freshness as dumping
+//! every time, for one `recv` that finds nothing. A change (the agent's own bind, an operator's `ip addr`,
+//! an interface re-created under the same name) costs the next reader one lookup and one dump, shared by
+//! every reader queued behind it. If the notification socket cannot be opened, every read asks the kernel
+//! as before (logged once at start).
 //!
 //! # A bound on every request
 //!
@@ -37,6 +51,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +62,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkLayerType, LinkMessage};
 use rtnetlink::{AddressMessageBuilder, Handle};
 
 use super::garp::{GarpSender, format_mac};
+use super::watch::{ChangeWatch, Changes, Watched};
 use super::{CAP_NET_ADMIN, Change, LocalNet, NetError, grant_hint};
 use crate::config::VipCidr;
 
@@ -81,11 +97,31 @@ async fn within<T>(
     })
 }
 
+/// The interface's identity as last looked up, and the change count it is valid for (see the module docs,
+/// "Read once per change"; `None`: not known to be current, look it up again).
+#[derive(Debug, Clone, Copy)]
+struct LinkView {
+    link: Link,
+    as_of: Option<u64>,
+}
+
+/// How often a [`KernelNet`] asked the kernel (for tests and benchmarks: a read served from the kept view
+/// asks nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelReads {
+    /// Interface lookups by name (`RTM_GETLINK`).
+    pub lookups: u64,
+    /// IPv4 address dumps (`RTM_GETADDR` with `NLM_F_DUMP`).
+    pub dumps: u64,
+}
+
 /// A completed IPv4 address dump (see the module docs, "One address dump at a time").
 #[derive(Debug)]
 struct Dump {
     /// When it was started: before its request was sent.
     started: Instant,
+    /// The address change count when it was started (`None` without a notification socket).
+    as_of: Option<u64>,
     /// The interface it was filtered to.
     index: u32,
     /// The interface's IPv4 address messages, in kernel order.
@@ -101,7 +137,11 @@ pub struct KernelNet {
     ifname: String,
     handle: Handle,
     connection: tokio::task::JoinHandle<()>,
-    link: Mutex<Link>,
+    link: Mutex<LinkView>,
+    /// Says when a kept view may be stale; `None` if it could not be opened (then every read asks).
+    watch: Option<ChangeWatch>,
+    lookups: AtomicU64,
+    dumps: AtomicU64,
     /// Held for the whole of an address dump, so that one runs at a time on this socket; holds the last
     /// completed one, for the callers that queued while it ran.
     dump: tokio::sync::Mutex<Option<Dump>>,
@@ -119,6 +159,12 @@ impl KernelNet {
         if !valid_ifname(ifname) {
             return Err(NetError::NoSuchInterface(ifname.to_owned()));
         }
+        // Subscribed before the first lookup, so that no change after it can be missed.
+        let watch = ChangeWatch::open()
+            .inspect_err(|e| {
+                tracing::warn!(interface = ifname, error = %e, "cannot subscribe to netlink change notifications; reading the interface from the kernel on every check")
+            })
+            .ok();
         let (connection, handle, _unsolicited) =
             rtnetlink::new_connection().map_err(|source| NetError::Io {
                 context: "opening a netlink route socket".to_owned(),
@@ -138,7 +184,10 @@ impl KernelNet {
             ifname: ifname.to_owned(),
             handle,
             connection,
-            link: Mutex::new(link),
+            link: Mutex::new(LinkView { link, as_of: None }),
+            watch,
+            lookups: AtomicU64::new(1),
+            dumps: AtomicU64::new(0),
             dump: tokio::sync::Mutex::new(None),
             garp: Mutex::new(None),
         })
@@ -177,44 +226,75 @@ impl KernelNet {
             .collect())
     }
 
-    fn cached(&self) -> Link {
-        *self.link.lock().unwrap_or_else(|p| p.into_inner())
+    /// How often this instance asked the kernel so far.
+    pub fn kernel_reads(&self) -> KernelReads {
+        KernelReads {
+            lookups: self.lookups.load(Ordering::Relaxed),
+            dumps: self.dumps.load(Ordering::Relaxed),
+        }
     }
 
-    /// Looks the interface up by name again. One netlink round trip; it keeps the index and MAC right if the
-    /// interface was re-created (e.g. a NIC driver reload) while a long-running daemon holds this value.
-    /// Not a dump (see the module docs), so it needs no serialising.
+    fn cached(&self) -> Link {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).link
+    }
+
+    /// The change counts for interface `index` now, after reading every pending notification; `None`
+    /// without a notification socket. See the module docs, "Read once per change".
+    fn changes(&self, index: u32) -> Option<Changes> {
+        let watched = Watched {
+            index,
+            name: &self.ifname,
+        };
+        self.watch.as_ref().map(|w| w.changes(watched))
+    }
+
+    /// The interface's index and MAC, current as of this call: the kept lookup while nothing changed, else a
+    /// lookup by name (one round trip, not a dump, so it needs no serialising). It keeps the index and MAC
+    /// right if the interface was re-created (e.g. a NIC driver reload) while a long-running daemon holds
+    /// this value.
     async fn link(&self) -> Result<Link, NetError> {
+        let as_of = self.changes(self.cached().index).map(|c| c.link);
+        {
+            let kept = self.link.lock().unwrap_or_else(|p| p.into_inner());
+            if as_of.is_some() && kept.as_of == as_of {
+                return Ok(kept.link);
+            }
+        }
         let fresh = resolve(&self.handle, &self.ifname).await?;
-        let mut cached = self.link.lock().unwrap_or_else(|p| p.into_inner());
-        if *cached != fresh {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let mut kept = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.link != fresh {
             tracing::warn!(
                 interface = %self.ifname,
-                old_index = cached.index,
+                old_index = kept.link.index,
                 new_index = fresh.index,
                 mac = %format_mac(&fresh.mac),
                 "interface changed identity; following it by name"
             );
-            *cached = fresh;
         }
+        *kept = LinkView { link: fresh, as_of };
         Ok(fresh)
     }
 
-    /// The IPv4 address messages of interface `index`, from a dump that started after this call: its own, or
-    /// one that a concurrent caller started after this call and that completed while this one waited for the
-    /// lock. One dump runs at a time on this socket (see the module docs).
+    /// The IPv4 address messages of interface `index`, current as of this call: the kept dump while no
+    /// change was notified since it started, else a dump that started after this call (its own, or one that
+    /// a concurrent caller started after this call and that completed while this one waited for the lock).
+    /// One dump runs at a time on this socket (see the module docs).
     async fn dump_v4(&self, index: u32) -> Result<Arc<Vec<AddressMessage>>, NetError> {
         let asked = Instant::now();
         let mut last = self.dump.lock().await;
+        // Read after the lock: a dump that completed while this call waited may already be current.
+        let as_of = self.changes(index).map(|c| c.addresses);
         if let Some(d) = last.as_ref()
+            && d.index == index
             // Strictly later: a dump started at the very instant of the request might have been sent
             // before what the caller did just before asking.
-            && d.started > asked
-            && d.index == index
+            && ((as_of.is_some() && d.as_of == as_of) || d.started > asked)
         {
             return Ok(Arc::clone(&d.messages));
         }
         let started = Instant::now();
+        self.dumps.fetch_add(1, Ordering::Relaxed);
         const DOING: &str = "listing the addresses of";
         let messages = Arc::new(
             within(
@@ -228,6 +308,7 @@ impl KernelNet {
         );
         *last = Some(Dump {
             started,
+            as_of,
             index,
             messages: Arc::clone(&messages),
         });
