@@ -947,3 +947,125 @@ pub fn env_usize(name: &str, default: usize) -> Result<usize> {
             .map_err(|_| anyhow!("{name}={v:?} is not a whole number")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000) + Duration::from_millis(ms)
+    }
+
+    fn event(ms: u64, channel: &str, payload: &str) -> SentinelEvent {
+        SentinelEvent {
+            at: t(ms),
+            sentinel: 1,
+            channel: channel.into(),
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn masters_get_distinct_names_ids_vips_and_ports_within_bounds() {
+        let m = masters(20).unwrap();
+        assert_eq!(m[0].havip.master, "m01");
+        assert_eq!(m[19].havip.havip_id, "havip-s0000020");
+        assert_eq!(m[19].havip.vip, Ipv4Addr::new(198, 18, 0, 120));
+        assert_eq!(m[19].port, 6419);
+        let e = masters(0).unwrap_err().to_string();
+        assert!(e.contains("1..=99"), "{e}");
+        assert!(masters(MAX_MASTERS + 1).is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(10.0));
+        assert_eq!(percentile(&v, 90.0), Some(18.0));
+        assert_eq!(percentile(&v, 100.0), Some(20.0));
+        assert_eq!(percentile(&[-3.0], 50.0), Some(-3.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn each_masters_first_switch_after_the_cut_counts() {
+        let events = [
+            event(5, "+switch-master", "m01 198.18.0.11 6400 198.18.0.12 6400"),
+            event(
+                20,
+                "+switch-master",
+                "m01 198.18.0.11 6400 198.18.0.12 6400",
+            ),
+            event(
+                30,
+                "+switch-master",
+                "m01 198.18.0.12 6400 198.18.0.11 6400",
+            ),
+            event(25, "+promoted-slave", "slave 198.18.0.12:6401 ... @ m02"),
+            event(
+                40,
+                "+switch-master",
+                "m02 198.18.0.11 6401 198.18.0.12 6401",
+            ),
+        ];
+        let s = switches(&events, t(10));
+        assert_eq!(s.get("m01"), Some(&t(20)));
+        assert_eq!(s.get("m02"), Some(&t(40)));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn failed_and_unconfirmed_claims_are_found_in_the_logs() {
+        let logs = "\
+2026-12-01T02:07:37Z  INFO claimed havip=havip-s0000002 failover_id=m02-10 epoch=10 confirmed=true frames=2\n\
+2026-12-01T02:07:38Z  INFO claimed havip=havip-s0000003 failover_id=m03-11 epoch=11 confirmed=false frames=2\n\
+2026-12-01T02:07:39Z ERROR claim failed havip=havip-s0000004 error=boom\n\
+2026-12-01T02:07:40Z  INFO claim step havip=havip-s0000005 step=Confirmed\n";
+        let failed = failed_claim_lines(logs);
+        assert_eq!(failed.len(), 2, "{failed:#?}");
+        assert!(failed[0].contains("havip-s0000003"));
+        assert!(failed[1].contains("havip-s0000004"));
+    }
+
+    #[test]
+    fn the_table_pools_the_runs_of_a_method() {
+        let run = |garp: f64, confirm: Option<f64>, throttled: usize| ScaleReport {
+            method: Method::Agent,
+            havips: vec![HavipTiming {
+                master: "m01".into(),
+                havip_id: "havip-s0000001".into(),
+                switch_ms: Some(3000.0),
+                garp_ms: Some(garp),
+                move_ms: Some(garp),
+                confirm_ms: confirm,
+                on_new_host: true,
+                released_on_old: None,
+            }],
+            calls: BTreeMap::from([(
+                "DescribeHaVips".to_owned(),
+                ActionCalls {
+                    calls: 4,
+                    throttled,
+                },
+            )]),
+            setup_calls: ActionCalls::default(),
+            failed_claims: Vec::new(),
+            netlink_errors: 0,
+            garps_rate_limited: 0,
+            elections_aborted: 0,
+            notes: Vec::new(),
+        };
+        let runs = [run(-50.0, Some(60.0), 0), run(20.0, Some(2500.0), 2)];
+        assert_eq!(runs[1].confirmed(CONFIRM_BUDGET), (1, 0));
+        assert_eq!(runs[1].garps_after_switch().len(), 1);
+        let text = table(&runs);
+        let row = text.lines().nth(2).unwrap();
+        assert!(
+            row.starts_with("| agent | 2 x 1 | 3000 / 3000 | -50 / 20 / 20 |"),
+            "{row}"
+        );
+        assert!(row.contains("| 2 (1) of 2 |"), "{row}");
+        assert!(row.contains("DescribeHaVips 4.0/run"), "{row}");
+        assert!(row.contains("| 1.0/run |"), "{row}");
+    }
+}
