@@ -630,6 +630,120 @@ fn ms_between(later: SystemTime, earlier: SystemTime) -> f64 {
     }
 }
 
+/// Everything a scale run starts. Fields drop in declaration order: the managers stop first, then the
+/// subscriptions, Redis and Sentinel, and last the namespaces and the fake cloud.
+struct Bed {
+    managers: Managers,
+    events: SentinelEvents,
+    redis: ScaleRedis,
+    topo: Topology,
+}
+
+impl Bed {
+    /// Builds the topology with one HAVIP per master, starts Redis + Sentinel and the event subscriptions,
+    /// then the managers, and waits for the initial state. Returns notes on the way.
+    async fn start(
+        opts: &ScaleOptions,
+        dir: &Path,
+        masters: &[ScaleMaster],
+    ) -> Result<(Bed, Vec<String>)> {
+        let mut notes = Vec::new();
+        let topo = Topology::build("scl", DriftRange::Empty).await?;
+        let fake = topo.fake();
+        fake.set_move_delay(Duration::ZERO)
+            .context("setting the fake cloud's move delay")?;
+        fake.set_rate_limit(opts.rate_limit);
+        for m in masters {
+            fake.add_havip(HavipSpec::new(&m.havip.havip_id, m.havip.vip).check_associate(true));
+        }
+        let fleet = Fleet {
+            havips: masters.iter().map(|m| m.havip.clone()).collect(),
+            hosts: vec![MASTER_HOST, REPLICA_HOST],
+            redis_port: None,
+        };
+        let (managers, setup) =
+            Managers::prepare_fleet(opts.method, &topo, dir, opts.binaries.clone(), fleet)?;
+        let mut redis = ScaleRedis::start(&topo, dir, masters, &setup)?;
+        redis
+            .wait_ready(topo.switch(), masters, Duration::from_secs(60))
+            .await?;
+        if opts.quick_settle {
+            sentinel_debug(topo.switch(), &QUICK_SETTLE)?;
+            notes.push(format!("sentinel timers: {}", QUICK_SETTLE.join(" ")));
+        }
+        let sentinels: Vec<SocketAddr> = HOST_IPS
+            .iter()
+            .map(|ip| SocketAddr::new(IpAddr::V4(*ip), SENTINEL_PORT))
+            .collect();
+        let events = SentinelEvents::start(topo.switch(), sentinels)?;
+        let mut bed = Bed {
+            managers,
+            events,
+            redis,
+            topo,
+        };
+        let started = Instant::now();
+        bed.managers.start(MASTER_HOST).await?;
+        let initial = wait_for(
+            "every HAVIP on the master host (cloud and binding) and, for the agent, the replica host in its range",
+            Duration::from_secs(60),
+            || initial_state(&bed.topo, masters, opts.method),
+        )
+        .await;
+        if let Err(e) = initial {
+            bail!("{e:#}\n{}", bed.managers.logs());
+        }
+        notes.push(format!(
+            "initial state after {:.3}s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok((bed, notes))
+    }
+
+    /// Cuts the master host's link and waits until every HAVIP moved and was confirmed (a note if not), then
+    /// 1 s more: calls that trail the confirmation (re-announces, verifies) belong to the failover too.
+    /// Returns when the cut was made and when the failover window ends.
+    async fn cut(
+        &self,
+        masters: &[ScaleMaster],
+        timeout: Duration,
+        notes: &mut Vec<String>,
+    ) -> Result<(SystemTime, SystemTime)> {
+        let cut_at = SystemTime::now();
+        self.topo
+            .switch()
+            .link_set(&self.topo.port_of(MASTER_HOST), false)?;
+        let settled = wait_for(
+            "every HAVIP moved to the replica host and confirmed",
+            timeout,
+            || Ok(all_confirmed(self.topo.fake(), masters, cut_at)),
+        )
+        .await;
+        if let Err(e) = settled {
+            notes.push(format!("{e:#}"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok((cut_at, SystemTime::now()))
+    }
+
+    /// Brings the link back and waits until the old master host has released every VIP (a note if not).
+    /// Returns the masters whose VIP it still has.
+    async fn heal(&self, masters: &[ScaleMaster], notes: &mut Vec<String>) -> Result<Vec<String>> {
+        let topo = &self.topo;
+        topo.switch().link_set(&topo.port_of(MASTER_HOST), true)?;
+        let released = wait_for(
+            "the old master host released every VIP",
+            Duration::from_secs(30),
+            || Ok(bound_on(topo, MASTER_HOST, masters)?.is_empty()),
+        )
+        .await;
+        if let Err(e) = released {
+            notes.push(format!("{e:#}"));
+        }
+        bound_on(topo, MASTER_HOST, masters)
+    }
+}
+
 /// Runs one scale run. Must run on a thread that lives for the whole run (processes are tied to it), like
 /// [`crate::run`].
 pub async fn run_scale(opts: &ScaleOptions) -> Result<ScaleOutcome> {
@@ -641,114 +755,34 @@ pub async fn run_scale(opts: &ScaleOptions) -> Result<ScaleOutcome> {
     }
     require_tools(opts.method)?;
     let masters = masters(opts.masters)?;
-    let mut notes = Vec::new();
     let dir = tempfile::Builder::new()
         .prefix(&format!("havip-scale-{}-", opts.method))
         .tempdir()
         .context("creating the run's temp dir")?;
-    // Drop order (reverse of declaration): managers, events, redis, topology, dir.
-    let topo = Topology::build("scl", DriftRange::Empty).await?;
-    let fake = topo.fake().clone();
-    fake.set_move_delay(Duration::ZERO)
-        .context("setting the fake cloud's move delay")?;
-    fake.set_rate_limit(opts.rate_limit);
-    for m in &masters {
-        fake.add_havip(HavipSpec::new(&m.havip.havip_id, m.havip.vip).check_associate(true));
-    }
-    let fleet = Fleet {
-        havips: masters.iter().map(|m| m.havip.clone()).collect(),
-        hosts: vec![MASTER_HOST, REPLICA_HOST],
-        redis_port: None,
+    let (bed, mut notes) = Bed::start(opts, dir.path(), &masters).await?;
+    let window = bed.cut(&masters, opts.settle_timeout, &mut notes).await?;
+    let still_bound = if opts.heal {
+        Some(bed.heal(&masters, &mut notes).await?)
+    } else {
+        None
     };
-    let (mut managers, setup) =
-        Managers::prepare_fleet(opts.method, &topo, dir.path(), opts.binaries.clone(), fleet)?;
-    let mut redis = ScaleRedis::start(&topo, dir.path(), &masters, &setup)?;
-    redis
-        .wait_ready(topo.switch(), &masters, Duration::from_secs(60))
-        .await?;
-    if opts.quick_settle {
-        sentinel_debug(topo.switch(), &QUICK_SETTLE)?;
-        notes.push(format!("sentinel timers: {}", QUICK_SETTLE.join(" ")));
-    }
-    let sentinels: Vec<SocketAddr> = HOST_IPS
-        .iter()
-        .map(|ip| SocketAddr::new(IpAddr::V4(*ip), SENTINEL_PORT))
-        .collect();
-    let events = SentinelEvents::start(topo.switch(), sentinels)?;
-
-    let started = Instant::now();
-    managers.start(MASTER_HOST).await?;
-    let initial = wait_for(
-        "every HAVIP on the master host (cloud and binding) and, for the agent, the replica host in its range",
-        Duration::from_secs(60),
-        || initial_state(&topo, &masters, opts.method),
-    )
-    .await;
-    if let Err(e) = initial {
-        bail!("{e:#}\n{}", managers.logs());
-    }
-    notes.push(format!(
-        "initial state after {:.3}s",
-        started.elapsed().as_secs_f64()
-    ));
-
-    // The cut.
-    let cut_at = SystemTime::now();
-    topo.switch().link_set(&topo.port_of(MASTER_HOST), false)?;
-    let settled = wait_for(
-        "every HAVIP moved to the replica host and confirmed",
-        opts.settle_timeout,
-        || Ok(all_confirmed(&fake, &masters, cut_at)),
-    )
-    .await;
-    if let Err(e) = settled {
-        notes.push(format!("{e:#}"));
-    }
-    // Calls that trail the confirmation (re-announces, verifies) belong to the failover too.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let end_at = SystemTime::now();
-
-    let mut released = None;
-    if opts.heal {
-        topo.switch().link_set(&topo.port_of(MASTER_HOST), true)?;
-        let r = wait_for(
-            "the old master host released every VIP",
-            Duration::from_secs(30),
-            || Ok(bound_on(&topo, MASTER_HOST, &masters)?.is_empty()),
-        )
-        .await;
-        if let Err(e) = r {
-            notes.push(format!("{e:#}"));
-        }
-        released = Some(bound_on(&topo, MASTER_HOST, &masters)?);
-    }
-
-    let mut manager_logs = managers.logs();
+    let mut manager_logs = bed.managers.logs();
     if opts.method == Method::Migrate {
-        manager_logs.push_str(&redis.sentinel_output());
+        manager_logs.push_str(&bed.redis.sentinel_output());
     }
-    let report = collect(
-        &topo,
+    let mut report = collect(
+        &bed.topo,
         &masters,
         opts.method,
-        &events.events(),
-        (cut_at, end_at),
-        released,
+        &bed.events.events(),
+        window,
+        still_bound,
         &manager_logs,
         notes,
     )?;
-    let sentinel_logs = redis.sentinel_logs(30);
-    drop(managers);
-    drop(events);
-    drop(redis);
-    drop(topo);
-    let kept = if opts.keep_dir {
-        Some(dir.keep())
-    } else {
-        drop(dir);
-        None
-    };
-    let mut report = report;
+    let sentinel_logs = bed.redis.sentinel_logs(30);
+    drop(bed);
+    let kept = opts.keep_dir.then(|| dir.keep());
     if let Some(d) = &kept {
         report.notes.push(format!("run dir kept: {}", d.display()));
     }
@@ -856,7 +890,7 @@ fn collect(
     method: Method,
     events: &[SentinelEvent],
     (cut_at, end_at): (SystemTime, SystemTime),
-    released: Option<Vec<String>>,
+    still_bound: Option<Vec<String>>,
     manager_logs: &str,
     mut notes: Vec<String>,
 ) -> Result<ScaleReport> {
@@ -895,7 +929,7 @@ fn collect(
             move_ms: rel(moved),
             confirm_ms: rel(confirm),
             on_new_host,
-            released_on_old: released.as_ref().map(|r| !r.contains(&m.havip.master)),
+            released_on_old: still_bound.as_ref().map(|b| !b.contains(&m.havip.master)),
         });
     }
     let mut calls: BTreeMap<String, ActionCalls> = BTreeMap::new();
