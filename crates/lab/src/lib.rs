@@ -5,8 +5,8 @@
 //! measures what `shared/reference/baseline.md` measured, the same way.
 //!
 //! Owns the lab's topology ([`topology`]), its data path ([`datapath`]), the writer ([`client`]), the
-//! instruments ([`observe`]), the VIP managers ([`method`]), the scenarios ([`scenario`]) and the figures
-//! ([`report`]). Used by the
+//! instruments ([`observe`]), the VIP managers ([`method`]), the scenarios ([`scenario`]), the figures
+//! ([`report`]) and the many-masters run of issue 13 ([`scale`]). Used by the
 //! `tests/lab_*.rs` tests (correctness) and `benches/lab.rs` (the comparison table). Needs root, iproute2,
 //! nftables, arping, redis-server/sentinel/cli and keepalived. It is not part of the agent.
 
@@ -17,6 +17,7 @@ pub mod faults;
 pub mod method;
 pub mod observe;
 pub mod report;
+pub mod scale;
 pub mod scenario;
 pub mod topology;
 

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::topology::{
-    DriftRange, HAVIP_ID, HOST_IPS, MASTER_NAME, PREFIX, REDIS_PORT, SECRET_ID, SECRET_KEY,
+    DriftRange, HOST_IPS, HavipEntry, MASTER_NAME, PREFIX, REDIS_PORT, SECRET_ID, SECRET_KEY,
     SENTINEL_PORT, Topology, VIP,
 };
 use havip_testkit::testbed::netns::Lab;
@@ -170,11 +170,58 @@ pub struct SentinelSetup {
     pub per_host_script: Vec<PathBuf>,
 }
 
+/// What the VIP managers of a run look after: which HAVIPs (one per Sentinel master) and on which hosts
+/// the long-running managers run. Every host gets the config files either way (Sentinel runs the script
+/// methods on every host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// The HAVIPs, one `[[havip]]` each in the agent config.
+    pub havips: Vec<HavipEntry>,
+    /// The hosts (node indices) that run a long-running manager (agent, keepalived).
+    pub hosts: Vec<usize>,
+    /// The local Redis port for the agent's `[redis]` section; `None`: the port Sentinel reports for each
+    /// master (several masters on one host).
+    pub redis_port: Option<u16>,
+}
+
+impl Fleet {
+    /// The lab's: the one HAVIP, a manager on every Redis host, Redis on [`REDIS_PORT`].
+    pub fn lab() -> Fleet {
+        Fleet {
+            havips: vec![HavipEntry::lab()],
+            hosts: (0..HOST_IPS.len()).collect(),
+            redis_port: Some(REDIS_PORT),
+        }
+    }
+}
+
 /// The agent config for host `i` (also `migrate-havip`'s, via `HAVIP_AGENT_CONFIG`).
 pub fn agent_config(endpoint: &str, i: usize, lock_dir: &Path) -> String {
+    agent_config_for(endpoint, i, lock_dir, &Fleet::lab())
+}
+
+/// The agent config for host `i` looking after `fleet`'s HAVIPs.
+pub fn agent_config_for(endpoint: &str, i: usize, lock_dir: &Path, fleet: &Fleet) -> String {
     let sentinels: Vec<String> = HOST_IPS
         .iter()
         .map(|ip| format!("\"{ip}:{SENTINEL_PORT}\""))
+        .collect();
+    let redis = match fleet.redis_port {
+        Some(port) => format!("address = \"{}:{port}\"\n", HOST_IPS[i]),
+        // The agent then pauses the master Sentinel names on this host, at the port it reports.
+        None => String::new(),
+    };
+    let havips: String = fleet
+        .havips
+        .iter()
+        .map(|h| {
+            format!(
+                "[[havip]]\nmaster = \"{}\"\nhavip_id = \"{}\"\nvip = \"{}\"\n\n",
+                h.master,
+                h.havip_id,
+                h.vip_cidr()
+            )
+        })
         .collect();
     format!(
         r#"# havip-agent lab config for host {i} (written by the lab; credentials come from the environment)
@@ -193,14 +240,8 @@ interface = "eth0"
 addresses = [{sentinels}]
 
 [redis]
-address = "{ip}:{REDIS_PORT}"
-
-[[havip]]
-master = "{MASTER_NAME}"
-havip_id = "{HAVIP_ID}"
-vip = "{VIP}/{PREFIX}"
-
-[claim]
+{redis}
+{havips}[claim]
 lock_dir = "{lock}"
 
 [metrics]
@@ -267,6 +308,7 @@ pub struct Managers {
     bins: Binaries,
     endpoint: String,
     netns: Vec<String>,
+    fleet: Fleet,
     procs: Vec<Option<Running>>,
     starts: Vec<u32>,
 }
@@ -288,6 +330,27 @@ impl Managers {
         dir: &Path,
         bins: Binaries,
     ) -> Result<(Managers, SentinelSetup)> {
+        Managers::prepare_fleet(method, topo, dir, bins, Fleet::lab())
+    }
+
+    /// As [`Managers::prepare`], for `fleet`'s HAVIPs and hosts. Only the agent and `migrate-havip` look
+    /// after more than one HAVIP (the seed's methods are rendered for the lab's one VIP).
+    pub fn prepare_fleet(
+        method: Method,
+        topo: &Topology,
+        dir: &Path,
+        bins: Binaries,
+        fleet: Fleet,
+    ) -> Result<(Managers, SentinelSetup)> {
+        if !method.uses_api() && fleet != Fleet::lab() {
+            bail!("{method} is set up for the lab's one HAVIP only");
+        }
+        if let Some(h) = fleet.hosts.iter().find(|h| **h >= HOST_IPS.len()) {
+            bail!(
+                "fleet host {h} is not a Redis host of the lab (0..{})",
+                HOST_IPS.len()
+            );
+        }
         let endpoint = topo.endpoint();
         let mut setup = SentinelSetup::default();
         for i in 0..HOST_IPS.len() {
@@ -299,7 +362,7 @@ impl Managers {
                     let cfg = host_dir.join("havip-agent.toml");
                     write_file(
                         &cfg,
-                        &agent_config(&endpoint, i, &host_dir.join("lock")),
+                        &agent_config_for(&endpoint, i, &host_dir.join("lock"), &fleet),
                         false,
                     )?;
                     havip_agent::config::Config::load(&cfg).map_err(|e| {
@@ -327,10 +390,13 @@ impl Managers {
             Method::Migrate => {
                 let migrate = bins.migrate()?.to_owned();
                 // The same binary as notification-script is migrate mode's fence (see deploy/sentinel.conf.snippet).
-                setup.conf.push(format!(
-                    "sentinel notification-script {MASTER_NAME} {}",
-                    migrate.display()
-                ));
+                for h in &fleet.havips {
+                    setup.conf.push(format!(
+                        "sentinel notification-script {} {}",
+                        h.master,
+                        migrate.display()
+                    ));
+                }
                 setup.reconfig_script = Some(migrate);
             }
             Method::Agent => {
@@ -351,6 +417,7 @@ impl Managers {
                 bins,
                 endpoint,
                 netns,
+                fleet,
                 procs: (0..HOST_IPS.len()).map(|_| None).collect(),
                 starts: vec![0; HOST_IPS.len()],
             },
@@ -377,21 +444,24 @@ impl Managers {
     pub async fn start(&mut self, master: usize) -> Result<()> {
         match self.method {
             Method::Agent | Method::Keepalived => {
-                for i in 0..HOST_IPS.len() {
+                for i in self.fleet.hosts.clone() {
                     self.spawn(i)?;
                 }
             }
             Method::Migrate => {
                 let cfg = self.host_dir(master).join("havip-agent.toml");
-                let mut cmd = self.in_ns(master, self.bins.migrate()?);
-                cmd.args([
-                    "--master",
-                    MASTER_NAME,
-                    "--to",
-                    &HOST_IPS[master].to_string(),
-                ]);
-                cmd.envs(agent_env(&cfg));
-                run_to_end(cmd, &self.host_dir(master).join("initial-claim.log")).await?;
+                for h in &self.fleet.havips {
+                    let mut cmd = self.in_ns(master, self.bins.migrate()?);
+                    cmd.args(["--master", &h.master, "--to", &HOST_IPS[master].to_string()]);
+                    cmd.envs(agent_env(&cfg));
+                    let log = match self.fleet.havips.len() {
+                        1 => self.host_dir(master).join("initial-claim.log"),
+                        _ => self
+                            .host_dir(master)
+                            .join(format!("initial-claim-{}.log", h.master)),
+                    };
+                    run_to_end(cmd, &log).await?;
+                }
             }
             Method::SeedScript => {
                 let script = self.host_dir(master).join("notify_mymaster.sh");
@@ -528,7 +598,8 @@ impl Drop for Managers {
     }
 }
 
-fn agent_env(cfg: &Path) -> Vec<(String, String)> {
+/// The environment of the agent and `migrate-havip` on a host: its config and the lab's (fake) key.
+pub(crate) fn agent_env(cfg: &Path) -> Vec<(String, String)> {
     vec![
         ("HAVIP_AGENT_CONFIG".into(), cfg.display().to_string()),
         ("TENCENTCLOUD_SECRET_ID".into(), SECRET_ID.into()),

@@ -54,6 +54,34 @@ pub fn vip_cidr() -> String {
     format!("{VIP}/{PREFIX}")
 }
 
+/// One HAVIP a VIP manager keeps on one Sentinel master: the lab has one ([`HavipEntry::lab`]), the scale
+/// run (`lab::scale`) one per master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HavipEntry {
+    /// The Sentinel master name.
+    pub master: String,
+    /// The HAVIP's id in the fake cloud.
+    pub havip_id: String,
+    /// The virtual IP (in the lab subnet, [`PREFIX`]).
+    pub vip: Ipv4Addr,
+}
+
+impl HavipEntry {
+    /// The lab's single HAVIP: [`MASTER_NAME`], [`HAVIP_ID`], [`VIP`].
+    pub fn lab() -> HavipEntry {
+        HavipEntry {
+            master: MASTER_NAME.into(),
+            havip_id: HAVIP_ID.into(),
+            vip: VIP,
+        }
+    }
+
+    /// The VIP as `addr/prefix`.
+    pub fn vip_cidr(&self) -> String {
+        format!("{}/{PREFIX}", self.vip)
+    }
+}
+
 /// How the HAVIP's drift range starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriftRange {
