@@ -425,31 +425,39 @@ impl Shared {
     }
 
     /// Asks `ROLE` at every address Sentinel `idx` alone reports (see [`Snapshot::needs_role_check`]) and
-    /// publishes a confirmation. One round trip on a LAN: the pre-switch announce keeps its lead.
+    /// publishes each confirmation as it comes. One round trip on a LAN: the pre-switch announce keeps its
+    /// lead. The checks run side by side: when one Sentinel set fails over 20 masters at once, one after
+    /// another cost the last master 20 connections' time (17 ms in the scale lab, enough to announce after
+    /// its `+switch-master`), and one unreachable address would hold up every other master for `timeout`.
     async fn corroborate(&self, idx: usize) {
         let snap = self.snapshots.borrow().clone();
-        for master in &self.masters {
-            let Some(at) = snap.needs_role_check(idx, master) else {
-                continue;
-            };
-            let confirmed = match conn::confirm_role(at.ip(), at.port(), &self.role).await {
-                Ok(master_role) => master_role,
-                Err(e) => {
-                    tracing::debug!(sentinel = %self.addrs[idx], master = %master, redis = %at, error = %e, "role check failed");
-                    false
-                }
-            };
-            if confirmed {
-                self.update(idx, |s| {
-                    // Only if the Sentinel still reports that address.
-                    let still = s.masters.get(master).is_some_and(|m| m.addr() == at);
-                    if still {
-                        tracing::info!(sentinel = %self.addrs[idx], master = %master, redis = %at, "role confirms the configuration only this sentinel reports so far");
-                        s.role_confirmed.insert(master.clone(), true);
-                    }
-                    still
-                });
+        let checks = self.masters.iter().filter_map(|master| {
+            let at = snap.needs_role_check(idx, master)?;
+            Some(self.check_role(idx, master, at))
+        });
+        futures::future::join_all(checks).await;
+    }
+
+    /// One `ROLE` check of [`Shared::corroborate`]: publishes the confirmation if `at` says it is a master
+    /// and Sentinel `idx` still reports it.
+    async fn check_role(&self, idx: usize, master: &str, at: std::net::SocketAddr) {
+        let confirmed = match conn::confirm_role(at.ip(), at.port(), &self.role).await {
+            Ok(master_role) => master_role,
+            Err(e) => {
+                tracing::debug!(sentinel = %self.addrs[idx], master = %master, redis = %at, error = %e, "role check failed");
+                false
             }
+        };
+        if confirmed {
+            self.update(idx, |s| {
+                // Only if the Sentinel still reports that address.
+                let still = s.masters.get(master).is_some_and(|m| m.addr() == at);
+                if still {
+                    tracing::info!(sentinel = %self.addrs[idx], master = %master, redis = %at, "role confirms the configuration only this sentinel reports so far");
+                    s.role_confirmed.insert(master.to_owned(), true);
+                }
+                still
+            });
         }
     }
 
