@@ -264,8 +264,8 @@ pub struct SentinelConfig {
     #[serde(default = "default_sentinel_timeout")]
     pub timeout: Dur,
     /// How often each Sentinel is pinged to measure reachability. A link that stalls silently is noticed
-    /// within `heartbeat + timeout` (450 ms with the defaults). The pings are an idle agent's main cost
-    /// (BENCHMARKS.md, idle footprint): every 100 ms cost about 1.6 times the CPU of every 200 ms.
+    /// within `heartbeat + timeout` (450 ms with the defaults). The pings are most of an idle agent's CPU
+    /// time (BENCHMARKS.md, idle footprint): 100 ms costs about one and a half times what 200 ms does.
     #[serde(default = "default_heartbeat")]
     pub heartbeat: Dur,
     /// How often every Sentinel is asked `SENTINEL MASTER` even without events.
