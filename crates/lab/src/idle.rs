@@ -170,7 +170,7 @@ fn ticks_per_s() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// Samples the processes `pids` for `opts.window`: CPU at both ends, `VmRSS` every `opts.sample_every`.
+/// Samples each group of processes for `opts.window`: CPU at both ends, `VmRSS` every `opts.sample_every`.
 async fn sample(groups: &[Vec<u32>], opts: &IdleOptions) -> Result<Vec<HostIdle>> {
     let ticks =
         |pids: &Vec<u32>| -> Result<u64> { pids.iter().map(|p| Ok(stat_of(*p)?.ticks)).sum() };

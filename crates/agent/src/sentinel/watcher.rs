@@ -121,9 +121,11 @@ fn next_aligned(
     let period_ns = period.as_nanos().max(1);
     let since = now.saturating_duration_since(epoch).as_nanos();
     let k = since / period_ns + 1;
-    // `k * period` fits: `since` came from an Instant difference and `period` is at most that much more.
-    let offset = u64::try_from(k.saturating_mul(period_ns)).unwrap_or(u64::MAX);
-    epoch + Duration::from_nanos(offset)
+    // Periods are bounded by the config's checks; should one still overflow, fall back to `now + period`.
+    u64::try_from(k.saturating_mul(period_ns))
+        .ok()
+        .and_then(|offset| epoch.checked_add(Duration::from_nanos(offset)))
+        .unwrap_or_else(|| now + period)
 }
 
 /// An interval on the shared grid of [`Timing::epoch`]. A late tick is skipped, not caught up, so the
