@@ -263,7 +263,9 @@ pub struct SentinelConfig {
     /// unreachable and its connection is dropped: this is what catches silently stalled links.
     #[serde(default = "default_sentinel_timeout")]
     pub timeout: Dur,
-    /// How often each Sentinel is pinged to measure reachability.
+    /// How often each Sentinel is pinged to measure reachability. A link that stalls silently is noticed
+    /// within `heartbeat + timeout` (450 ms with the defaults). The pings are most of an idle agent's CPU
+    /// time (BENCHMARKS.md, idle footprint): 100 ms costs about one and a half times what 200 ms does.
     #[serde(default = "default_heartbeat")]
     pub heartbeat: Dur,
     /// How often every Sentinel is asked `SENTINEL MASTER` even without events.
@@ -285,7 +287,7 @@ fn default_sentinel_timeout() -> Dur {
     Dur::from_millis(250)
 }
 fn default_heartbeat() -> Dur {
-    Dur::from_millis(100)
+    Dur::from_millis(200)
 }
 fn default_poll_interval() -> Dur {
     Dur::from_secs(1)

@@ -15,6 +15,7 @@ pub mod control;
 pub mod credentials;
 pub mod daemon;
 pub mod fence;
+pub mod footprint;
 pub mod fuzzing;
 pub mod hooks;
 pub mod http;

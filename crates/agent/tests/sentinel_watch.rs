@@ -366,6 +366,47 @@ async fn frozen_sentinels_are_unreachable_within_a_few_hundred_ms_and_recover() 
     );
 }
 
+/// The shipped heartbeat still catches a silent stall on its own: polls are set 30 s apart (the first one is
+/// not due before the test ends, the ticks being on one grid from the watcher's start), so the only request
+/// that can time out is a heartbeat `PING`, and the error says so. Sentinel's own `+sdown` for the frozen
+/// peer (which would wake a query) comes only after `down-after` (1 s), later than `heartbeat + timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_default_heartbeat_a_frozen_sentinel_is_caught_by_a_ping_not_a_poll() {
+    // Arrange: the default heartbeat and timeout, polls out of the way.
+    let lab = RedisLab::start(LabSpec::default())
+        .await
+        .expect("lab starts");
+    let master = lab.master_name().to_owned();
+    let defaults: SentinelConfig =
+        toml::from_str(&format!("addresses = {:?}", lab.sentinel_addrs())).unwrap();
+    let cfg = SentinelConfig {
+        poll_interval: Dur::from_secs(30),
+        ..defaults
+    };
+    let (_watcher, mut rx) = Watcher::spawn(&cfg, vec![master]);
+    wait_snapshot(&mut rx, Duration::from_secs(5), "all sentinels up", all_up).await;
+
+    // Act: one Sentinel freezes; its links stall without RST.
+    lab.stop_sentinel(1).unwrap();
+    let caught = wait_snapshot(
+        &mut rx,
+        Duration::from_secs(5),
+        "sentinel 2 unreachable",
+        |s| !s.sentinels[1].reachable,
+    )
+    .await;
+
+    // Assert
+    let err = caught.sentinels[1].error.as_deref().unwrap_or("");
+    assert!(err.contains("ping timed out after"), "{err}");
+    assert!(caught.has_majority(), "the other two still answer");
+    lab.cont_sentinel(1).unwrap();
+    wait_snapshot(&mut rx, Duration::from_secs(10), "recovered", |s| {
+        s.reachable() == 3
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_user_with_only_the_watcher_rights_can_watch() {
     // Arrange

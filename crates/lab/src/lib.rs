@@ -14,6 +14,7 @@ pub mod bench_env;
 pub mod client;
 pub mod datapath;
 pub mod faults;
+pub mod idle;
 pub mod method;
 pub mod observe;
 pub mod report;

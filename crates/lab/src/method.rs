@@ -560,6 +560,12 @@ impl Managers {
         self.spawn(i)
     }
 
+    /// The pid of the manager process started on host `i` (keepalived: its main process, the parent of
+    /// its VRRP child), while one was started and not killed; `None` for the script methods.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].as_ref().map(|r| r.child.id())
+    }
+
     /// Whether the manager process on host `i` is running (script methods: always false).
     pub fn running(&mut self, i: usize) -> bool {
         match self.procs[i].as_mut() {

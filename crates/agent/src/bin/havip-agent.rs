@@ -9,6 +9,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Parser, Subcommand};
 use havip_agent::config::{CONFIG_ENV, resolve_path};
 use havip_agent::daemon::StartError;
+use havip_agent::footprint;
 use havip_agent::logging::{self, LogFormat};
 use havip_agent::status_cmd::StatusOptions;
 
@@ -81,17 +82,17 @@ fn main() -> ExitCode {
     );
     let code = rt.block_on(async move {
         match cli.command {
-            Command::Run => match havip_agent::daemon::run(&path).await {
-                Ok(()) => 0,
-                Err(e) => {
-                    // The one report of the failure, in the log format (journal priority 3 under systemd).
-                    tracing::error!("{}", logging::error_chain(&e));
-                    match e {
-                        StartError::Permanent(_) => EXIT_PERMANENT,
-                        StartError::Transient(_) => EXIT_TRANSIENT,
+            Command::Run => {
+                // Start-up's pages are not the idle loop's: give them back once it is over (footprint.rs).
+                tokio::spawn(async {
+                    tokio::time::sleep(footprint::TRIM_AFTER).await;
+                    match footprint::trim() {
+                        Ok(n) => tracing::debug!(mappings = n, "trimmed start-up memory"),
+                        Err(e) => tracing::debug!(error = %e, "cannot trim start-up memory"),
                     }
-                }
-            },
+                });
+                run_daemon(&path).await
+            }
             Command::Check => {
                 let env = |k: &str| std::env::var(k).ok();
                 let report = havip_agent::check::check(&path, &env).await;
@@ -118,4 +119,19 @@ fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+/// `havip-agent run`: the daemon until a signal stops it; the exit code.
+async fn run_daemon(path: &std::path::Path) -> u8 {
+    match havip_agent::daemon::run(path).await {
+        Ok(()) => 0,
+        Err(e) => {
+            // The one report of the failure, in the log format (journal priority 3 under systemd).
+            tracing::error!("{}", logging::error_chain(&e));
+            match e {
+                StartError::Permanent(_) => EXIT_PERMANENT,
+                StartError::Transient(_) => EXIT_TRANSIENT,
+            }
+        }
+    }
 }

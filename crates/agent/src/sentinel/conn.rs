@@ -163,15 +163,27 @@ pub fn client(peer: &str, addr: &str, opts: &ConnectOptions) -> Result<Client, S
     .map_err(build_err)
 }
 
+/// Whether the connection's driver bounds each response by itself (`set_response_timeout`), or every caller
+/// does (one timer per request instead of two: the watcher's heartbeats are its steadiest idle work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseBound {
+    Driver,
+    Caller,
+}
+
 async fn connect_peer(
     peer: &str,
     addr: &str,
     opts: &ConnectOptions,
+    bound: ResponseBound,
 ) -> Result<MultiplexedConnection, SentinelError> {
     let client = client(peer, addr, opts)?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(opts.timeout))
-        .set_response_timeout(Some(opts.timeout));
+        .set_response_timeout(match bound {
+            ResponseBound::Driver => Some(opts.timeout),
+            ResponseBound::Caller => None,
+        });
     match tokio::time::timeout(
         opts.timeout,
         client.get_multiplexed_async_connection_with_config(&config),
@@ -201,7 +213,16 @@ pub async fn connect(
     addr: &str,
     opts: &ConnectOptions,
 ) -> Result<MultiplexedConnection, SentinelError> {
-    connect_peer(&sentinel_peer(addr), addr, opts).await
+    connect_peer(&sentinel_peer(addr), addr, opts, ResponseBound::Driver).await
+}
+
+/// [`connect`] for a caller that bounds every request itself ([`command`], [`ping_conn`],
+/// [`query_masters`]): the connection's driver sets no timer of its own per request.
+pub(crate) async fn connect_caller_bounded(
+    addr: &str,
+    opts: &ConnectOptions,
+) -> Result<MultiplexedConnection, SentinelError> {
+    connect_peer(&sentinel_peer(addr), addr, opts, ResponseBound::Caller).await
 }
 
 /// Opens a command connection to the Redis at `addr` (errors name it `redis <addr>`), e.g. for
@@ -210,7 +231,7 @@ pub async fn connect_redis(
     addr: &str,
     opts: &ConnectOptions,
 ) -> Result<MultiplexedConnection, SentinelError> {
-    connect_peer(&format!("redis {addr}"), addr, opts).await
+    connect_peer(&format!("redis {addr}"), addr, opts, ResponseBound::Driver).await
 }
 
 /// Opens a Pub/Sub connection to the Sentinel at `addr` and subscribes to `channels`, all within
@@ -448,7 +469,7 @@ pub async fn confirm_role(
 ) -> Result<bool, SentinelError> {
     let addr = std::net::SocketAddr::new(ip, port).to_string();
     let peer = format!("redis {addr}");
-    let mut conn = connect_peer(&peer, &addr, opts).await?;
+    let mut conn = connect_peer(&peer, &addr, opts, ResponseBound::Driver).await?;
     let reply = command(
         &mut conn,
         &peer,

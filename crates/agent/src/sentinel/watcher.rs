@@ -61,7 +61,7 @@ impl Default for WatchOptions {
         Self {
             subscribe: true,
             resubscribe_delay: Duration::ZERO,
-            event_capacity: 1024,
+            event_capacity: 256,
             role: None,
             progress: None,
         }
@@ -106,6 +106,35 @@ struct Timing {
     heartbeat: Duration,
     poll: Duration,
     reconnect_max: Duration,
+    /// Every task's heartbeats and polls fall on `epoch + k * period`: the tasks' timers expire together,
+    /// so one wake-up of the process serves every Sentinel instead of one each (an idle agent's cost is
+    /// mostly its wake-ups, BENCHMARKS.md).
+    epoch: tokio::time::Instant,
+}
+
+/// The first instant `epoch + k * period` (k a whole number) after `now`.
+fn next_aligned(
+    epoch: tokio::time::Instant,
+    now: tokio::time::Instant,
+    period: Duration,
+) -> tokio::time::Instant {
+    let period_ns = period.as_nanos().max(1);
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    let k = since / period_ns + 1;
+    // Periods are bounded by the config's checks; should one still overflow, fall back to `now + period`.
+    u64::try_from(k.saturating_mul(period_ns))
+        .ok()
+        .and_then(|offset| epoch.checked_add(Duration::from_nanos(offset)))
+        .unwrap_or_else(|| now + period)
+}
+
+/// An interval on the shared grid of [`Timing::epoch`]. A late tick is skipped, not caught up, so the
+/// tasks stay in step.
+fn aligned_interval(epoch: tokio::time::Instant, period: Duration) -> tokio::time::Interval {
+    let start = next_aligned(epoch, tokio::time::Instant::now(), period);
+    let mut i = tokio::time::interval_at(start, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    i
 }
 
 struct Shared {
@@ -292,6 +321,7 @@ impl Shared {
                 heartbeat: cfg.heartbeat.get().max(Duration::from_millis(1)),
                 poll: cfg.poll_interval.get().max(Duration::from_millis(1)),
                 reconnect_max: cfg.reconnect_max.get(),
+                epoch: tokio::time::Instant::now(),
             },
             opts,
             snapshots,
@@ -593,7 +623,7 @@ async fn session(
 
     let mut conn = tokio::select! {
         _ = stop.changed() => return End::Stop,
-        c = conn::connect(&addr, &shared.connect) => match c {
+        c = conn::connect_caller_bounded(&addr, &shared.connect) => match c {
             Ok(c) => c,
             Err(e) => return End::Failed(e),
         },
@@ -612,11 +642,11 @@ async fn session(
         sub_hold.map_or(now, |h| h.max(now))
     });
 
-    let start = tokio::time::Instant::now();
-    let mut heartbeat = tokio::time::interval_at(start + timing.heartbeat, timing.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut poll = tokio::time::interval_at(start + timing.poll, timing.poll);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = aligned_interval(timing.epoch, timing.heartbeat);
+    let mut poll = aligned_interval(timing.epoch, timing.poll);
+    // When this connection last answered. A heartbeat right after an answer (the poll and the heartbeat
+    // share ticks) would only say again what the answer said.
+    let mut heard = tokio::time::Instant::now();
 
     let result: Result<(), SentinelError> = async {
         loop {
@@ -641,11 +671,20 @@ async fn session(
                         query(shared, idx, &mut conn).await?;
                     }
                 },
-                _ = wake.changed() => query(shared, idx, &mut conn).await?,
-                _ = poll.tick() => query(shared, idx, &mut conn).await?,
+                _ = wake.changed() => {
+                    query(shared, idx, &mut conn).await?;
+                    heard = tokio::time::Instant::now();
+                }
+                _ = poll.tick() => {
+                    query(shared, idx, &mut conn).await?;
+                    heard = tokio::time::Instant::now();
+                }
                 _ = heartbeat.tick() => {
-                    conn::ping_conn(&mut conn, &peer, timing.timeout).await?;
-                    shared.touch(idx);
+                    if heard.elapsed() >= timing.heartbeat / 2 {
+                        conn::ping_conn(&mut conn, &peer, timing.timeout).await?;
+                        heard = tokio::time::Instant::now();
+                        shared.touch(idx);
+                    }
                 }
                 _ = tokio::time::sleep_until(sub_retry.unwrap_or_else(tokio::time::Instant::now)),
                     if sub.is_none() && sub_retry.is_some() =>
@@ -775,6 +814,34 @@ mod tests {
         assert_eq!(seq(), 5);
         shared.set_subscribed(1, true);
         assert_eq!(seq(), 5);
+    }
+
+    #[test]
+    fn every_task_ticks_on_one_grid() {
+        let epoch = tokio::time::Instant::now();
+        let p = Duration::from_millis(100);
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        assert_eq!(next_aligned(epoch, at(0), p), at(100));
+        assert_eq!(next_aligned(epoch, at(1), p), at(100));
+        assert_eq!(next_aligned(epoch, at(99), p), at(100));
+        assert_eq!(
+            next_aligned(epoch, at(100), p),
+            at(200),
+            "strictly after now"
+        );
+        assert_eq!(next_aligned(epoch, at(250), p), at(300));
+        // Tasks (re)connecting at any moment land on the same instants, also for the poll.
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            next_aligned(epoch, at(1), s),
+            next_aligned(epoch, at(740), s)
+        );
+        assert_eq!(next_aligned(epoch, at(1001), s), at(2000));
+        // A zero period (refused by the config, clamped by the watcher) does not divide by zero.
+        assert_eq!(
+            next_aligned(epoch, at(5), Duration::ZERO),
+            at(5) + Duration::from_nanos(1)
+        );
     }
 
     #[test]
