@@ -32,7 +32,7 @@ use super::topology::{
 };
 use havip_testkit::fake::{FakeMetadata, Fault, FaultKind, MetadataSpec, RoleCredentials};
 use havip_testkit::testbed::netns::{Lab, Netns};
-use havip_testkit::testbed::redis::{LabSpec, RedisLab};
+use havip_testkit::testbed::redis::RedisLab;
 
 /// Acknowledged writes count as flowing again after the last gap longer than this between surviving acks
 /// (the client writes every 2 ms; a gap this long is an outage, not scheduling noise).
@@ -978,22 +978,7 @@ pub async fn run_row(row: Row, opts: &FaultOptions) -> Result<RowOutcome> {
         .and_then(|m| m.endpoint().split(':').nth(2).map(str::to_owned))
         .and_then(|s| s.split('/').next().and_then(|p| p.parse::<u16>().ok()));
 
-    let spec = LabSpec {
-        hosts: Some(topo.redis_hosts()),
-        redis_port: Some(REDIS_PORT),
-        sentinel_port: Some(SENTINEL_PORT),
-        master_name: MASTER_NAME.into(),
-        quorum: Some(2),
-        down_after: Duration::from_millis(1000),
-        redis_conf: vec!["bind 0.0.0.0".into()],
-        sentinel_conf: setup.conf.clone(),
-        reconfig_script: setup.reconfig_script.clone(),
-        sentinel_env: setup.env.clone(),
-        ..LabSpec::default()
-    };
-    let redis = RedisLab::start(spec)
-        .await
-        .context("starting redis + sentinel on the lab hosts")?;
+    let redis = super::scenario::start_redis(&topo, &setup).await?;
     if row == Row::PartitionNoFailover {
         set_replica_priority(&redis, 0).await?;
     }

@@ -13,10 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::method::{Binaries, Managers, Method, require_tools};
 use super::scenario::{vip_holders, wait_for};
-use super::topology::{
-    HAVIP_ID, HOST_IPS, INSTANCE_IDS, MASTER_NAME, REDIS_PORT, SENTINEL_PORT, Topology,
-};
-use havip_testkit::testbed::redis::{LabSpec, RedisLab};
+use super::topology::{HAVIP_ID, HOST_IPS, INSTANCE_IDS, Topology};
 
 /// The host roles an idle run samples: the master's host and one replica's.
 pub const ROLES: [(&str, usize); 2] = [("master host", 0), ("replica host", 1)];
@@ -238,22 +235,7 @@ pub async fn run(method: Method, opts: &IdleOptions) -> Result<Vec<HostIdle>> {
             )?;
         }
     }
-    let spec = LabSpec {
-        hosts: Some(topo.redis_hosts()),
-        redis_port: Some(REDIS_PORT),
-        sentinel_port: Some(SENTINEL_PORT),
-        master_name: MASTER_NAME.into(),
-        quorum: Some(2),
-        down_after: Duration::from_millis(1000),
-        redis_conf: vec!["bind 0.0.0.0".into()],
-        sentinel_conf: setup.conf.clone(),
-        reconfig_script: setup.reconfig_script.clone(),
-        sentinel_env: setup.env.clone(),
-        ..LabSpec::default()
-    };
-    let _redis = RedisLab::start(spec)
-        .await
-        .context("starting redis + sentinel on the lab hosts")?;
+    let _redis = super::scenario::start_redis(&topo, &setup).await?;
     managers.start(0).await?;
     let fake = topo.fake().clone();
     let initial = wait_for(

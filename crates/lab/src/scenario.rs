@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::client::{Client, ClientSpec};
-use super::method::{Binaries, Managers, Method, require_tools};
+use super::method::{Binaries, Managers, Method, SentinelSetup, require_tools};
 use super::observe::{SentinelEvents, VipMonitor};
 use super::report::{Records, RunReport, promoted_target};
 use super::topology::{
@@ -204,6 +204,28 @@ pub(crate) async fn wait_for<F: FnMut() -> Result<bool>>(
     }
 }
 
+/// Starts Redis (host 1 the master) and Sentinel on the lab's three hosts as every single-master lab run
+/// does (quorum 2, `down-after` 1 s), told what the VIP manager under test needs (`setup`).
+pub async fn start_redis(topo: &Topology, setup: &SentinelSetup) -> Result<RedisLab> {
+    let spec = LabSpec {
+        hosts: Some(topo.redis_hosts()),
+        redis_port: Some(REDIS_PORT),
+        sentinel_port: Some(SENTINEL_PORT),
+        master_name: MASTER_NAME.into(),
+        quorum: Some(2),
+        down_after: Duration::from_millis(1000),
+        // Clients reach Redis through the VIP too, which comes and goes: listen on every address.
+        redis_conf: vec!["bind 0.0.0.0".into()],
+        sentinel_conf: setup.conf.clone(),
+        reconfig_script: setup.reconfig_script.clone(),
+        sentinel_env: setup.env.clone(),
+        ..LabSpec::default()
+    };
+    RedisLab::start(spec)
+        .await
+        .context("starting redis + sentinel on the lab hosts")
+}
+
 /// Which hosts have the VIP bound right now (read with `ip addr`, independent of the monitor).
 pub fn vip_holders(topo: &Topology) -> Result<Vec<usize>> {
     let mut out = Vec::new();
@@ -240,23 +262,7 @@ pub async fn run(method: Method, scenario: Scenario, opts: &RunOptions) -> Resul
         .context("setting the fake cloud's move delay")?;
     let (mut managers, setup) =
         Managers::prepare(method, &topo, dir.path(), opts.binaries.clone())?;
-    let spec = LabSpec {
-        hosts: Some(topo.redis_hosts()),
-        redis_port: Some(REDIS_PORT),
-        sentinel_port: Some(SENTINEL_PORT),
-        master_name: MASTER_NAME.into(),
-        quorum: Some(2),
-        down_after: Duration::from_millis(1000),
-        // Clients reach Redis through the VIP too, which comes and goes: listen on every address.
-        redis_conf: vec!["bind 0.0.0.0".into()],
-        sentinel_conf: setup.conf.clone(),
-        reconfig_script: setup.reconfig_script.clone(),
-        sentinel_env: setup.env.clone(),
-        ..LabSpec::default()
-    };
-    let redis = RedisLab::start(spec)
-        .await
-        .context("starting redis + sentinel on the lab hosts")?;
+    let redis = start_redis(&topo, &setup).await?;
     if opts.quick_settle {
         for i in 0..HOST_IPS.len() {
             let mut cmd = vec!["SENTINEL", "DEBUG"];
