@@ -24,6 +24,7 @@ use super::scenario::{QUICK_SETTLE, wait_for};
 use super::topology::{DriftRange, HOST_IPS, HavipEntry, INSTANCE_IDS, SENTINEL_PORT, Topology};
 use havip_testkit::fake::{FakeCloud, HavipSpec, RecordedRequest};
 use havip_testkit::testbed::netns::{Lab, Netns};
+use havip_testkit::testbed::redis::last_lines;
 
 /// The host all masters start on (node index).
 pub const MASTER_HOST: usize = 0;
@@ -607,17 +608,13 @@ pub struct ScaleOutcome {
 impl ScaleOutcome {
     /// The figures, per-HAVIP detail, notes and log tails, for a failing test.
     pub fn diagnostics(&self) -> String {
-        let tail = |text: &str, n: usize| {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        };
         format!(
             "{}\n{}\nnotes: {:#?}\nfailed claims: {:#?}\n--- managers (last 200 lines) ---\n{}\n--- sentinels ---\n{}",
             table(std::slice::from_ref(&self.report)),
             self.report.detail(),
             self.report.notes,
             self.report.failed_claims,
-            tail(&self.manager_logs, 200),
+            last_lines(&self.manager_logs, 200),
             self.sentinel_logs
         )
     }

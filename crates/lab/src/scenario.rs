@@ -24,7 +24,7 @@ use super::topology::{
 };
 use havip_testkit::fake::{Fault, FaultKind};
 use havip_testkit::testbed::netns::Lab;
-use havip_testkit::testbed::redis::{LabSpec, RedisLab};
+use havip_testkit::testbed::redis::{LabSpec, RedisLab, last_lines};
 
 /// A fault the lab applies to the master's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,17 +167,13 @@ impl RunOutcome {
     /// Everything needed to understand a failed run: the figures, notes, the timeline, and the tails of the
     /// managers' and Redis' logs.
     pub fn diagnostics(&self) -> String {
-        let tail = |text: &str, n: usize| {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        };
         format!(
             "{}\n{}\nnotes: {:#?}\n--- timeline (ms from the fault) ---\n{}\n--- managers (last 150 lines) ---\n{}\n--- redis and sentinel ---\n{}",
             RunReport::header(),
             self.report.row(),
             self.report.notes,
             super::report::timeline_text(&self.records),
-            tail(&self.manager_logs, 150),
+            last_lines(&self.manager_logs, 150),
             self.redis_logs
         )
     }

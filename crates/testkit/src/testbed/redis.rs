@@ -234,7 +234,8 @@ fn free_ports(ns: Option<&str>, ip: IpAddr) -> anyhow::Result<(u16, u16)> {
     })
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+/// The last `n` lines of `text` (log tails for a failing test or run).
+pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
