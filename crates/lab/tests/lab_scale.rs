@@ -6,7 +6,7 @@
 //! are benchmarked (`cargo bench --bench scale`). Needs root and the lab's tools; a missing one fails the test
 //! with its name.
 
-use havip_lab::scale::{ScaleOptions, run_scale};
+use havip_lab::scale::{HavipTiming, ScaleOptions, ScaleReport, run_scale};
 use havip_lab::{Binaries, Method};
 use havip_testkit::testbed::product_bin;
 
@@ -38,23 +38,13 @@ fn five_havips_follow_their_masters_when_the_master_host_loses_its_link() {
         r.detail()
     );
 
-    let not_moved: Vec<&str> = r
-        .havips
-        .iter()
-        .filter(|h| !h.on_new_host)
-        .map(|h| h.master.as_str())
-        .collect();
+    let not_moved = masters_where(r, |h| !h.on_new_host);
     assert!(
         not_moved.is_empty(),
         "not held by and bound on the new host: {not_moved:?}\n{}",
         o.diagnostics()
     );
-    let not_released: Vec<&str> = r
-        .havips
-        .iter()
-        .filter(|h| h.released_on_old != Some(true))
-        .map(|h| h.master.as_str())
-        .collect();
+    let not_released = masters_where(r, |h| h.released_on_old != Some(true));
     assert!(
         not_released.is_empty(),
         "still bound on the old host after the heal: {not_released:?}\n{}",
@@ -67,12 +57,7 @@ fn five_havips_follow_their_masters_when_the_master_host_loses_its_link() {
         r.failed_claims,
         o.diagnostics()
     );
-    let unconfirmed: Vec<&str> = r
-        .havips
-        .iter()
-        .filter(|h| h.confirm_ms.is_none())
-        .map(|h| h.master.as_str())
-        .collect();
+    let unconfirmed = masters_where(r, |h| h.confirm_ms.is_none());
     assert!(
         unconfirmed.is_empty(),
         "no DescribeHaVips after the move confirmed: {unconfirmed:?}\n{}",
@@ -97,4 +82,13 @@ fn five_havips_follow_their_masters_when_the_master_host_loses_its_link() {
         "the agents logged failed address reads\n{}",
         o.diagnostics()
     );
+}
+
+/// The masters of the HAVIPs for which `pred` holds.
+fn masters_where(r: &ScaleReport, pred: impl Fn(&HavipTiming) -> bool) -> Vec<&str> {
+    r.havips
+        .iter()
+        .filter(|h| pred(h))
+        .map(|h| h.master.as_str())
+        .collect()
 }
